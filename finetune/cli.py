@@ -1,0 +1,48 @@
+"""Train the models of an experiment: `mmrec finetune CONFIG [key=value ...] [--model NAME ...]`.
+
+Each model kind has one readable recipe module here with `train(cfg, name, resume) -> Path` (the checkpoint
+directory). The same recipes run under `accelerate launch -m finetune CONFIG ...` on several GPUs or nodes.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from mmrec.cli import add_config_arguments, load_experiment
+from mmrec.progress import get_logger
+
+# model kind -> recipe module
+RECIPES: dict[str, str] = {
+    "pop": "finetune.pop",
+    "gru4rec": "finetune.sequential",
+    "sasrec": "finetune.sequential",
+    "ctr": "finetune.ctr",
+    "vlm": "finetune.vlm_lora",
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--model", action="append", default=None,
+                        help="train only this model (repeatable); default: every model of the config")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start from scratch even if a checkpoint of an interrupted run exists")
+
+
+def train_model(cfg, name: str, resume: bool = True):
+    """Run the recipe of model `name`; returns its checkpoint directory."""
+    kind = cfg.model(name).kind
+    recipe = importlib.import_module(RECIPES[kind])
+    return recipe.train(cfg, name, resume=resume)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = load_experiment(args)
+    log = get_logger("finetune")
+    names = args.model or cfg.model_names()
+    for name in names:
+        cfg.model(name)  # validate before any work starts
+    for name in names:
+        out = train_model(cfg, name, resume=not args.no_resume)
+        log.info(f"{name}: checkpoint at {out}")
+    return 0

@@ -1,0 +1,203 @@
+"""One experiment = one YAML file = one directory of artifacts.
+
+The YAML has top-level sections (`experiment`, `data`, `split`, `item_summaries`, `user_summaries`,
+`models`, `eval`, `report`). Each section is validated by the dataclass its stage owns, looked up in
+`SECTION_SCHEMAS`, so the library core does not import every stage at start-up. `models` maps a model name
+to a mapping with a `kind` key, validated by the dataclass registered for that kind in `MODEL_KINDS`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmrec.config import apply_overrides, from_dict, load_yaml, to_dict
+from mmrec.errors import ConfigError
+from mmrec.io import hash_json
+
+# section name -> "module:DataclassName"; the stage that owns a section owns its dataclass.
+SECTION_SCHEMAS: dict[str, str] = {
+    "experiment": "mmrec.experiment:ExperimentSection",
+    "data": "data_prep.config:PrepConfig",
+    "split": "mmrec.data.splits:SplitConfig",
+    "item_summaries": "mmrec.summarize.items:ItemSummaryConfig",
+    "user_summaries": "mmrec.summarize.users:UserSummaryConfig",
+    "eval": "eval.config:EvalConfig",
+    "report": "eval.config:ReportConfig",
+}
+
+# model kind -> "module:DataclassName" of its config (each model config has `kind` and its own fields).
+MODEL_KINDS: dict[str, str] = {
+    "pop": "mmrec.models.pop:PopConfig",
+    "gru4rec": "mmrec.models.gru4rec:GRU4RecConfig",
+    "sasrec": "mmrec.models.sasrec:SASRecConfig",
+    "ctr": "mmrec.models.ctr:CTRConfig",
+    "vlm": "mmrec.models.vlm_rec:VLMRecConfig",
+}
+
+
+@dataclass
+class ExperimentSection:
+    """Where the experiment's artifacts go and the seed every stage derives its own from."""
+
+    name: str = "experiment"
+    dir: Path = Path("runs/experiment")
+    seed: int = 0
+
+
+def _resolve(spec: str) -> type:
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:  # a broken install, not a user error
+        raise ConfigError(f"cannot load config schema {spec}: {e}") from e
+
+
+@dataclass
+class ExperimentConfig:
+    """A loaded experiment YAML: raw sections, validated on first access."""
+
+    raw: dict[str, Any]
+    source: str = "config"
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> "ExperimentConfig":
+        raw = apply_overrides(load_yaml(path), overrides or [], where=f"{path} (overrides)")
+        cfg = cls(raw=raw, source=str(path))
+        cfg.check_sections()
+        return cfg
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any], source: str = "config") -> "ExperimentConfig":
+        cfg = cls(raw=raw, source=source)
+        cfg.check_sections()
+        return cfg
+
+    def check_sections(self) -> None:
+        known = set(SECTION_SCHEMAS) | {"models"}
+        for key in self.raw:
+            if key not in known:
+                import difflib
+
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; sections are {', '.join(sorted(known))}"
+                raise ConfigError(f"{self.source}: unknown section '{key}'{hint}")
+
+    def has(self, name: str) -> bool:
+        return name in self.raw
+
+    def section(self, name: str) -> Any:
+        """The validated dataclass for section `name` (defaults when the YAML omits it)."""
+        if name not in self._cache:
+            if name not in SECTION_SCHEMAS:
+                raise ConfigError(f"{self.source}: no such section '{name}'")
+            cls = _resolve(SECTION_SCHEMAS[name])
+            self._cache[name] = from_dict(cls, self.raw.get(name) or {}, where=self.source, prefix=name)
+        return self._cache[name]
+
+    @property
+    def experiment(self) -> ExperimentSection:
+        return self.section("experiment")
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.experiment.dir)
+
+    @property
+    def seed(self) -> int:
+        return self.experiment.seed
+
+    def model_names(self) -> list[str]:
+        models = self.raw.get("models") or {}
+        if not isinstance(models, dict):
+            raise ConfigError(f"{self.source}: 'models' must map model names to their settings")
+        return list(models)
+
+    def model(self, name: str) -> Any:
+        """The validated config of model `name`; its dataclass is chosen by the `kind` key."""
+        key = f"models.{name}"
+        if key not in self._cache:
+            models = self.raw.get("models") or {}
+            if name not in models:
+                raise ConfigError(f"{self.source}: no model '{name}' under 'models' (have: {', '.join(models) or 'none'})")
+            spec = models[name]
+            if not isinstance(spec, dict) or "kind" not in spec:
+                raise ConfigError(f"{self.source}: key '{key}' needs a 'kind' (one of {', '.join(MODEL_KINDS)})")
+            kind = spec["kind"]
+            if kind not in MODEL_KINDS:
+                raise ConfigError(f"{self.source}: key '{key}.kind' must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
+            cls = _resolve(MODEL_KINDS[kind])
+            self._cache[key] = from_dict(cls, spec, where=self.source, prefix=key)
+        return self._cache[key]
+
+    def validate_all(self) -> None:
+        """Validate every section present and every model: what `mmrec validate` and the config test run."""
+        for name in SECTION_SCHEMAS:
+            self.section(name)
+        for name in self.model_names():
+            self.model(name)
+
+    def fingerprint(self, *sections: str) -> str:
+        """Hash of the validated content of some sections: a stage re-runs when its fingerprint changes."""
+        content = {}
+        for s in sections:
+            if s.startswith("models."):
+                content[s] = to_dict(self.model(s.split(".", 1)[1]))
+            else:
+                content[s] = to_dict(self.section(s))
+        return hash_json(content)
+
+
+@dataclass(frozen=True)
+class ExperimentPaths:
+    """Every artifact's place inside an experiment directory (DESIGN.md, 'one artifact per stage')."""
+
+    root: Path
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset"
+
+    def split(self, name: str) -> Path:
+        return self.root / "splits" / name
+
+    @property
+    def item_summaries(self) -> Path:
+        return self.root / "summaries" / "items.parquet"
+
+    @property
+    def user_summaries(self) -> Path:
+        return self.root / "summaries" / "users.parquet"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    def checkpoint(self, model: str) -> Path:
+        return self.root / "checkpoints" / model
+
+    def scores(self, model: str) -> Path:
+        return self.root / "scores" / f"{model}.parquet"
+
+    def metrics(self, model: str) -> Path:
+        return self.root / "metrics" / f"{model}.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+
+def dataclass_defaults(cls: type) -> dict[str, Any]:
+    """A dataclass's defaults as a plain mapping (used to print a commented default config)."""
+    return to_dict(cls()) if dataclasses.is_dataclass(cls) else {}

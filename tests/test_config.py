@@ -1,0 +1,92 @@
+"""The config system: typed sections, overrides, and errors that name the file and key."""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import pytest
+
+from mmrec.config import apply_overrides, from_dict, load_section, load_yaml, to_dict
+from mmrec.errors import ConfigError
+from mmrec.experiment import ExperimentConfig
+
+
+@dataclass
+class Lora:
+    r: int = 8
+    alpha: float = 16.0
+    targets: list[str] = field(default_factory=lambda: ["q_proj"])
+
+
+@dataclass
+class Train:
+    lr: float = 1e-4
+    mode: Literal["answer", "full"] = "answer"
+    out: Path = Path("out")
+    limit: Optional[int] = None
+    lora: Lora = field(default_factory=Lora)
+
+
+def test_from_dict_builds_nested_sections_and_converts_losslessly():
+    cfg = from_dict(Train, {"lr": 1, "lora": {"r": 16, "targets": ["a", "b"]}, "out": "x/y"})
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.lora.r == 16 and cfg.lora.targets == ["a", "b"]
+    assert cfg.out == Path("x/y")
+    assert to_dict(cfg)["lora"] == {"r": 16, "alpha": 16.0, "targets": ["a", "b"]}
+
+
+def test_unknown_key_names_file_key_and_suggestion():
+    with pytest.raises(ConfigError, match=r"f\.yaml: unknown key 'lora\.alpah'; did you mean 'alpha'\?"):
+        from_dict(Train, {"lora": {"alpah": 8}}, where="f.yaml")
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"lr": "fast"}, "key 'lr' must be a number"),
+    ({"lora": {"r": 1.5}}, "key 'lora.r' must be an integer"),
+    ({"mode": "half"}, "key 'mode' must be one of 'answer', 'full'"),
+    ({"lora": {"targets": "q"}}, "key 'lora.targets' must be a list"),
+    ({"limit": True}, "key 'limit' must be int"),
+])
+def test_wrong_types_are_reported_with_the_dotted_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(Train, data, where="f.yaml")
+
+
+def test_overrides_parse_yaml_values_and_create_sections():
+    data = apply_overrides({"lora": {"r": 8}}, ["lora.r=4", "lr=3e-4", "lora.targets=[q,v]", "limit=null"])
+    cfg = from_dict(Train, data)
+    assert cfg.lora.r == 4 and cfg.lr == 3e-4 and cfg.lora.targets == ["q", "v"] and cfg.limit is None
+    with pytest.raises(ConfigError, match="must look like key.path=value"):
+        apply_overrides({}, ["lora.r"])
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: 1\nb: [1, 2\nc: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: line \d+ invalid YAML"):
+        load_yaml(bad)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_yaml(tmp_path / "missing.yaml")
+
+
+def test_load_section_applies_overrides(tmp_path):
+    f = tmp_path / "t.yaml"
+    f.write_text("lr: 0.1\nlora:\n  r: 2\n")
+    assert load_section(Train, f, ["lora.alpha=4"]).lora.alpha == 4.0
+
+
+def test_experiment_rejects_unknown_sections_and_model_kinds(tmp_path):
+    f = tmp_path / "e.yaml"
+    f.write_text("experiment:\n  seed: 3\nspilt: {}\n")
+    with pytest.raises(ConfigError, match="unknown section 'spilt'; did you mean 'split'"):
+        ExperimentConfig.load(f)
+    cfg = ExperimentConfig.from_mapping({"experiment": {"seed": 3, "dir": "r"}, "models": {"m": {"kind": "nope"}}})
+    assert cfg.seed == 3 and cfg.dir == Path("r")
+    with pytest.raises(ConfigError, match="models.m.kind' must be one of"):
+        cfg.model("m")
+
+
+def test_validate_command_reports_bad_config(tmp_path, run_cli):
+    f = tmp_path / "e.yaml"
+    f.write_text("experiment:\n  seed: many\n")
+    code, _, err = run_cli("validate", f)
+    assert code == 2 and "experiment.seed' must be an integer" in err and str(f) in err
