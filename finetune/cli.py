@@ -1,14 +1,16 @@
-"""Train the models of an experiment: `mmrec finetune CONFIG [key=value ...] [--model NAME ...]`.
+"""Train the models of an experiment: `mmrec finetune CONFIG [key=value ...] [--model NAME ...] [--seeds 0 1 2]`.
 
-Each model kind has one readable recipe module here with `train(cfg, name, resume) -> Path` (the checkpoint
-directory). The same recipes run under `accelerate launch -m finetune CONFIG ...` on several GPUs or nodes.
+Each model kind has one readable recipe module here with `train(cfg, name, out_dir, resume) -> Path`.
+The same recipes run under `accelerate launch -m finetune CONFIG ...` on several GPUs or nodes.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+from pathlib import Path
 
 from mmrec.cli import add_config_arguments, load_experiment
+from mmrec.experiment import ExperimentConfig, ExperimentPaths
 from mmrec.progress import get_logger
 
 # model kind -> recipe module
@@ -25,15 +27,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--model", action="append", default=None,
                         help="train only this model (repeatable); default: every model of the config")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="train one run per seed (<model>@seed<k>) instead of one run with experiment.seed")
     parser.add_argument("--no-resume", action="store_true",
                         help="start from scratch even if a checkpoint of an interrupted run exists")
 
 
-def train_model(cfg, name: str, resume: bool = True):
-    """Run the recipe of model `name`; returns its checkpoint directory."""
+def runs_of(cfg: ExperimentConfig, names: list[str], seeds: list[int] | None) -> list[tuple[str, str, ExperimentConfig]]:
+    """(model name, run id, config of that run) for every model x seed."""
+    if not seeds:
+        return [(n, ExperimentPaths.run_id(n), cfg) for n in names]
+    return [(n, ExperimentPaths.run_id(n, s), cfg.with_overrides([f"experiment.seed={s}"])) for n in names for s in seeds]
+
+
+def train_model(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) -> Path:
+    """Run the recipe of model `name` into `out_dir`; returns the checkpoint directory."""
     kind = cfg.model(name).kind
     recipe = importlib.import_module(RECIPES[kind])
-    return recipe.train(cfg, name, resume=resume)
+    return recipe.train(cfg, name, out_dir=Path(out_dir), resume=resume)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -42,7 +53,8 @@ def main(args: argparse.Namespace) -> int:
     names = args.model or cfg.model_names()
     for name in names:
         cfg.model(name)  # validate before any work starts
-    for name in names:
-        out = train_model(cfg, name, resume=not args.no_resume)
-        log.info(f"{name}: checkpoint at {out}")
+    paths = ExperimentPaths(cfg.dir)
+    for name, run, run_cfg in runs_of(cfg, names, args.seeds):
+        out = train_model(run_cfg, name, paths.checkpoint(run), resume=not args.no_resume)
+        log.info(f"{run}: checkpoint at {out}")
     return 0

@@ -140,6 +140,11 @@ class ExperimentConfig:
         for name in self.model_names():
             self.model(name)
 
+    def with_overrides(self, overrides: list[str]) -> "ExperimentConfig":
+        """A copy with `key.path=value` overrides applied (e.g. `experiment.seed=3` for one seed of a run)."""
+        return ExperimentConfig.from_mapping(apply_overrides(self.raw, overrides, where=f"{self.source} (overrides)"),
+                                             source=self.source)
+
     def fingerprint(self, *sections: str) -> str:
         """Hash of the validated content of some sections: a stage re-runs when its fingerprint changes."""
         content = {}
@@ -156,6 +161,11 @@ class ExperimentPaths:
     """Every artifact's place inside an experiment directory (DESIGN.md, 'one artifact per stage')."""
 
     root: Path
+
+    @staticmethod
+    def run_id(model: str, seed: int | None = None) -> str:
+        """Name of one training run: the model name, or `<model>@seed<k>` when a model runs under several seeds."""
+        return model if seed is None else f"{model}@seed{seed}"
 
     @property
     def dataset(self) -> Path:
@@ -176,14 +186,14 @@ class ExperimentPaths:
     def cache(self) -> Path:
         return self.root / "cache"
 
-    def checkpoint(self, model: str) -> Path:
-        return self.root / "checkpoints" / model
+    def checkpoint(self, run: str) -> Path:
+        return self.root / "checkpoints" / run
 
-    def scores(self, model: str) -> Path:
-        return self.root / "scores" / f"{model}.parquet"
+    def scores(self, run: str) -> Path:
+        return self.root / "scores" / f"{run}.parquet"
 
-    def metrics(self, model: str) -> Path:
-        return self.root / "metrics" / f"{model}.json"
+    def metrics(self, run: str) -> Path:
+        return self.root / "metrics" / f"{run}.json"
 
     @property
     def manifest(self) -> Path:

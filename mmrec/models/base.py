@@ -1,12 +1,15 @@
 """The scorer contract every recommender meets, so evaluation never knows which model produced a number.
 
 A model kind `K` registered in `mmrec.experiment.MODEL_KINDS` as "mmrec.models.K:KConfig" provides, in that
-module, `load_scorer(cfg: ExperimentConfig, name: str) -> Scorer`, which loads the trained artifact from
-`ExperimentPaths(cfg.dir).checkpoint(name)`. Its training recipe is `finetune.<recipe>.train(cfg, name, resume)`.
+module, `load_scorer(cfg: ExperimentConfig, name: str, ckpt_dir: Path) -> Scorer`, which loads the trained
+artifact from `ckpt_dir`. Its training recipe (`finetune.cli.RECIPES`) provides
+`train(cfg, name, out_dir: Path, resume: bool) -> Path`. `cfg.seed` is the seed of this run (several seeds of one
+model are separate runs, `<model>@seed<k>`, with their own checkpoint and scores; see `ExperimentPaths.run_id`).
 """
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -38,10 +41,10 @@ class CatalogueScorer(Scorer, Protocol):
         ...
 
 
-def load_scorer(cfg: "ExperimentConfig", name: str) -> Scorer:
+def load_scorer(cfg: "ExperimentConfig", name: str, ckpt_dir: Path) -> Scorer:
     """The trained scorer of model `name` of an experiment, whatever its kind."""
     from mmrec.experiment import MODEL_KINDS
 
     kind = cfg.model(name).kind
     module = importlib.import_module(MODEL_KINDS[kind].split(":")[0])
-    return module.load_scorer(cfg, name)
+    return module.load_scorer(cfg, name, Path(ckpt_dir))
