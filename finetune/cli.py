@@ -10,7 +10,7 @@ import importlib
 from pathlib import Path
 
 from mmrec.cli import add_config_arguments, load_experiment
-from mmrec.experiment import ExperimentConfig, ExperimentPaths
+from mmrec.experiment import ExperimentConfig, ExperimentPaths, runs_of
 from mmrec.progress import get_logger
 
 # model kind -> recipe module
@@ -31,13 +31,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="train one run per seed (<model>@seed<k>) instead of one run with experiment.seed")
     parser.add_argument("--no-resume", action="store_true",
                         help="start from scratch even if a checkpoint of an interrupted run exists")
-
-
-def runs_of(cfg: ExperimentConfig, names: list[str], seeds: list[int] | None) -> list[tuple[str, str, ExperimentConfig]]:
-    """(model name, run id, config of that run) for every model x seed."""
-    if not seeds:
-        return [(n, ExperimentPaths.run_id(n), cfg) for n in names]
-    return [(n, ExperimentPaths.run_id(n, s), cfg.with_overrides([f"experiment.seed={s}"])) for n in names for s in seeds]
 
 
 def train_model(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) -> Path:

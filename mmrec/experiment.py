@@ -208,6 +208,13 @@ class ExperimentPaths:
         return self.root / "report.html"
 
 
+def runs_of(cfg: ExperimentConfig, names: list[str], seeds: list[int] | None) -> list[tuple[str, str, ExperimentConfig]]:
+    """(model name, run id, config of that run) for every model x seed; one run per model without seeds."""
+    if not seeds:
+        return [(n, ExperimentPaths.run_id(n), cfg) for n in names]
+    return [(n, ExperimentPaths.run_id(n, s), cfg.with_overrides([f"experiment.seed={s}"])) for n in names for s in seeds]
+
+
 def dataclass_defaults(cls: type) -> dict[str, Any]:
     """A dataclass's defaults as a plain mapping (used to print a commented default config)."""
     return to_dict(cls()) if dataclasses.is_dataclass(cls) else {}
