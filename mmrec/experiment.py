@@ -45,6 +45,8 @@ class ExperimentSection:
     name: str = "experiment"
     dir: Path = Path("runs/experiment")
     seed: int = 0
+    # Train and score every model once per seed (runs `<model>@seed<k>`); evaluation reports mean and 95% CI.
+    seeds: list[int] | None = None
 
 
 def _resolve(spec: str) -> type:
