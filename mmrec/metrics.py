@@ -28,7 +28,6 @@ DEFAULT_TIE_POLICY: TiePolicy = "expected"
 # Top-K metrics (one value per K) and per-row value metrics; "auc" (global) needs raw scores.
 TOPK_METRICS: tuple[str, ...] = ("hr", "ndcg", "mrr", "recall", "precision")
 METRICS: tuple[str, ...] = TOPK_METRICS + ("gauc", "auc")
-_NAMES = {"hr": "HR", "ndcg": "NDCG", "mrr": "MRR", "recall": "Recall", "precision": "Precision"}
 _CELLS_PER_CHUNK = 1 << 22  # bounds the [rows, positives, candidates] comparison block (~4 M cells)
 
 
@@ -57,8 +56,15 @@ class Evaluation:
 
 
 def metric_name(metric: str, k: int | None = None) -> str:
-    """Display name of a metric: `HR@10`, `NDCG@5`, `GAUC`, `AUC`."""
-    return f"{_NAMES[metric]}@{k}" if k is not None else metric.upper()
+    """Key of a metric in results: `hr@10`, `ndcg@5`, `gauc`, `auc` (`display_name` gives `HR@10`)."""
+    return f"{metric}@{k}" if k is not None else metric
+
+
+def display_name(key: str) -> str:
+    """`ndcg@10` -> `NDCG@10`, `recall@5` -> `Recall@5`, `gauc` -> `GAUC` (for printed tables)."""
+    base, at, k = key.partition("@")
+    pretty = {"recall": "Recall", "precision": "Precision"}.get(base, base.upper())
+    return f"{pretty}{at}{k}"
 
 
 def check_options(ks: Iterable[int], tie_policy: str, metrics: Iterable[str] | None = None) -> None:
@@ -247,12 +253,12 @@ def evaluate_counts(c: PositiveCounts, ks: Sequence[int] = (1, 3, 5, 10), tie_po
         per_row["auc"] = np.where(gauc_rows, auc, np.nan)
     summary: dict[str, float] = {}
     for key, values in per_row.items():
-        if key in ("n_pos", "n_neg", "n_invalid", "tied", "auc"):
+        if key in ("n_pos", "n_neg", "n_invalid", "tied", "auc"):  # per-row AUC feeds the weighted `gauc`
             continue
         summary[key] = float(np.mean(values[has_pos])) if has_pos.any() else float("nan")
     if "gauc" in metrics:
         weights = c.n_pos[gauc_rows]
-        summary["GAUC"] = float(np.average(per_row["auc"][gauc_rows], weights=weights)) if weights.sum() else float("nan")
+        summary["gauc"] = float(np.average(per_row["auc"][gauc_rows], weights=weights)) if weights.sum() else float("nan")
     n_positives = len(c.row)
     n_cells = int(c.n_pos.sum() + c.n_neg.sum())
     counts = {
@@ -291,23 +297,23 @@ def global_auc(labels: np.ndarray, scores: np.ndarray, tie_policy: str = DEFAULT
 
 def evaluate_long(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, ks: Sequence[int] = (1, 3, 5, 10),
                   tie_policy: str = DEFAULT_TIE_POLICY, metrics: Sequence[str] | None = None) -> Evaluation:
-    """Evaluate one row per (group, candidate) — the sampled protocol; adds global `AUC` when asked."""
+    """Evaluate one row per (group, candidate) — the sampled protocol; adds global `auc` when asked."""
     metrics = list(metrics or METRICS)
     check_options(ks, tie_policy, metrics)
     ev = evaluate_counts(counts_from_long(groups, labels, scores), ks, tie_policy, [m for m in metrics if m != "auc"])
     if "auc" in metrics:
-        ev.summary["AUC"] = global_auc(labels, scores, tie_policy)
+        ev.summary["auc"] = global_auc(labels, scores, tie_policy)
     return ev
 
 
 def evaluate_matrix(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None,
                     ks: Sequence[int] = (1, 3, 5, 10), tie_policy: str = DEFAULT_TIE_POLICY,
                     metrics: Sequence[str] | None = None) -> Evaluation:
-    """Evaluate a padded [rows, candidates] score matrix; adds global `AUC` when asked."""
+    """Evaluate a padded [rows, candidates] score matrix; adds global `auc` when asked."""
     metrics = list(metrics or METRICS)
     check_options(ks, tie_policy, metrics)
     ev = evaluate_counts(counts_from_matrix(scores, labels, mask), ks, tie_policy, [m for m in metrics if m != "auc"])
     if "auc" in metrics:
         m = np.ones(np.shape(scores), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-        ev.summary["AUC"] = global_auc(np.asarray(labels)[m], np.asarray(scores)[m], tie_policy)
+        ev.summary["auc"] = global_auc(np.asarray(labels)[m], np.asarray(scores)[m], tie_policy)
     return ev

@@ -36,39 +36,39 @@ def test_hand_computed_pessimistic() -> None:
     ev = evaluate_matrix(SCORES, LABELS, ks=[1, 3], tie_policy="pessimistic")
     s = ev.summary
     # ranks 2, 3, 5
-    assert s["HR@1"] == pytest.approx(0.0)
-    assert s["HR@3"] == pytest.approx(2 / 3)
-    assert s["MRR@3"] == pytest.approx((1 / 2 + 1 / 3) / 3)
-    assert s["NDCG@3"] == pytest.approx((ndcg1(2) + ndcg1(3)) / 3)
-    assert s["Recall@3"] == pytest.approx(2 / 3)
-    assert s["Precision@3"] == pytest.approx(2 / 9)
+    assert s["hr@1"] == pytest.approx(0.0)
+    assert s["hr@3"] == pytest.approx(2 / 3)
+    assert s["mrr@3"] == pytest.approx((1 / 2 + 1 / 3) / 3)
+    assert s["ndcg@3"] == pytest.approx((ndcg1(2) + ndcg1(3)) / 3)
+    assert s["recall@3"] == pytest.approx(2 / 3)
+    assert s["precision@3"] == pytest.approx(2 / 9)
     # GAUC: u0 3/4 below, u1 2/4 (ties lose), u2 0/4; equal weights (one positive each)
-    assert s["GAUC"] == pytest.approx((0.75 + 0.5 + 0.0) / 3)
+    assert s["gauc"] == pytest.approx((0.75 + 0.5 + 0.0) / 3)
     assert ev.counts["tie_rate"] == pytest.approx(1 / 3)
 
 
 def test_hand_computed_optimistic_and_expected() -> None:
     opt = evaluate_matrix(SCORES, LABELS, ks=[1, 3], tie_policy="optimistic").summary
     # ranks 2, 1, 5
-    assert opt["HR@1"] == pytest.approx(1 / 3)
-    assert opt["MRR@3"] == pytest.approx((1 / 2 + 1) / 3)
+    assert opt["hr@1"] == pytest.approx(1 / 3)
+    assert opt["mrr@3"] == pytest.approx((1 / 2 + 1) / 3)
     exp = evaluate_matrix(SCORES, LABELS, ks=[1, 3], tie_policy="expected").summary
-    # u1's rank is uniform on {1, 2, 3}: HR@1 = 1/3, MRR@3 = (1 + 1/2 + 1/3)/3, NDCG@3 = mean of 1/log2(r+1)
-    assert exp["HR@1"] == pytest.approx((1 / 3) / 3)
-    assert exp["HR@3"] == pytest.approx(2 / 3)
-    assert exp["MRR@3"] == pytest.approx((1 / 2 + (1 + 1 / 2 + 1 / 3) / 3) / 3)
-    assert exp["NDCG@3"] == pytest.approx((ndcg1(2) + (ndcg1(1) + ndcg1(2) + ndcg1(3)) / 3) / 3)
+    # u1's rank is uniform on {1, 2, 3}: hr@1 = 1/3, mrr@3 = (1 + 1/2 + 1/3)/3, ndcg@3 = mean of 1/log2(r+1)
+    assert exp["hr@1"] == pytest.approx((1 / 3) / 3)
+    assert exp["hr@3"] == pytest.approx(2 / 3)
+    assert exp["mrr@3"] == pytest.approx((1 / 2 + (1 + 1 / 2 + 1 / 3) / 3) / 3)
+    assert exp["ndcg@3"] == pytest.approx((ndcg1(2) + (ndcg1(1) + ndcg1(2) + ndcg1(3)) / 3) / 3)
     # GAUC with midranks: u1 = (2 + 0.5*2)/4
-    assert exp["GAUC"] == pytest.approx((0.75 + 0.75 + 0.0) / 3)
+    assert exp["gauc"] == pytest.approx((0.75 + 0.75 + 0.0) / 3)
 
 
 def test_constant_scorer_gets_random_numbers_under_expected_policy() -> None:
     ev = evaluate_matrix(np.zeros((4, 101)), np.eye(4, 101, dtype=int), ks=[10], tie_policy="expected")
-    assert ev.summary["HR@10"] == pytest.approx(10 / 101)
-    assert ev.summary["GAUC"] == pytest.approx(0.5)
+    assert ev.summary["hr@10"] == pytest.approx(10 / 101)
+    assert ev.summary["gauc"] == pytest.approx(0.5)
     assert ev.counts["tie_rate"] == 1.0
     pess = evaluate_matrix(np.zeros((4, 101)), np.eye(4, 101, dtype=int), ks=[10], tie_policy="pessimistic")
-    assert pess.summary["HR@10"] == 0.0
+    assert pess.summary["hr@10"] == 0.0
 
 
 def test_nan_scores_are_misses_and_counted() -> None:
@@ -77,8 +77,8 @@ def test_nan_scores_are_misses_and_counted() -> None:
     ev = evaluate_matrix(scores, labels, ks=[1, 3], tie_policy="optimistic")
     # u0: invalid positive ranks last (3); u1: NaN negative is below the valid positive: rank 1;
     # u2: invalid positive and invalid negative: the positive loses that tie even when optimistic: rank 3
-    assert ev.per_row["HR@1"].tolist() == [0.0, 1.0, 0.0]
-    assert ev.per_row["MRR@3"].tolist() == pytest.approx([1 / 3, 1.0, 1 / 3])
+    assert ev.per_row["hr@1"].tolist() == [0.0, 1.0, 0.0]
+    assert ev.per_row["mrr@3"].tolist() == pytest.approx([1 / 3, 1.0, 1 / 3])
     assert ev.counts["invalid_scores"] == 4
     assert ev.counts["invalid_rate"] == pytest.approx(4 / 9)
     assert ev.counts["invalid_positive_rate"] == pytest.approx(2 / 3)
@@ -117,7 +117,7 @@ def test_expected_policy_equals_enumeration_with_several_positives() -> None:
         ev = evaluate_matrix(scores[None], labels[None], ks=[k], tie_policy="expected")
         ref = _brute_force(scores, labels, k)
         for m in ref:
-            assert ev.summary[f"{m}@{k}"] == pytest.approx(ref[m]), (scores, labels, k, m)
+            assert ev.summary[f"{m.lower()}@{k}"] == pytest.approx(ref[m]), (scores, labels, k, m)
 
 
 def test_auc_matches_sklearn_on_random_data() -> None:
@@ -134,8 +134,8 @@ def test_auc_matches_sklearn_on_random_data() -> None:
         if 0 < labels[sel].sum() < sel.sum():
             num += roc_auc_score(labels[sel], scores[sel]) * labels[sel].sum()
             den += labels[sel].sum()
-    assert ev.summary["GAUC"] == pytest.approx(num / den)
-    assert ev.summary["AUC"] == pytest.approx(roc_auc_score(labels, scores))
+    assert ev.summary["gauc"] == pytest.approx(num / den)
+    assert ev.summary["auc"] == pytest.approx(roc_auc_score(labels, scores))
 
 
 def test_long_form_equals_matrix_and_users_without_positive_are_counted() -> None:
@@ -147,7 +147,7 @@ def test_long_form_equals_matrix_and_users_without_positive_are_counted() -> Non
     labels[2] = 0
     ev = evaluate_matrix(SCORES, labels, ks=[1])
     assert ev.counts["rows_without_positive"] == 1
-    assert np.isnan(ev.per_row["HR@1"][2])
+    assert np.isnan(ev.per_row["hr@1"][2])
 
 
 def test_full_ranking_counts_match_the_matrix() -> None:
