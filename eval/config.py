@@ -1,0 +1,53 @@
+"""The `eval` and `report` sections of an experiment config.
+
+`eval` fixes everything a number depends on besides the model: cutoffs, metrics, tie policy, stages and the
+protocol (sampled candidates or full catalogue ranking, with or without history masking). All of it is
+written into the manifest beside every metrics file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mmrec.metrics import DEFAULT_TIE_POLICY, METRICS, TiePolicy
+
+
+@dataclass
+class EvalConfig:
+    """Protocol and metrics of `mmrec score` / `mmrec eval`."""
+
+    ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10])
+    # any of hr, ndcg, mrr, recall, precision (one value per K), gauc, auc (global, sampled protocol only)
+    metrics: list[str] = field(default_factory=lambda: ["hr", "ndcg", "mrr", "recall", "precision", "gauc", "auc"])
+    tie_policy: TiePolicy = DEFAULT_TIE_POLICY
+    stages: list[Literal["test", "valid"]] = field(default_factory=lambda: ["test"])
+    # sampled: the split's persisted candidates; full: rank the whole catalogue (models that can score every item)
+    protocol: Literal["sampled", "full"] = "sampled"
+    # full protocol only: drop the user's history items (except the target) from the ranking
+    mask_history: bool = False
+    models: list[str] | None = None   # evaluate only these models (default: every model of the config)
+    seeds: list[int] | None = None    # runs <model>@seed<k> to score/evaluate (default: experiment.seeds)
+    batch_users: int = 1024           # examples scored per batch (full protocol: rows of the catalogue matrix)
+
+    def __post_init__(self) -> None:
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ValueError(f"eval.ks must be a non-empty list of positive integers, got {self.ks}")
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise ValueError(f"eval.metrics: unknown metric(s) {unknown}; known: {', '.join(METRICS)}")
+        if not self.stages:
+            raise ValueError("eval.stages must name at least one of test, valid")
+        if self.mask_history and self.protocol != "full":
+            raise ValueError("eval.mask_history applies to protocol 'full' only (sampled negatives never include "
+                             "history items)")
+        if self.batch_users < 1:
+            raise ValueError(f"eval.batch_users must be >= 1, got {self.batch_users}")
+
+
+@dataclass
+class ReportConfig:
+    """What `mmrec report` renders (the report's owner extends this section)."""
+
+    title: str | None = None
+    formats: list[Literal["md", "html"]] = field(default_factory=lambda: ["md", "html"])
+    gallery_users: int = 8
