@@ -1,0 +1,221 @@
+"""Train a sequential ID baseline (GRU4Rec, SASRec): `mmrec finetune CONFIG --model NAME`.
+
+Top to bottom: load the split, map items to indices, cut each user's training sequence into windows, then per
+epoch: one pass over shuffled windows with a loss at every position, the validation metric on the split's
+persisted validation candidates, best weights kept (safetensors), a checkpoint (model, optimizer, RNG, epoch,
+best score, log) written atomically, early stopping after `patience` epochs without improvement.
+An interrupted run resumes from its last checkpoint and ends with the same weights as an uninterrupted one.
+
+Checkpoint directory: model.safetensors (best weights), items.parquet, run.json, train_log.jsonl,
+checkpoint/{state.safetensors,state.json} (the last epoch, for resuming).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from mmrec.config import to_dict
+from mmrec.errors import ConfigError
+from mmrec.experiment import MODEL_KINDS, ExperimentConfig, ExperimentPaths
+from mmrec.io import atomic_dir, atomic_path, hash_json, read_json, write_json, write_parquet, write_text
+from mmrec.models.sequential import (ITEMS_FILE, RUN_FILE, WEIGHTS_FILE, ItemVocab, SequentialConfig,
+                                     SequentialModel, SequentialScorer, batches, pad_batch, parse_metric,
+                                     resolve_device, sequence_loss, training_sequences, windows)
+from mmrec.progress import get_logger, progress
+from mmrec.seeding import derive_seed, rng, seed_everything
+
+LOG_FILE = "train_log.jsonl"
+STATE_DIR = "checkpoint"
+
+
+@dataclass
+class TrainState:
+    """Everything besides tensors that a resumed run needs to continue exactly."""
+
+    epoch: int = 0                      # epochs finished
+    best: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def validation_metric(scores: np.ndarray, candidates: pd.DataFrame, metric: str, k: int) -> float:
+    """Mean HR@k / NDCG@k / MRR@k over the (user, stage) groups of sampled candidates (label 1 = target).
+    Ties count against the target (pessimistic); a NaN target score is a miss. Used only for early stopping;
+    reported numbers come from `mmrec eval`."""
+    frame = pd.DataFrame({"key": candidates["user_id"].astype(str) + "\0" + candidates["stage"].astype(str),
+                          "score": np.nan_to_num(scores, nan=-np.inf), "label": candidates["label"].to_numpy()})
+    target = frame[frame["label"] == 1].drop_duplicates("key").set_index("key")["score"]
+    negatives = frame[frame["label"] == 0]
+    above = (negatives["score"].to_numpy() >= target.reindex(negatives["key"]).to_numpy())
+    rank = 1 + pd.Series(above, index=negatives["key"].to_numpy()).groupby(level=0).sum().reindex(target.index).fillna(0)
+    rank = rank.to_numpy(dtype=np.float64)
+    rank[np.isneginf(target.to_numpy())] = np.inf
+    hit = rank <= k
+    if metric == "hr":
+        values = hit.astype(np.float64)
+    elif metric == "ndcg":
+        values = np.where(hit, 1.0 / np.log2(rank + 1.0), 0.0)
+    else:
+        values = np.where(hit, 1.0 / rank, 0.0)
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no NaN/inf: a missing validation score is written as null."""
+    return x if math.isfinite(x) else None
+
+
+def _fingerprint(cfg: ExperimentConfig, name: str, candidates_sha256: str) -> str:
+    """What makes two runs the same run: every model setting but where and how fast it runs, the seed, the split."""
+    settings = {k: v for k, v in to_dict(cfg.model(name)).items() if k not in ("device", "eval_batch_size")}
+    return hash_json({"model": settings, "seed": cfg.seed, "candidates": candidates_sha256})
+
+
+def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
+    """Model, optimizer and RNG state as safetensors plus the loop state as JSON, replaced atomically together."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, Any] = {}
+    for idx, pstate in opt["state"].items():
+        for key, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    meta = {"loop": to_dict(state), "param_groups": opt["param_groups"], "optim_scalars": scalars}
+    with atomic_dir(out_dir / STATE_DIR) as tmp:
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(meta, indent=2, default=str))
+
+
+def load_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
+    tensors = load_file(str(out_dir / STATE_DIR / "state.safetensors"))
+    meta = json.loads((out_dir / STATE_DIR / "state.json").read_text())
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt_state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            opt_state.setdefault(int(idx), {})[name] = value
+    for key, value in meta["optim_scalars"].items():
+        idx, name = key.split(".", 1)
+        opt_state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    return TrainState(**meta["loop"])
+
+
+def run_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, samples: list[list[int]], mcfg: SequentialConfig,
+              order: np.ndarray, device: torch.device, desc: str) -> float:
+    """One pass over the training windows in `order`; returns the mean batch loss."""
+    model.train()
+    total, n = 0.0, 0
+    bar = progress(total=math.ceil(len(order) / mcfg.batch_size), desc=desc, unit="batch")
+    for sl in batches(len(order), mcfg.batch_size):
+        batch = pad_batch([samples[i] for i in order[sl]]).to(device)
+        loss = sequence_loss(model, batch, mcfg.loss, mcfg.bce_negatives)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, n = total + loss.item(), n + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{total / n:.4f}")
+    bar.close()
+    return total / max(n, 1)
+
+
+def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) -> Path:
+    from mmrec.data.splits import load_split
+
+    log = get_logger("finetune.sequential")
+    mcfg: SequentialConfig = cfg.model(name)
+    module = importlib.import_module(MODEL_KINDS[mcfg.kind].split(":")[0])
+    metric, k = parse_metric(mcfg.valid_metric)
+    out_dir = Path(out_dir)
+    split = load_split(ExperimentPaths(cfg.dir).split(cfg.section("split").name))
+    fingerprint = _fingerprint(cfg, name, split.candidates_sha256)
+
+    run_file = out_dir / RUN_FILE
+    previous = read_json(run_file) if run_file.is_file() else None
+    if resume and previous is not None:
+        if previous.get("fingerprint") != fingerprint:
+            raise ConfigError(f"{out_dir} holds a run of '{name}' with other settings or another split; "
+                              f"re-run with --no-resume to train from scratch (it replaces that run)")
+        if previous.get("finished"):
+            log.info(f"{name}: already trained (best {mcfg.valid_metric} {previous['best']}), kept")
+            return out_dir
+    resuming = resume and previous is not None and (out_dir / STATE_DIR / "state.json").is_file()
+
+    # Data: item indices from the training sequences, windows of at most max_len targets.
+    seed_everything(cfg.seed)
+    sequences = training_sequences(split.examples)
+    vocab = ItemVocab.from_sequences(sequences.tolist())
+    samples = [w for seq in sequences for w in windows(vocab.encode(seq), mcfg.max_len)]
+    valid = split.candidates[split.candidates["stage"] == "valid"].reset_index(drop=True)
+    device = resolve_device(mcfg.device)
+
+    torch.manual_seed(derive_seed(cfg.seed, name, "init"))
+    model = module.build_model(mcfg, len(vocab)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=mcfg.lr, weight_decay=mcfg.weight_decay)
+    if resuming:
+        state = load_checkpoint(out_dir, model, optimizer)
+        log.info(f"{name}: resuming after epoch {state.epoch} (best {mcfg.valid_metric} {state.best:.4f})")
+    else:
+        state = TrainState()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out_dir / STATE_DIR, ignore_errors=True)  # an older run's state must never be resumed
+        for stale in (WEIGHTS_FILE, LOG_FILE):
+            (out_dir / stale).unlink(missing_ok=True)
+        write_parquet(pd.DataFrame({"item_id": vocab.item_ids}), out_dir / ITEMS_FILE)
+    info = {"kind": mcfg.kind, "config": to_dict(mcfg), "fingerprint": fingerprint, "finished": False,
+            "n_items": len(vocab), "train_sequences": len(sequences), "train_windows": len(samples),
+            "train_targets": int(sum(len(s) - 1 for s in samples)), "candidates_sha256": split.candidates_sha256}
+    write_json(info, run_file)
+    log.info(f"{name}: {len(vocab)} items, {len(sequences)} sequences, {info['train_targets']} targets, {device}")
+
+    while state.epoch < mcfg.epochs and not state.stopped_early:
+        epoch = state.epoch
+        order = rng(cfg.seed, name, "shuffle", epoch).permutation(len(samples))
+        loss = run_epoch(model, optimizer, samples, mcfg, order, device, desc=f"{name} epoch {epoch + 1}/{mcfg.epochs}")
+        score = float("nan")
+        if len(valid):
+            scorer = SequentialScorer(model, vocab, split.examples, mcfg.max_len, device, mcfg.eval_batch_size)
+            score = validation_metric(scorer.score(valid), valid, metric, k)
+        improved = (not len(valid)) or score > state.best
+        if improved:
+            state.best, state.best_epoch, state.bad_epochs = (score if len(valid) else state.best), epoch, 0
+            with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
+                save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        else:
+            state.bad_epochs += 1
+        state.epoch = epoch + 1
+        state.stopped_early = bool(len(valid)) and state.bad_epochs >= mcfg.patience
+        state.history.append({"epoch": epoch + 1, "loss": loss, mcfg.valid_metric: _finite(score), "best": improved})
+        save_checkpoint(out_dir, model, optimizer, state)
+        write_text("".join(json.dumps(h) + "\n" for h in state.history), out_dir / LOG_FILE)
+        log.info(f"{name} epoch {epoch + 1}: loss {loss:.4f}, valid {mcfg.valid_metric} {score:.4f}"
+                 + (" (best)" if improved else f" ({state.bad_epochs}/{mcfg.patience} without improvement)"))
+
+    info.update(finished=True, best=_finite(state.best), best_epoch=state.best_epoch + 1, epochs_run=state.epoch,
+                stopped_early=state.stopped_early)
+    write_json(info, run_file)
+    return out_dir

@@ -1,0 +1,75 @@
+"""SASRec (Kang & McAuley 2018; RecBole's variant): item + position embeddings -> causal self-attention
+blocks (post-LayerNorm, GELU) -> scored against the tied item embeddings. Sizes follow RecBole: hidden 64,
+2 layers, 2 heads, inner 256, dropout 0.5, max length 50, LayerNorm eps 1e-12, normal(0, 0.02) init."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import nn
+
+from mmrec.models.sequential import PAD, SequentialConfig, SequentialModel, SequentialScorer, load_sequential_scorer
+
+if TYPE_CHECKING:
+    from mmrec.experiment import ExperimentConfig
+
+
+@dataclass
+class SASRecConfig(SequentialConfig):
+    kind: Literal["sasrec"] = "sasrec"
+    dropout: float = 0.5
+    num_layers: int = 2
+    num_heads: int = 2
+    inner_size: int = 256
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_layers < 1 or self.num_heads < 1 or self.inner_size < 1:
+            raise ValueError("'num_layers', 'num_heads' and 'inner_size' must be at least 1")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"'hidden_size' ({self.hidden_size}) must be divisible by 'num_heads' ({self.num_heads})")
+
+
+class SASRec(SequentialModel):
+    def __init__(self, n_items: int, max_len: int = 50, hidden_size: int = 64, num_layers: int = 2,
+                 num_heads: int = 2, inner_size: int = 256, dropout: float = 0.5):
+        super().__init__()
+        self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=PAD)
+        self.position_embedding = nn.Embedding(max_len, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(hidden_size, num_heads, inner_size, dropout, activation="gelu",
+                                           layer_norm_eps=1e-12, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """[B, L] right-padded item indices -> [B, L, hidden]. The causal mask lets position t attend to
+        positions 0..t only; with padding after the items, no real position ever attends to padding."""
+        length = items.shape[1]
+        if length > self.position_embedding.num_embeddings:
+            raise ValueError(f"sequence length {length} exceeds max_len {self.position_embedding.num_embeddings}")
+        positions = torch.arange(length, device=items.device)
+        x = self.dropout(self.norm(self.item_embedding(items) + self.position_embedding(positions)))
+        mask = nn.Transformer.generate_square_subsequent_mask(length, device=items.device)
+        return self.encoder(x, mask=mask, is_causal=True)
+
+
+def build_model(cfg: SASRecConfig, n_items: int) -> SASRec:
+    return SASRec(n_items, cfg.max_len, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.inner_size, cfg.dropout)
+
+
+def load_scorer(cfg: "ExperimentConfig", name: str, ckpt_dir: Path) -> SequentialScorer:
+    return load_sequential_scorer(cfg, name, Path(ckpt_dir), build_model)

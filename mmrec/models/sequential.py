@@ -1,0 +1,266 @@
+"""What the sequential ID baselines (GRU4Rec, SASRec) share: item ids, padded batches, the all-position
+training loss, and scoring a user's next item from the last position of their history.
+
+Speed by design (DESIGN.md): a user's training sequence is one sample. The model reads it once under a causal
+structure and gets a loss at every position, where RecBole builds one truncated prefix per target (about
+sequence-length times more work for the same targets). `tests/test_sequential.py` checks that the summed
+all-position loss equals the sum of the per-prefix losses.
+
+Item indices: 0 is padding, items seen in training are 1..n. Items never seen in training have no embedding:
+they are dropped from histories, and as candidates they score `UNSEEN_SCORE` (-inf: below every known item).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mmrec.errors import ConfigError, DataError, MmrecError
+from mmrec.io import read_json
+
+if TYPE_CHECKING:
+    from mmrec.experiment import ExperimentConfig
+
+PAD = 0
+UNSEEN_SCORE = float("-inf")
+LOSSES = ("ce", "bce")
+
+
+@dataclass
+class SequentialConfig:
+    """Fields every sequential baseline shares: loss, training loop, early stopping, device.
+    Sizes follow RecBole's benchmark settings (hidden 64, max length 50, CE loss over the whole catalogue)."""
+
+    hidden_size: int = 64
+    dropout: float = 0.3
+    max_len: int = 50
+    loss: Literal["ce", "bce"] = "ce"
+    bce_negatives: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 50
+    batch_size: int = 256
+    patience: int = 10
+    valid_metric: str = "ndcg@10"
+    eval_batch_size: int = 512
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        for key in ("hidden_size", "max_len", "bce_negatives", "epochs", "batch_size", "patience", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"'{key}' must be at least 1, got {getattr(self, key)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"'dropout' must be in [0, 1), got {self.dropout}")
+        if self.lr <= 0:
+            raise ValueError(f"'lr' must be positive, got {self.lr}")
+        parse_metric(self.valid_metric)
+
+
+def parse_metric(name: str) -> tuple[str, int]:
+    """'ndcg@10' -> ('ndcg', 10); the validation metrics the recipe can stop on."""
+    metric, _, k = name.lower().partition("@")
+    if metric not in ("ndcg", "hr", "hit", "mrr") or not k.isdigit() or int(k) < 1:
+        raise ValueError(f"'valid_metric' must look like ndcg@10, hr@10 or mrr@10, got {name!r}")
+    return ("hr" if metric == "hit" else metric), int(k)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA without one is a config error, not a crash."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device; use device: auto or cpu")
+    return torch.device(device)
+
+
+class ItemVocab:
+    """Dense indices for item ids: 0 = padding, 1..n = the items of the training sequences, in first-seen order."""
+
+    def __init__(self, item_ids: Sequence[str]):
+        self.item_ids = list(item_ids)
+        self.index = {item: i + 1 for i, item in enumerate(self.item_ids)}
+        if len(self.index) != len(self.item_ids):
+            raise DataError("item vocabulary has duplicate ids")
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    @classmethod
+    def from_sequences(cls, sequences: Sequence[Sequence[str]]) -> "ItemVocab":
+        return cls(list(dict.fromkeys(item for seq in sequences for item in seq)))
+
+    def encode(self, items: Sequence[str]) -> list[int]:
+        """Indices of the known items, unseen ones dropped (they have no embedding to contribute)."""
+        return [i for i in (self.index.get(item, PAD) for item in items) if i != PAD]
+
+    def lookup(self, items: Sequence[str]) -> np.ndarray:
+        """Index per item, PAD for unseen ones (callers give those UNSEEN_SCORE)."""
+        return np.fromiter((self.index.get(item, PAD) for item in items), dtype=np.int64, count=len(items))
+
+
+def training_sequences(examples: pd.DataFrame) -> pd.Series:
+    """Each user's training sequence (a train row's `history + [target]`), indexed by user_id."""
+    train = examples[examples["stage"] == "train"]
+    if train.empty:
+        raise DataError("the split has no train rows: nothing to train on")
+    if train["user_id"].duplicated().any():
+        raise DataError("the split has several train rows for one user; expected one (history + target = the sequence)")
+    seqs = [list(h) + [t] for h, t in zip(train["history"], train["target"])]
+    return pd.Series(seqs, index=train["user_id"].to_numpy(), dtype=object)
+
+
+def windows(seq: Sequence[int], max_len: int) -> list[list[int]]:
+    """Cut an encoded sequence into training windows of at most max_len + 1 items (max_len targets each),
+    from the end, overlapping by one item so that every target but the first item is predicted exactly once.
+    A target early in a window sees fewer than max_len previous items; only users longer than max_len differ
+    from the prefix-per-sample scheme, and their recent targets keep full context."""
+    out = []
+    end = len(seq)
+    while end >= 2:
+        start = max(0, end - max_len - 1)
+        out.append(list(seq[start:end]))
+        end = start + 1
+    return out[::-1]
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], length: int | None = None) -> torch.Tensor:
+    """Right-padded [B, L] LongTensor (PAD after the items), so position 0 is every sequence's first item."""
+    length = length or max(len(s) for s in seqs)
+    out = torch.full((len(seqs), length), PAD, dtype=torch.long)
+    for row, s in enumerate(seqs):
+        out[row, : len(s)] = torch.as_tensor(s[-length:], dtype=torch.long)
+    return out
+
+
+class SequentialModel(nn.Module):
+    """A next-item model: `forward(items [B, L]) -> hidden [B, L, D]`, where position t has read items 0..t only.
+    Scores are dot products with the (tied) item embedding table `item_embedding`."""
+
+    item_embedding: nn.Embedding
+
+    def item_scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., D] -> [..., n_items] scores over items 1..n (padding excluded)."""
+        return hidden @ self.item_embedding.weight[1:].T
+
+
+def sample_negatives(target: torch.Tensor, n_items: int, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[N, k] items drawn uniformly from 1..n_items excluding each row's target (one draw, no rejection loop)."""
+    draw = torch.randint(1, n_items, (target.shape[0], k), generator=generator, device=target.device)
+    return draw + (draw >= target[:, None]).long()
+
+
+def sequence_loss(model: SequentialModel, batch: torch.Tensor, loss: str = "ce", negatives: int = 1,
+                  generator: torch.Generator | None = None, reduction: str = "mean") -> torch.Tensor:
+    """Next-item loss at every position of right-padded sequences `batch` [B, L]: position t predicts item t+1.
+    'ce': softmax over the whole catalogue; 'bce': the target against `negatives` uniform items (never the target)."""
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    valid = targets != PAD
+    hidden = model(inputs)[valid]                      # [N, D] one row per (sequence, position) with a target
+    target = targets[valid]                            # [N] in 1..n
+    if loss == "ce":
+        losses = F.cross_entropy(model.item_scores(hidden), target - 1, reduction="none")
+    elif loss == "bce":
+        n_items = model.item_embedding.num_embeddings - 1
+        if n_items < 2:
+            raise DataError("BCE with sampled negatives needs at least two items in the training data")
+        neg = sample_negatives(target, n_items, negatives, generator)
+        pos_logit = (hidden * model.item_embedding(target)).sum(-1)
+        neg_logit = (hidden[:, None, :] * model.item_embedding(neg)).sum(-1)
+        losses = F.softplus(-pos_logit) + F.softplus(neg_logit).sum(-1)
+    else:
+        raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if reduction == "sum":
+        return losses.sum()
+    if reduction == "none":
+        return losses
+    return losses.mean()
+
+
+def last_hidden(model: SequentialModel, batch: torch.Tensor) -> torch.Tensor:
+    """[B, D] hidden state after each right-padded sequence's last item (an empty history reads position 0)."""
+    lengths = (batch != PAD).sum(1).clamp(min=1)
+    hidden = model(batch)
+    return hidden[torch.arange(batch.shape[0], device=batch.device), lengths - 1]
+
+
+def batches(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+class SequentialScorer:
+    """Scores candidates (and the whole catalogue) with a trained sequential model.
+    A user's context is their history in the split (`examples`) for the candidate row's stage."""
+
+    def __init__(self, model: SequentialModel, vocab: ItemVocab, examples: pd.DataFrame, max_len: int,
+                 device: torch.device, batch_size: int = 512):
+        self.model = model.to(device).eval()
+        self.vocab = vocab
+        self.item_ids = list(vocab.item_ids)
+        self.max_len = max_len
+        self.device = device
+        self.batch_size = batch_size
+        evaluated = examples[examples["stage"] != "train"]
+        self.histories = {(u, s): h for u, s, h in zip(evaluated["user_id"], evaluated["stage"], evaluated["history"])}
+
+    @torch.no_grad()
+    def _catalogue_scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
+        out = np.empty((len(histories), len(self.vocab)), dtype=np.float64)
+        encoded = [self.vocab.encode(list(h))[-self.max_len:] for h in histories]
+        for sl in batches(len(encoded), self.batch_size):
+            batch = pad_batch(encoded[sl], self.max_len).to(self.device)
+            scores = self.model.item_scores(last_hidden(self.model, batch))
+            out[sl] = scores.double().cpu().numpy()
+        return out
+
+    def score_catalogue(self, examples: pd.DataFrame) -> np.ndarray:
+        """[len(examples), len(item_ids)] raw scores; history items are not masked (the evaluation decides)."""
+        return self._catalogue_scores(list(examples["history"]))
+
+    def score(self, candidates: pd.DataFrame) -> np.ndarray:
+        keys = list(zip(candidates["user_id"], candidates["stage"]))
+        missing = [k for k in dict.fromkeys(keys) if k not in self.histories]
+        if missing:
+            raise DataError(f"{len(missing)} candidate (user_id, stage) pair(s) have no example in the split, "
+                            f"e.g. {missing[0]}; score candidates of the split the model was trained on")
+        order = list(dict.fromkeys(keys))
+        catalogue = self._catalogue_scores([self.histories[k] for k in order])
+        row_of = {k: i for i, k in enumerate(order)}
+        item_idx = self.vocab.lookup(list(candidates["item_id"]))
+        rows = np.fromiter((row_of[k] for k in keys), dtype=np.int64, count=len(keys))
+        scores = catalogue[rows, np.maximum(item_idx - 1, 0)]
+        scores[item_idx == PAD] = UNSEEN_SCORE
+        return scores
+
+
+# Files of a sequential run's checkpoint directory (written by finetune/sequential.py).
+WEIGHTS_FILE = "model.safetensors"   # the best weights (by the validation metric)
+ITEMS_FILE = "items.parquet"         # item_id of indices 1..n
+RUN_FILE = "run.json"                # kind, n_items, best epoch and score, config fingerprint, finished flag
+
+
+def load_sequential_scorer(cfg: "ExperimentConfig", name: str, ckpt_dir: Path,
+                           build: Callable[[Any, int], SequentialModel]) -> SequentialScorer:
+    """The scorer of a finished run in `ckpt_dir`; `build(model_cfg, n_items)` makes the untrained module."""
+    from safetensors.torch import load_file
+
+    from mmrec.data.splits import load_split
+    from mmrec.experiment import ExperimentPaths
+
+    mcfg = cfg.model(name)
+    run_file = ckpt_dir / RUN_FILE
+    if not run_file.is_file() or not read_json(run_file).get("finished"):
+        raise MmrecError(f"{ckpt_dir}: no finished training run of model '{name}'; "
+                         f"run `mmrec finetune {cfg.source} --model {name}` first")
+    vocab = ItemVocab(pd.read_parquet(ckpt_dir / ITEMS_FILE)["item_id"].tolist())
+    model = build(mcfg, len(vocab))
+    model.load_state_dict(load_file(ckpt_dir / WEIGHTS_FILE))
+    split = load_split(ExperimentPaths(cfg.dir).split(cfg.section("split").name))
+    return SequentialScorer(model, vocab, split.examples, mcfg.max_len, resolve_device(mcfg.device),
+                            mcfg.eval_batch_size)
