@@ -51,3 +51,21 @@ class ReportConfig:
     title: str | None = None
     formats: list[Literal["md", "html"]] = field(default_factory=lambda: ["md", "html"])
     gallery_users: int = 8
+    # report fields below: see docs/report.md
+    stage: Literal["test", "valid"] = "test"   # which evaluated stage the tables, plots and gallery show
+    gallery_history: int = 10                  # last N history items shown per gallery user
+    gallery_candidates: int = 10               # top N candidates shown per user (the true item is always added)
+    ranking_model: str | None = None           # model whose ranking orders the gallery (default: best on NDCG@K)
+    thumb_size: int = 96                       # thumbnail long side, pixels
+    histogram_bins: int = 20
+
+    def __post_init__(self) -> None:
+        if not self.formats:
+            raise ValueError("report.formats must name at least one of md, html")
+        for key in ("gallery_users", "gallery_history", "gallery_candidates"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"report.{key} must be >= 0, got {getattr(self, key)}")
+        if not 8 <= self.thumb_size <= 512:
+            raise ValueError(f"report.thumb_size must be between 8 and 512 pixels, got {self.thumb_size}")
+        if self.histogram_bins < 1:
+            raise ValueError(f"report.histogram_bins must be >= 1, got {self.histogram_bins}")
