@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from mmrec.config import to_dict
 from mmrec.errors import ConfigError
 from mmrec.experiment import MODEL_KINDS, ExperimentConfig, ExperimentPaths
+from mmrec.metrics import DEFAULT_TIE_POLICY, evaluate_long, metric_name
 from mmrec.io import atomic_dir, atomic_path, hash_json, read_json, write_json, write_parquet, write_text
 from mmrec.models.sequential import (ITEMS_FILE, RUN_FILE, WEIGHTS_FILE, ItemVocab, SequentialConfig,
                                      SequentialModel, SequentialScorer, batches, pad_batch, parse_metric,
@@ -50,26 +51,13 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def validation_metric(scores: np.ndarray, candidates: pd.DataFrame, metric: str, k: int) -> float:
-    """Mean HR@k / NDCG@k / MRR@k over the (user, stage) groups of sampled candidates (label 1 = target).
-    Ties count against the target (pessimistic); a NaN target score is a miss. Used only for early stopping;
-    reported numbers come from `mmrec eval`."""
-    frame = pd.DataFrame({"key": candidates["user_id"].astype(str) + "\0" + candidates["stage"].astype(str),
-                          "score": np.nan_to_num(scores, nan=-np.inf), "label": candidates["label"].to_numpy()})
-    target = frame[frame["label"] == 1].drop_duplicates("key").set_index("key")["score"]
-    negatives = frame[frame["label"] == 0]
-    above = (negatives["score"].to_numpy() >= target.reindex(negatives["key"]).to_numpy())
-    rank = 1 + pd.Series(above, index=negatives["key"].to_numpy()).groupby(level=0).sum().reindex(target.index).fillna(0)
-    rank = rank.to_numpy(dtype=np.float64)
-    rank[np.isneginf(target.to_numpy())] = np.inf
-    hit = rank <= k
-    if metric == "hr":
-        values = hit.astype(np.float64)
-    elif metric == "ndcg":
-        values = np.where(hit, 1.0 / np.log2(rank + 1.0), 0.0)
-    else:
-        values = np.where(hit, 1.0 / rank, 0.0)
-    return float(values.mean()) if len(values) else float("nan")
+def validation_metric(scores: np.ndarray, candidates: pd.DataFrame, metric: str, k: int,
+                      tie_policy: str = DEFAULT_TIE_POLICY) -> float:
+    """Mean `metric@k` over the (user, stage) rows of sampled candidates (label 1 = target), by `mmrec.metrics`
+    under the experiment's tie policy, so early stopping selects on the very numbers `mmrec eval` reports."""
+    groups, _ = pd.factorize(pd.MultiIndex.from_arrays([candidates["user_id"], candidates["stage"]]))
+    ev = evaluate_long(groups, candidates["label"].to_numpy(), scores, ks=[k], tie_policy=tie_policy, metrics=[metric])
+    return float(ev.summary[metric_name(metric, k)])
 
 
 def _finite(x: float) -> float | None:
@@ -150,6 +138,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     mcfg: SequentialConfig = cfg.model(name)
     module = importlib.import_module(MODEL_KINDS[mcfg.kind].split(":")[0])
     metric, k = parse_metric(mcfg.valid_metric)
+    tie_policy = cfg.section("eval").tie_policy
     out_dir = Path(out_dir)
     split = load_split(ExperimentPaths(cfg.dir).split(cfg.section("split").name))
     fingerprint = _fingerprint(cfg, name, split.candidates_sha256)
@@ -199,7 +188,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         score = float("nan")
         if len(valid):
             scorer = SequentialScorer(model, vocab, split.examples, mcfg.max_len, device, mcfg.eval_batch_size)
-            score = validation_metric(scorer.score(valid), valid, metric, k)
+            score = validation_metric(scorer.score(valid), valid, metric, k, tie_policy)
         improved = (not len(valid)) or score > state.best
         if improved:
             state.best, state.best_epoch, state.bad_epochs = (score if len(valid) else state.best), epoch, 0

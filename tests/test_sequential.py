@@ -136,11 +136,12 @@ def test_scorer_looks_up_history_and_handles_unseen_items():
 def test_validation_metric_hand_computed():
     cands = pd.DataFrame({"user_id": ["a"] * 3 + ["b"] * 3 + ["c"] * 3, "stage": ["valid"] * 9,
                           "label": [1, 0, 0] * 3})
-    # a: target first (rank 1); b: one negative above (rank 2); c: tie with a negative -> pessimistic rank 2... and NaN
+    # a: target first (rank 1); b: one negative above (rank 2); c: tied with one negative (rank 1 or 2)
     scores = np.array([0.9, 0.1, 0.2, 0.5, 0.7, 0.1, 0.3, 0.3, 0.0])
-    assert validation_metric(scores, cands, "hr", 1) == pytest.approx(1 / 3)
+    assert validation_metric(scores, cands, "hr", 1, "pessimistic") == pytest.approx(1 / 3)
+    assert validation_metric(scores, cands, "hr", 1, "expected") == pytest.approx((1 + 0.5) / 3)
     assert validation_metric(scores, cands, "hr", 2) == pytest.approx(1.0)
-    assert validation_metric(scores, cands, "mrr", 10) == pytest.approx((1 + 0.5 + 0.5) / 3)
-    assert validation_metric(scores, cands, "ndcg", 10) == pytest.approx((1 + 2 / math.log2(3)) / 3)
+    assert validation_metric(scores, cands, "mrr", 10, "pessimistic") == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert validation_metric(scores, cands, "ndcg", 10, "pessimistic") == pytest.approx((1 + 2 / math.log2(3)) / 3)
     scores[0] = np.nan  # a NaN target is a miss
-    assert validation_metric(scores, cands, "hr", 3) == pytest.approx(2 / 3)
+    assert validation_metric(scores, cands, "hr", 2, "pessimistic") == pytest.approx(2 / 3)

@@ -63,11 +63,14 @@ class SequentialConfig:
 
 
 def parse_metric(name: str) -> tuple[str, int]:
-    """'ndcg@10' -> ('ndcg', 10); the validation metrics the recipe can stop on."""
+    """'ndcg@10' -> ('ndcg', 10): a top-K metric of `mmrec.metrics` the recipe can stop on."""
+    from mmrec.metrics import TOPK_METRICS
+
     metric, _, k = name.lower().partition("@")
-    if metric not in ("ndcg", "hr", "hit", "mrr") or not k.isdigit() or int(k) < 1:
-        raise ValueError(f"'valid_metric' must look like ndcg@10, hr@10 or mrr@10, got {name!r}")
-    return ("hr" if metric == "hit" else metric), int(k)
+    if metric not in TOPK_METRICS or not k.isdigit() or int(k) < 1:
+        raise ValueError(f"'valid_metric' must be one of {', '.join(TOPK_METRICS)} with a cutoff, "
+                         f"like ndcg@10 or hr@10; got {name!r}")
+    return metric, int(k)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -1,0 +1,47 @@
+"""Popularity: exact counts from the training sequences, stage-aware scores, deterministic."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmrec.errors import DataError
+from mmrec.models.pop import PopScorer, item_counts
+
+EXAMPLES = pd.DataFrame({
+    "user_id": ["u", "u", "u", "v", "v", "v"],
+    "stage": ["train", "valid", "test"] * 2,
+    "history": [["a", "b", "a"], ["a", "b", "a", "c"], ["a", "b", "a", "c", "d"],
+                ["b"], ["b", "c"], ["b", "c", "d"]],
+    "target": ["c", "d", "e", "c", "d", "a"],
+})
+
+
+def test_counts_are_exact_and_from_training_sequences_only():
+    counts = item_counts(EXAMPLES).set_index("item_id")
+    # training sequences: u = a b a c, v = b c
+    assert counts["train"].to_dict() == {"a": 2, "b": 2, "c": 2, "d": 0}
+    assert counts["valid"].to_dict() == {"a": 0, "b": 0, "c": 0, "d": 2}
+    assert "e" not in counts.index  # test targets are never counted
+    users = item_counts(EXAMPLES, "users").set_index("item_id")
+    assert users["train"].to_dict() == {"a": 1, "b": 2, "c": 2, "d": 0}
+
+
+def test_scores_by_stage_and_unseen_items():
+    counts = item_counts(EXAMPLES)
+    cands = pd.DataFrame({"user_id": ["u"] * 4, "stage": ["valid", "valid", "test", "test"],
+                          "item_id": ["a", "d", "d", "zz"]})
+    assert PopScorer(counts, include_valid=False).score(cands).tolist() == [2.0, 0.0, 0.0, 0.0]
+    with_valid = PopScorer(counts, include_valid=True)
+    assert with_valid.score(cands).tolist() == [2.0, 0.0, 2.0, 0.0]  # valid targets count for the test stage only
+    catalogue = with_valid.score_catalogue(EXAMPLES[EXAMPLES["stage"] != "train"].reset_index(drop=True))
+    assert with_valid.item_ids == ["a", "b", "c", "d"]
+    assert catalogue.shape == (4, 4) and catalogue.dtype == np.float64
+    assert catalogue[0].tolist() == [2, 2, 2, 0] and catalogue[1].tolist() == [2, 2, 2, 2]
+    with pytest.raises(DataError, match="stage"):
+        with_valid.score(pd.DataFrame({"user_id": ["u"], "stage": ["train"], "item_id": ["a"]}))
+
+
+def test_no_train_rows_is_a_clear_error():
+    with pytest.raises(DataError, match="no train rows"):
+        item_counts(EXAMPLES[EXAMPLES["stage"] == "test"])
