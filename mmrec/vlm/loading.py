@@ -1,0 +1,160 @@
+"""Load a vision-language model (LLaVA family or any image-text-to-text model) or a text-only causal LM.
+
+The same code loads a hub id (`llava-hf/llava-v1.6-mistral-7b-hf`) and a local directory (the tiny models of
+`mmrec.tiny`). Remote code runs only when the spec says `trust_remote_code: true`; access tokens come from
+the environment (huggingface_hub reads HF_TOKEN), never from a config file.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmrec.errors import ConfigError, MmrecError
+from mmrec.progress import get_logger
+from mmrec.vlm.spec import ModelSpec
+
+log = get_logger(__name__)
+
+# model_type -> family; anything else loads through AutoModelForImageTextToText as "auto".
+FAMILIES = {"llava": "llava", "llava_next": "llava_next", "llava_onevision": "llava_onevision"}
+
+
+@dataclass
+class LoadedVLM:
+    """A loaded vision-language model with its processor (images + text) and tokenizer."""
+
+    model: Any
+    processor: Any
+    tokenizer: Any
+    family: str
+    spec: ModelSpec
+
+    @property
+    def image_token(self) -> str:
+        return getattr(self.processor, "image_token", None) or "<image>"
+
+
+@dataclass
+class LoadedLM:
+    """A loaded text-only causal LM and its tokenizer."""
+
+    model: Any
+    tokenizer: Any
+    spec: ModelSpec
+    family: str = "llm"
+    processor: Any = None
+
+
+def _common_kwargs(spec: ModelSpec) -> dict[str, Any]:
+    if not spec.name_or_path:
+        raise ConfigError("model.name_or_path is not set: give a hub id (e.g. llava-hf/llava-v1.6-mistral-7b-hf) "
+                          "or a local directory (e.g. one made by `mmrec tiny`)")
+    kw: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    if spec.revision:
+        kw["revision"] = spec.revision
+    return kw
+
+
+def _torch_dtype(spec: ModelSpec) -> Any:
+    import torch
+
+    return "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)
+
+
+def _device_map(spec: ModelSpec) -> Any:
+    """None -> this process's own device, so one model per GPU under torchrun / job arrays."""
+    if spec.device_map is not None:
+        return spec.device_map
+    import torch
+
+    if torch.cuda.is_available():
+        return {"": f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"}
+    return {"": "cpu"}
+
+
+def _quantization(spec: ModelSpec, skip: list[str]) -> Any:
+    if spec.quantization is None:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError("quantization needs the bitsandbytes package: pip install bitsandbytes") from None
+    compute = torch.float32 if spec.dtype == "float32" else (torch.float16 if spec.dtype == "float16" else torch.bfloat16)
+    if spec.quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+                                  bnb_4bit_use_double_quant=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+
+
+def _model_kwargs(spec: ModelSpec, skip: list[str]) -> dict[str, Any]:
+    kw = _common_kwargs(spec)
+    kw.update(dtype=_torch_dtype(spec), device_map=_device_map(spec))
+    if spec.attn_implementation:
+        kw["attn_implementation"] = spec.attn_implementation
+    quant = _quantization(spec, skip)
+    if quant is not None:
+        kw["quantization_config"] = quant
+    return kw
+
+
+def _load_config(spec: ModelSpec) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
+    except (OSError, ValueError) as e:
+        where = "directory" if Path(spec.name_or_path).exists() else "hub id"
+        raise MmrecError(f"cannot load model config from {where} '{spec.name_or_path}'"
+                         f"{' at revision ' + spec.revision if spec.revision else ''}: {e}".splitlines()[0]) from None
+
+
+def load_vlm(spec: ModelSpec) -> LoadedVLM:
+    """Load an image-text-to-text model, its processor and tokenizer; the model is put in eval mode."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    config = _load_config(spec)
+    family = FAMILIES.get(config.model_type, "auto")
+    # transformers 5 matches skip-module names from the start of the full module name.
+    skip = ["lm_head", "model.multi_modal_projector", "model.vision_tower", "multi_modal_projector", "vision_tower"]
+    try:
+        processor = AutoProcessor.from_pretrained(spec.name_or_path, backend=spec.image_backend, **_common_kwargs(spec))
+        model = AutoModelForImageTextToText.from_pretrained(spec.name_or_path, **_model_kwargs(spec, skip))
+    except (OSError, ValueError) as e:
+        raise MmrecError(f"cannot load vision-language model '{spec.name_or_path}': {e}".splitlines()[0]) from None
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None:
+        raise MmrecError(f"'{spec.name_or_path}' has a processor without a tokenizer; it is not a vision-language model")
+    _prepare_tokenizer(tokenizer, model)
+    model.eval()
+    log.debug("loaded %s (%s) from %s", type(model).__name__, family, spec.name_or_path)
+    return LoadedVLM(model=model, processor=processor, tokenizer=tokenizer, family=family, spec=spec)
+
+
+def load_llm(spec: ModelSpec) -> LoadedLM:
+    """Load a text-only causal LM (the preference summarizer) and its tokenizer; eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _load_config(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
+        model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **_model_kwargs(spec, ["lm_head"]))
+    except (OSError, ValueError) as e:
+        raise MmrecError(f"cannot load language model '{spec.name_or_path}': {e}".splitlines()[0]) from None
+    _prepare_tokenizer(tokenizer, model)
+    model.eval()
+    return LoadedLM(model=model, tokenizer=tokenizer, spec=spec)
+
+
+def _prepare_tokenizer(tokenizer: Any, model: Any) -> None:
+    """Left padding for batched generation, and a pad token (Llama-3 ships none: reuse EOS, as is customary)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id
