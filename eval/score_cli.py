@@ -1,0 +1,237 @@
+"""Score models on the split's persisted candidates: `mmrec score CONFIG [k=v ...] [--model NAME] [--seeds 0 1]`.
+
+Writes `scores/<run>.parquet` (user_id, stage, item_id, score) with exactly one row per candidate of the
+evaluated stages, in the candidate file's order; a model that cannot score a pair returns NaN, which is kept
+and counted as a miss. With `eval.protocol: full` it also ranks the whole catalogue for models that can
+(`CatalogueScorer`) and writes `scores/<run>.full.parquet`: per example the target and how many catalogue items
+scored above it / tied with it (history items excluded when `eval.mask_history`), which is all the metrics need.
+
+Work is done in chunks of `eval.batch_users` examples saved as they finish, so an interrupted run resumes where
+it stopped; a finished scores file whose inputs (candidate file, checkpoint, stages) are unchanged is skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from eval.protocol import SCORES_META_KEY, check_candidates, checkpoint_fingerprint, scores_metadata
+from mmrec.cli import add_config_arguments, load_experiment
+from mmrec.config import to_dict
+from mmrec.errors import ConfigError, DataError
+from mmrec.experiment import ExperimentConfig, ExperimentPaths, runs_of
+from mmrec.io import hash_json, read_json, write_json, write_parquet
+from mmrec.progress import get_logger, progress
+
+log = get_logger("score")
+FULL_COLUMNS = ["user_id", "stage", "item_id", "score", "n_greater", "n_tied", "n_ranked", "n_masked", "n_invalid"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--model", action="append", default=None,
+                        help="score only this model (repeatable); default: eval.models or every model")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="score the runs <model>@seed<k> (default: eval.seeds, else experiment.seeds)")
+    parser.add_argument("--stage", choices=["test", "valid", "all"], default=None,
+                        help="stages to score (default: eval.stages)")
+    parser.add_argument("--force", action="store_true", help="re-score even when the scores are up to date")
+
+
+def full_ranks_path(paths: ExperimentPaths, run: str) -> Path:
+    """Where the full-ranking protocol's per-example target ranks go (beside `scores/<run>.parquet`)."""
+    return paths.scores(run).with_name(f"{run}.full.parquet")
+
+
+def selected(cfg: ExperimentConfig, models: list[str] | None, seeds: list[int] | None, stage: str | None
+             ) -> tuple[list[str], list[int] | None, list[str]]:
+    """(model names, seeds, stages) from command-line choices, else the eval section, else the experiment."""
+    ev = cfg.section("eval")
+    names = models or ev.models or cfg.model_names()
+    for n in names:
+        cfg.model(n)  # validates, and names the config and the model on error
+    if not names:
+        raise ConfigError(f"{cfg.source}: no models to score; add some under 'models'")
+    seeds = seeds or ev.seeds or cfg.experiment.seeds
+    stages = ["valid", "test"] if stage == "all" else [stage] if stage else list(dict.fromkeys(ev.stages))
+    return names, seeds, stages
+
+
+def write_with_meta(df: pd.DataFrame, path: Path, meta: dict[str, Any]) -> Path:
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           SCORES_META_KEY: json.dumps(meta, sort_keys=True).encode()})
+    return write_parquet(table, path)
+
+
+def run_chunks(n_chunks: int, compute: Callable[[int], pd.DataFrame], parts_dir: Path, key: str, desc: str) -> pd.DataFrame:
+    """Compute chunks 0..n-1, saving each as it finishes; chunks saved under the same `key` are reused."""
+    key_file = parts_dir / "key.json"
+    if parts_dir.exists() and (not key_file.is_file() or read_json(key_file).get("key") != key):
+        shutil.rmtree(parts_dir)  # parts of a different model/candidate file: unusable
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    write_json({"key": key}, key_file)
+    done = 0
+    for i in progress(range(n_chunks), desc=desc, unit="chunk"):
+        part = parts_dir / f"part-{i:06d}.parquet"
+        if part.is_file():
+            done += 1
+            continue
+        write_parquet(compute(i), part)
+    if done:
+        log.info(f"{desc}: resumed, {done}/{n_chunks} chunks were already scored")
+    frames = [pd.read_parquet(parts_dir / f"part-{i:06d}.parquet") for i in range(n_chunks)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _as_scores(values: Any, n: int, run: str) -> np.ndarray:
+    try:
+        out = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"model run '{run}' returned scores that are not numbers ({e})") from None
+    if out.shape != (n,):
+        raise DataError(f"model run '{run}' returned scores of shape {out.shape} for {n} candidates; a scorer must "
+                        "return one score per candidate row, in order")
+    return out
+
+
+def score_sampled(scorer: Any, candidates: pd.DataFrame, batch_users: int, parts_dir: Path, key: str, run: str
+                  ) -> pd.DataFrame:
+    """One score per candidate row (same order), computed `batch_users` examples at a time."""
+    cands = candidates[["user_id", "stage", "item_id"]].reset_index(drop=True)
+    chunk = cands.groupby(["stage", "user_id"], sort=False).ngroup().to_numpy() // batch_users
+    order = np.argsort(chunk, kind="stable")  # the identity unless an example's candidates are not contiguous
+    cands, chunk = cands.iloc[order].reset_index(drop=True), chunk[order]
+    starts = np.searchsorted(chunk, np.arange(chunk.max() + 2)) if len(chunk) else np.array([0])
+
+    def compute(i: int) -> pd.DataFrame:
+        rows = cands.iloc[starts[i]:starts[i + 1]].reset_index(drop=True)
+        return rows.assign(score=_as_scores(scorer.score(rows.copy()), len(rows), run))
+
+    scored = run_chunks(len(starts) - 1, compute, parts_dir, key, f"score {run}")
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return scored.iloc[inverse].reset_index(drop=True)  # back to the candidate file's order
+
+
+def target_ranks(mat: np.ndarray, target_col: np.ndarray, history_cols: list[np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Per row of a [rows, items] catalogue score matrix: items above / tied with the target, items ranked,
+    items masked (history, never the target) and invalid (NaN) scores. A target outside the catalogue or with
+    a NaN score ranks below every item."""
+    n, m = mat.shape
+    r = np.arange(n)
+    masked = np.zeros((n, m), dtype=bool)
+    if history_cols is not None:
+        lens = np.array([len(h) for h in history_cols])
+        if lens.sum():
+            masked[np.repeat(r, lens), np.concatenate(history_cols)] = True
+    inside = target_col >= 0
+    masked[r[inside], target_col[inside]] = False
+    t = np.where(inside, mat[r, np.where(inside, target_col, 0)], np.nan)
+    ranked = ~masked
+    ok = ranked & ~np.isnan(mat)
+    greater = (ok & (mat > t[:, None])).sum(1)
+    tied = (ok & (mat == t[:, None])).sum(1) - (~np.isnan(t))
+    n_ranked = ranked.sum(1) + (~inside)
+    invalid_target = np.isnan(t)
+    return {
+        "score": t,
+        "n_greater": np.where(invalid_target, n_ranked - 1, greater).astype(np.int64),
+        "n_tied": np.where(invalid_target, 0, tied).astype(np.int64),
+        "n_ranked": n_ranked.astype(np.int64),
+        "n_masked": masked.sum(1).astype(np.int64),
+        "n_invalid": ((ranked & np.isnan(mat)).sum(1) + (~inside)).astype(np.int64),
+    }
+
+
+def score_full(scorer: Any, examples: pd.DataFrame, mask_history: bool, batch_users: int, parts_dir: Path,
+               key: str, run: str) -> pd.DataFrame:
+    """Rank the whole catalogue for every example; keep the target's counts (see `target_ranks`)."""
+    items = list(scorer.item_ids)
+    pos = pd.Series(np.arange(len(items)), index=pd.Index(items))
+    ex = examples[["user_id", "stage", "history", "target"]].reset_index(drop=True)
+    n_chunks = (len(ex) + batch_users - 1) // batch_users
+
+    def compute(i: int) -> pd.DataFrame:
+        rows = ex.iloc[i * batch_users:(i + 1) * batch_users].reset_index(drop=True)
+        mat = np.asarray(scorer.score_catalogue(rows[["user_id", "stage", "history"]].copy()), dtype=np.float64)
+        if mat.shape != (len(rows), len(items)):
+            raise DataError(f"model run '{run}' returned a catalogue score matrix of shape {mat.shape}; expected "
+                            f"({len(rows)}, {len(items)}) = (examples, item_ids)")
+        tcol = pos.reindex(rows["target"].to_numpy()).fillna(-1).to_numpy(np.int64)
+        hist = None
+        if mask_history:
+            hist = [c[c >= 0] for c in (pos.reindex(list(h)).fillna(-1).to_numpy(np.int64) for h in rows["history"])]
+        out = target_ranks(mat, tcol, hist)
+        return pd.DataFrame({"user_id": rows["user_id"], "stage": rows["stage"], "item_id": rows["target"], **out})
+
+    return run_chunks(n_chunks, compute, parts_dir, key, f"rank catalogue {run}")[FULL_COLUMNS]
+
+
+def score_run(cfg: ExperimentConfig, run_cfg: ExperimentConfig, name: str, run: str, split: Any, split_dir: Path,
+              stages: list[str], force: bool = False) -> list[Path]:
+    """Score one run on the sampled candidates (and the catalogue under the full protocol); returns files written."""
+    from mmrec.models.base import CatalogueScorer, load_scorer
+
+    paths = ExperimentPaths(cfg.dir)
+    ev = cfg.section("eval")
+    cands_sha = check_candidates(split, split_dir)
+    ckpt = paths.checkpoint(run)
+    if not ckpt.exists():
+        raise DataError(f"{ckpt}: no checkpoint for run '{run}'; run `mmrec finetune {cfg.source} --model {name}` first")
+    base = {"run": run, "model": name, "stages": stages, "candidates_sha256": cands_sha,
+            "checkpoint_fingerprint": checkpoint_fingerprint(ckpt),
+            "model_config": hash_json(to_dict(run_cfg.model(name))), "experiment_seed": run_cfg.seed}
+    jobs: list[tuple[str, Path, dict[str, Any]]] = [("sampled", paths.scores(run), {**base, "protocol": "sampled"})]
+    if ev.protocol == "full":
+        jobs.append(("full", full_ranks_path(paths, run), {**base, "protocol": "full", "mask_history": ev.mask_history}))
+    todo = [(p, out, meta) for p, out, meta in jobs
+            if force or not out.is_file() or scores_metadata(out).get("key") != hash_json(meta)]
+    if not todo:
+        log.info(f"{run}: scores up to date ({paths.scores(run)})")
+        return []
+    scorer = load_scorer(run_cfg, name, ckpt)
+    written = []
+    for protocol, out, meta in todo:
+        key = hash_json(meta)
+        parts = out.with_name(f".{out.stem}.parts")
+        if protocol == "sampled":
+            cands = split.candidates[split.candidates["stage"].isin(stages)]
+            if cands.empty:
+                raise DataError(f"{split_dir}: candidates.parquet has no rows for stage(s) {', '.join(stages)}")
+            df = score_sampled(scorer, cands, ev.batch_users, parts, key, run)
+            if len(df) != len(cands):
+                raise DataError(f"{run}: {len(df)} scores for {len(cands)} candidates; delete {parts} and re-run")
+            n_nan = int(df["score"].isna().sum())
+            summary = f"{len(df)} candidates, {n_nan} invalid (NaN) scores"
+        else:
+            if not isinstance(scorer, CatalogueScorer):
+                raise ConfigError(f"{cfg.source}: model '{name}' (kind {run_cfg.model(name).kind}) cannot rank the whole "
+                                  "catalogue; use eval.protocol=sampled or leave it out with eval.models")
+            examples = split.examples[split.examples["stage"].isin(stages)]
+            df = score_full(scorer, examples, ev.mask_history, ev.batch_users, parts, key, run)
+            n_nan = int(df["score"].isna().sum())
+            summary = f"{len(df)} examples ranked over {len(scorer.item_ids)} items, {n_nan} invalid target scores"
+        write_with_meta(df, out, {**meta, "key": key, "invalid_scores": n_nan})
+        shutil.rmtree(parts, ignore_errors=True)
+        log.info(f"{run}: {summary} -> {out}")
+        written.append(out)
+    return written
+
+
+def main(args: argparse.Namespace) -> int:
+    from mmrec.data.splits import load_split
+
+    cfg = load_experiment(args)
+    names, seeds, stages = selected(cfg, args.model, args.seeds, args.stage)
+    split_dir = ExperimentPaths(cfg.dir).split(cfg.section("split").name)
+    split = load_split(split_dir)
+    for name, run, run_cfg in runs_of(cfg, names, seeds):
+        score_run(cfg, run_cfg, name, run, split, split_dir, stages, force=args.force)
+    return 0
