@@ -126,3 +126,10 @@ def test_4bit_loading_on_cpu_generates(models):
     with torch.no_grad():
         out = loaded.model.generate(**batch, max_new_tokens=3, do_sample=False)
     assert out.shape[1] == batch["input_ids"].shape[1] + 3
+
+
+def test_4bit_vlm_keeps_vision_tower_and_projector_unquantized(models):
+    pytest.importorskip("bitsandbytes")
+    loaded = load_vlm(ModelSpec(name_or_path=str(models["root"] / "llava"), quantization="4bit", dtype="float32"))
+    quantized = [n for n, m in loaded.model.named_modules() if "4bit" in type(m).__name__]
+    assert quantized and all(".language_model." in n for n in quantized)
