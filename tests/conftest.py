@@ -25,3 +25,29 @@ def run_cli(capsys):
         return code, out, err
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory):
+    """Path to a small synthetic canonical dataset (200 users, 120 items, seed 0; data_prep.synthetic), built
+    once per session. Shared by many tests: treat it as read-only (copy it before changing anything)."""
+    import argparse
+
+    from data_prep import synthetic
+
+    parser = argparse.ArgumentParser()
+    synthetic.configure(parser)
+    out = tmp_path_factory.mktemp("synthetic") / "dataset"
+    synthetic.run(parser.parse_args(["--out", str(out), "--seed", "0"]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_split(synthetic_dataset):
+    """Path to the leave-one-out split of `synthetic_dataset` (20 uniform negatives, seed 0) at
+    `<dataset>/splits/loo`; load it with `mmrec.data.splits.load_split`. Read-only, like the dataset."""
+    from mmrec.data.splits import SplitConfig, make_split
+
+    out = synthetic_dataset / "splits" / "loo"
+    make_split(synthetic_dataset, SplitConfig(protocol="loo", negatives=20, seed=0), out)
+    return out

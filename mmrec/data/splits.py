@@ -1,0 +1,387 @@
+"""Splits and persisted candidate sets (`split` section of an experiment; `mmrec split`).
+
+Protocols (docs/splits.md):
+- `loo`: chronological leave-one-out -- last item test, second-to-last valid, the rest is the train sequence.
+- `temporal`: global temporal split -- one cut time for valid and one for test, shared by all users; each
+  user's first item after a cut is the target, everything before it the history.
+- `paper`: MLLM-MSR's protocol -- per user the `top_k` most popular items re-sorted by time, last one the
+  target; users split at random into train/valid/test.
+
+Sequence order is the dataset's: by timestamp, equal timestamps in source order (stable sort). Everything
+is computed on integer codes with numpy (no Python loop per interaction or per user).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmrec.config import from_dict, to_dict
+from mmrec.data import candidates as cand
+from mmrec.data.canonical import INTERACTIONS_FILE, ITEMS_FILE, CanonicalDataset, load_dataset
+from mmrec.data.leakage import STAGES, check_split
+from mmrec.errors import ConfigError, DataError
+from mmrec.io import atomic_dir, atomic_path, read_json, sha256_file, write_json
+from mmrec.progress import get_logger, progress
+from mmrec.seeding import rng
+
+log = get_logger(__name__)
+EXAMPLES_FILE, CANDIDATES_FILE, TRAIN_NEG_FILE, SPLIT_FILE = (
+    "examples.parquet", "candidates.parquet", "train_negatives.parquet", "split.json")
+TIE_BREAK = "equal timestamps keep the dataset's source order (stable sort by user, then timestamp)"
+
+
+@dataclass
+class SplitConfig:
+    """How to split a dataset and sample its candidates; every draw is seeded."""
+
+    protocol: Literal["loo", "temporal", "paper"] = "loo"
+    name: str | None = None                 # split directory name (splits/<name>); default: the protocol
+    seed: int = 0
+    negatives: int = 20                     # test negatives per evaluated example (target + N candidates)
+    valid_negatives: int | None = None      # default: `negatives`, or 1 for the paper protocol
+    sampling: Literal["uniform", "popularity"] = "uniform"
+    popularity_alpha: float = 1.0           # popularity sampling weight = count ** alpha
+    train_negatives: int = 1                # negatives per train example, from a separate seeded stream
+    max_history: int | None = None          # keep only the last N history items of every example
+    # temporal: cut times as quantiles of all timestamps, or absolute timestamps when given
+    valid_quantile: float = 0.8
+    test_quantile: float = 0.9
+    valid_time: int | None = None
+    test_time: int | None = None
+    # paper: top_k most popular items per user (6 MicroLens, 11 Amazon), user fractions train/valid/test
+    top_k: int = 6
+    user_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+
+    def __post_init__(self) -> None:
+        if self.negatives < 0 or self.train_negatives < 0 or (self.valid_negatives or 0) < 0:
+            raise ValueError("negatives, valid_negatives and train_negatives must be >= 0")
+        if self.max_history is not None and self.max_history < 1:
+            raise ValueError(f"max_history must be >= 1 or null, got {self.max_history}")
+        if not 0.0 < self.valid_quantile <= self.test_quantile < 1.0:
+            raise ValueError("need 0 < valid_quantile <= test_quantile < 1")
+        if self.top_k < 2:
+            raise ValueError(f"top_k must be >= 2 (history + target), got {self.top_k}")
+        if len(self.user_fractions) != 3 or min(self.user_fractions) < 0 or abs(sum(self.user_fractions) - 1) > 1e-6:
+            raise ValueError(f"user_fractions must be three non-negative numbers summing to 1, got {self.user_fractions}")
+
+    @property
+    def dir_name(self) -> str:
+        return self.name or self.protocol
+
+    @property
+    def n_valid_negatives(self) -> int:
+        if self.valid_negatives is not None:
+            return self.valid_negatives
+        return 1 if self.protocol == "paper" else self.negatives
+
+
+@dataclass
+class Coded:
+    """A dataset's interactions as integer codes, in sequence order (users are contiguous blocks)."""
+
+    user_ids: pa.Array
+    item_ids: pa.Array
+    user: np.ndarray
+    item: np.ndarray
+    ts: np.ndarray
+    starts: np.ndarray   # first row of each user
+    lengths: np.ndarray
+
+    @classmethod
+    def from_table(cls, interactions: pa.Table, item_ids: pa.Array) -> "Coded":
+        import pyarrow.compute as pc
+
+        uid = interactions["user_id"].combine_chunks()
+        if len(uid) and pc.any(pc.less(uid[1:], uid[:-1])).as_py():
+            raise DataError(f"{INTERACTIONS_FILE}: rows are not in sequence order (by user); re-create it with `mmrec prep`")
+        enc = pc.dictionary_encode(uid)
+        user = enc.indices.to_numpy().astype(np.int64)
+        item_codes = pc.index_in(interactions["item_id"], value_set=item_ids)
+        if item_codes.null_count:
+            raise DataError(f"{INTERACTIONS_FILE}: some interactions refer to items missing from {ITEMS_FILE}")
+        n_users = len(enc.dictionary)
+        lengths = np.bincount(user, minlength=n_users)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        return cls(enc.dictionary, item_ids, user, item_codes.to_numpy(zero_copy_only=False).astype(np.int64),
+                   interactions["timestamp"].to_numpy(), starts, lengths)
+
+
+@dataclass
+class Examples:
+    """Examples as interaction indices: `target` rows, history = indices[offsets[k]:offsets[k+1]]."""
+
+    user: np.ndarray
+    stage: np.ndarray
+    target: np.ndarray
+    hist_offsets: np.ndarray
+    hist_index: np.ndarray
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated aranges [lo_k, hi_k) and their offsets, vectorised."""
+    n = np.maximum(hi - lo, 0)
+    offsets = np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
+    idx = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1] - lo, n)
+    return offsets, idx
+
+
+def _contiguous(user: np.ndarray, stage: int, target: np.ndarray, hist_lo: np.ndarray, max_history: int | None) -> tuple:
+    if max_history is not None:
+        hist_lo = np.maximum(hist_lo, target - max_history)
+    return user, np.full(len(user), stage, dtype=np.int8), target, hist_lo, target
+
+
+def _assemble(parts: list[tuple], params: dict[str, Any]) -> Examples:
+    user = np.concatenate([p[0] for p in parts])
+    stage = np.concatenate([p[1] for p in parts])
+    target = np.concatenate([p[2] for p in parts])
+    lo, hi = np.concatenate([p[3] for p in parts]), np.concatenate([p[4] for p in parts])
+    order = np.lexsort((stage, user))
+    offsets, idx = _ranges(lo[order], hi[order])
+    return Examples(user[order], stage[order], target[order], offsets, idx, params)
+
+
+def loo(c: Coded, cfg: SplitConfig) -> Examples:
+    """Leave-one-out; users with 2 items give a train example only, users with 1 item none."""
+    users = np.arange(len(c.starts))
+    s, n = c.starts, c.lengths
+    full = n >= 3
+    two = n == 2
+    train_t = np.where(full, s + n - 3, s + 1)
+    has_train = full | two
+    parts = [
+        _contiguous(users[has_train], 0, train_t[has_train], s[has_train], cfg.max_history),
+        _contiguous(users[full], 1, (s + n - 2)[full], s[full], cfg.max_history),
+        _contiguous(users[full], 2, (s + n - 1)[full], s[full], cfg.max_history),
+    ]
+    return _assemble(parts, {"users_train_only": int(two.sum()), "users_without_examples": int((n < 2).sum())})
+
+
+def temporal(c: Coded, cfg: SplitConfig) -> Examples:
+    """Global temporal split at two cut times; a target needs at least one earlier interaction."""
+    tv = cfg.valid_time if cfg.valid_time is not None else int(np.ceil(np.quantile(c.ts, cfg.valid_quantile)))
+    tt = cfg.test_time if cfg.test_time is not None else int(np.ceil(np.quantile(c.ts, cfg.test_quantile)))
+    if tt < tv:
+        raise ConfigError(f"split: test cut time {tt} is before the valid cut time {tv}")
+    users = np.arange(len(c.starts))
+    s, n = c.starts, c.lengths
+    before_v = np.add.reduceat((c.ts < tv).astype(np.int64), s) if len(s) else s
+    before_t = np.add.reduceat((c.ts < tt).astype(np.int64), s) if len(s) else s
+    has_train = before_v >= 1
+    vpos, tpos = s + before_v, s + before_t
+    has_valid = (before_v >= 1) & (before_v < n) & (before_v < before_t)
+    has_test = (before_t >= 1) & (before_t < n)
+    parts = [
+        _contiguous(users[has_train], 0, (s + before_v - 1)[has_train], s[has_train], cfg.max_history),
+        _contiguous(users[has_valid], 1, vpos[has_valid], s[has_valid], cfg.max_history),
+        _contiguous(users[has_test], 2, tpos[has_test], s[has_test], cfg.max_history),
+    ]
+    return _assemble(parts, {"valid_time": tv, "test_time": tt})
+
+
+def paper(c: Coded, cfg: SplitConfig) -> Examples:
+    """Per user the `top_k` most popular distinct items (ties: the more recent), re-sorted by time; the last is
+    the target. Users are split at random into train/valid/test by `user_fractions`; each has one example."""
+    pop = np.bincount(c.item, minlength=len(c.item_ids))
+    rows = np.arange(len(c.user), dtype=np.int64)
+    latest = ~pd.Series(c.user * len(c.item_ids) + c.item).duplicated(keep="last").to_numpy()
+    cand_rows = rows[latest]
+    order = np.lexsort((-cand_rows, -pop[c.item[cand_rows]], c.user[cand_rows]))
+    ranked = cand_rows[order]
+    block_start = np.searchsorted(c.user[ranked], c.user[ranked], side="left")
+    chosen = np.sort(ranked[(np.arange(len(ranked)) - block_start) < cfg.top_k])
+    per_user = np.bincount(c.user[chosen], minlength=len(c.starts))
+    ok_users = np.flatnonzero(per_user >= 2)
+    chosen = chosen[np.isin(c.user[chosen], ok_users)]
+    ends = np.cumsum(per_user[ok_users])
+    starts = ends - per_user[ok_users]
+    if cfg.max_history is not None:
+        starts = np.maximum(starts, ends - 1 - cfg.max_history)
+    perm = rng(cfg.seed, "split", "paper", "users").permutation(len(ok_users))
+    f = cfg.user_fractions
+    n_train, n_valid = int(f[0] * len(ok_users)), int(f[1] * len(ok_users))
+    stage = np.full(len(ok_users), 2, dtype=np.int8)
+    stage[perm[:n_train]] = 0
+    stage[perm[n_train:n_train + n_valid]] = 1
+    offsets, idx = _ranges(starts, ends - 1)
+    return Examples(ok_users, stage, chosen[ends - 1], offsets, chosen[idx],
+                    {"users_without_examples": int(len(c.starts) - len(ok_users))})
+
+
+PROTOCOLS = {"loo": loo, "temporal": temporal, "paper": paper}
+
+
+@dataclass
+class Split:
+    """A loaded split directory (docs/artifacts.md)."""
+
+    root: Path
+    info: dict[str, Any]
+    dataset: CanonicalDataset
+    examples: pd.DataFrame
+    candidates: pd.DataFrame
+    train_negatives: pd.DataFrame
+
+    @property
+    def candidates_sha256(self) -> str:
+        return self.info["files"][CANDIDATES_FILE]
+
+    @property
+    def config(self) -> SplitConfig:
+        return from_dict(SplitConfig, self.info["config"], where=str(self.root / SPLIT_FILE), prefix="split")
+
+    def examples_for(self, stage: str) -> pd.DataFrame:
+        """The examples of one stage (train, valid or test), in user order."""
+        if stage not in STAGES:
+            raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+        return self.examples[self.examples["stage"] == stage].reset_index(drop=True)
+
+    def candidates_for(self, stage: str) -> pd.DataFrame:
+        """The persisted candidates of one evaluated stage (valid or test)."""
+        if stage not in ("valid", "test"):
+            raise ConfigError(f"candidates exist for stages valid and test, got {stage!r}")
+        return self.candidates[self.candidates["stage"] == stage].reset_index(drop=True)
+
+
+def _examples_table(c: Coded, ex: Examples) -> pa.Table:
+    values = c.item_ids.take(pa.array(c.item[ex.hist_index]))
+    list_type = pa.large_list if ex.hist_offsets[-1] >= 2**31 else pa.list_
+    offsets = pa.array(ex.hist_offsets, type=pa.int64() if list_type is pa.large_list else pa.int32())
+    history = (pa.LargeListArray if list_type is pa.large_list else pa.ListArray).from_arrays(offsets, values)
+    return pa.table({
+        "user_id": c.user_ids.take(pa.array(ex.user)),
+        "stage": pa.array(np.array(STAGES, dtype=object)[ex.stage], type=pa.string()),
+        "history": history,
+        "target": c.item_ids.take(pa.array(c.item[ex.target])),
+        "target_timestamp": pa.array(c.ts[ex.target], type=pa.int64()),
+    })
+
+
+def _write_candidates(path: Path, c: Coded, ex: Examples, cfg: SplitConfig, seen: cand.UserItems,
+                      weights: np.ndarray | None) -> dict[str, int]:
+    counts = {}
+    schema = pa.schema([("user_id", pa.string()), ("stage", pa.string()), ("item_id", pa.string()), ("label", pa.int8())])
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for stage_code, stage, n in ((1, "valid", cfg.n_valid_negatives), (2, "test", cfg.negatives)):
+            rows = np.flatnonzero(ex.stage == stage_code)
+            users = ex.user[rows]
+            cand.check_feasible(users, n, seen, weights, c.user_ids, stage)
+            g = rng(cfg.seed, "split", "candidates", stage)
+            chunks = cand.sample_negatives(g, users, n, seen, weights)
+            for sl, neg in progress(chunks, total=-(-len(rows) // cand.CHUNK_ROWS), desc=f"{stage} candidates", unit="chunk"):
+                items = np.concatenate([c.item[ex.target[rows[sl]]][:, None], neg], axis=1)
+                labels = np.zeros(items.shape, dtype=np.int8)
+                labels[:, 0] = 1
+                # shuffle each row so a candidate's position says nothing about its label
+                perm = g.permuted(np.broadcast_to(np.arange(n + 1), items.shape), axis=1)
+                items, labels = np.take_along_axis(items, perm, 1), np.take_along_axis(labels, perm, 1)
+                writer.write_table(pa.table({
+                    "user_id": c.user_ids.take(pa.array(np.repeat(users[sl], n + 1))),
+                    "stage": pa.array([stage] * items.size, type=pa.string()),
+                    "item_id": c.item_ids.take(pa.array(items.ravel())),
+                    "label": pa.array(labels.ravel()),
+                }, schema=schema))
+            counts[stage] = int(len(rows) * (n + 1))
+    return counts
+
+
+def _train_negatives(c: Coded, ex: Examples, cfg: SplitConfig, seen: cand.UserItems,
+                     weights: np.ndarray | None) -> pa.Table:
+    users = ex.user[ex.stage == 0]
+    n = cfg.train_negatives
+    cand.check_feasible(users, n, seen, weights, c.user_ids, "training")
+    g = rng(cfg.seed, "split", "train_negatives")
+    parts = [neg for _, neg in cand.sample_negatives(g, users, n, seen, weights)] if n else []
+    items = np.concatenate(parts).ravel() if parts else np.zeros(0, dtype=np.int64)
+    return pa.table({"user_id": c.user_ids.take(pa.array(np.repeat(users, n) if n else np.zeros(0, np.int64))),
+                     "item_id": c.item_ids.take(pa.array(items))})
+
+
+def _dataset_ref(dataset_dir: Path, out_dir: Path) -> str:
+    return os.path.relpath(dataset_dir.resolve(), out_dir.resolve())
+
+
+def make_split(dataset_dir: str | Path, cfg: SplitConfig, out_dir: str | Path, overwrite: bool = False) -> Split:
+    """Split the dataset in `dataset_dir` into `out_dir` (atomically) and verify it with the leakage check.
+
+    An existing split made with the same config and dataset is kept (candidates are written once); one made
+    differently is an error unless `overwrite`.
+    """
+    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
+    fingerprint = load_dataset_fingerprint(dataset_dir)
+    if (out_dir / SPLIT_FILE).is_file():
+        old = read_json(out_dir / SPLIT_FILE)
+        same = old.get("config") == to_dict(cfg) and old.get("dataset", {}).get("fingerprint") == fingerprint
+        if same:
+            log.info("split %s already exists with the same config and dataset; kept", out_dir)
+            return load_split(out_dir)
+        if not overwrite:
+            raise ConfigError(f"{out_dir}: a split made with a different config or dataset exists; "
+                              "choose another --out (or split name), or pass --force to replace it")
+    t0 = time.perf_counter()
+    items = pq.read_table(dataset_dir / ITEMS_FILE, columns=["item_id"])["item_id"].combine_chunks()
+    interactions = pq.read_table(dataset_dir / INTERACTIONS_FILE, columns=["user_id", "item_id", "timestamp"])
+    c = Coded.from_table(interactions, items)
+    ex = PROTOCOLS[cfg.protocol](c, cfg)
+    seen = cand.UserItems.build(c.user, c.item, len(c.user_ids), len(c.item_ids))
+    weights = cand.item_weights(cfg.sampling, np.bincount(c.item, minlength=len(c.item_ids)), cfg.popularity_alpha)
+    examples = _examples_table(c, ex)
+    with atomic_dir(out_dir) as tmp:
+        pq.write_table(examples, tmp / EXAMPLES_FILE)
+        cand_counts = _write_candidates(tmp / CANDIDATES_FILE, c, ex, cfg, seen, weights)
+        train_neg = _train_negatives(c, ex, cfg, seen, weights)
+        pq.write_table(train_neg, tmp / TRAIN_NEG_FILE)
+        leakage = check_split(interactions, items, examples, pq.read_table(tmp / CANDIDATES_FILE), train_neg)
+        stage_counts = {s: int((ex.stage == k).sum()) for k, s in enumerate(STAGES)}
+        info = {
+            "protocol": cfg.protocol,
+            "config": to_dict(cfg),
+            "seed": cfg.seed,
+            "params": ex.params,
+            "tie_break": TIE_BREAK,
+            "dataset": {"path": _dataset_ref(dataset_dir, out_dir), "fingerprint": fingerprint},
+            "files": {f: sha256_file(tmp / f) for f in (EXAMPLES_FILE, CANDIDATES_FILE, TRAIN_NEG_FILE)},
+            "counts": {"users": len(c.user_ids), "items": len(c.item_ids), "interactions": len(c.user),
+                       "examples": stage_counts, "candidates": cand_counts, "train_negatives": train_neg.num_rows,
+                       "history_items": int(ex.hist_offsets[-1])},
+            "leakage_check": leakage,
+        }
+        write_json(info, tmp / SPLIT_FILE)
+    log.info("split %s (%s): %s examples in %.1fs", out_dir, cfg.protocol, stage_counts, time.perf_counter() - t0)
+    return load_split(out_dir)
+
+
+def load_dataset_fingerprint(dataset_dir: Path) -> str:
+    for name in (ITEMS_FILE, INTERACTIONS_FILE):
+        if not (dataset_dir / name).is_file():
+            raise DataError(f"{dataset_dir}: not a canonical dataset ({name} missing); create it with `mmrec prep`")
+    return CanonicalDataset(dataset_dir, pd.DataFrame(), pd.DataFrame()).fingerprint()
+
+
+def load_split(root: str | Path, verify: bool = True) -> Split:
+    """Load a split directory; with `verify`, check file hashes and that the dataset has not changed since."""
+    root = Path(root)
+    if not (root / SPLIT_FILE).is_file():
+        raise DataError(f"{root}: not a split directory ({SPLIT_FILE} missing); create it with `mmrec split`")
+    info = read_json(root / SPLIT_FILE)
+    dataset_dir = (root / info["dataset"]["path"]).resolve()
+    if verify:
+        for name, digest in info["files"].items():
+            if not (root / name).is_file() or sha256_file(root / name) != digest:
+                raise DataError(f"{root / name}: missing or modified since the split was made (sha256 differs); "
+                                "re-create the split with `mmrec split --force`")
+        if load_dataset_fingerprint(dataset_dir) != info["dataset"]["fingerprint"]:
+            raise DataError(f"{dataset_dir}: the dataset changed since split {root} was made; re-create the split")
+    dataset = load_dataset(dataset_dir)
+    read = lambda name: pq.read_table(root / name).to_pandas()  # noqa: E731
+    return Split(root=root, info=info, dataset=dataset, examples=read(EXAMPLES_FILE),
+                 candidates=read(CANDIDATES_FILE), train_negatives=read(TRAIN_NEG_FILE))
