@@ -1,0 +1,203 @@
+"""`mmrec report`: gather an experiment's artifacts into one `Report`, then write `report.md` (+ `report_assets/`)
+and a self-contained `report.html`.
+
+Every input beyond the metrics is optional: a missing split, dataset, scores file, summary table or training log
+removes that part of the report and adds a note saying what to run to get it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from eval import report_data as rd
+from eval.report_gallery import GalleryUser, build_gallery, sample_users
+from eval.report_images import Thumbnails
+from eval.config import ReportConfig
+from eval.svg import histogram_chart, line_chart
+from mmrec.errors import DataError, MmrecError
+from mmrec.experiment import ExperimentPaths
+from mmrec.io import atomic_dir, write_text
+from mmrec.progress import get_logger
+
+log = get_logger("mmrec.report")
+ASSETS_DIR = "report_assets"
+
+
+@dataclass
+class Plot:
+    name: str      # file stem under report_assets/plots/
+    caption: str
+    svg: str
+
+
+@dataclass
+class Report:
+    """Everything the renderers show; built by `gather`, rendered by `report_md` and `report_html`."""
+
+    title: str
+    experiment_dir: str
+    stage: str
+    runs: list[rd.RunResult]
+    table: rd.ResultsTable
+    shared_manifest: dict[str, str]
+    run_manifests: dict[str, dict[str, str]]
+    plots: list[Plot] = field(default_factory=list)
+    gallery: list[GalleryUser] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    image_issues: dict[str, int] = field(default_factory=dict)
+
+
+def _read_parquet(path: Path, what: str, needed: set[str]) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: {what} is not a readable Parquet file ({e})") from None
+    missing = needed - set(df.columns)
+    if missing:
+        raise DataError(f"{path}: {what} lacks column(s) {sorted(missing)}")
+    return df
+
+
+def _find_split(paths: ExperimentPaths, name: str | None, runs: list[rd.RunResult]) -> Path | None:
+    """The split directory: the configured name, else the one named in the manifests, else the only one."""
+    if name:
+        return paths.split(name)
+    for r in runs:
+        for key in ("split", "split_name", "split.name"):
+            v = rd.flatten(r.manifest).get(key)
+            if isinstance(v, str) and paths.split(v).is_dir():
+                return paths.split(v)
+    found = sorted(p for p in paths.split("x").parent.glob("*") if p.is_dir()) if paths.split("x").parent.is_dir() else []
+    return found[0] if len(found) == 1 else None
+
+
+def _load_split(split_dir: Path | None) -> tuple[Any | None, str | None]:
+    """(Split, None) or (None, why it is unavailable)."""
+    if split_dir is None or not split_dir.is_dir():
+        return None, "no split directory found (run `mmrec split`; a config names it in split.name)"
+    from mmrec.data.splits import load_split
+
+    try:
+        return load_split(split_dir), None
+    except MmrecError as e:
+        return None, f"split {split_dir} could not be loaded: {e}"
+
+
+def _metric_plots(table: rd.ResultsTable) -> list[Plot]:
+    return [Plot(name=f"{fam}_at_k", caption=f"{fam.upper()}@K per model (mean over seeds)",
+                 svg=line_chart(series, title=f"{fam.upper()}@K", x_label="K", y_label=fam.upper(), integer_x=True))
+            for fam, series in rd.k_curves(table).items()]
+
+
+def _first_run_scores(paths: ExperimentPaths, runs: list[rd.RunResult], notes: list[str]) -> dict[str, pd.DataFrame]:
+    """Scores of the first run (lowest seed) of every model: what the score plots and the gallery show."""
+    scores: dict[str, pd.DataFrame] = {}
+    first: dict[str, str] = {}
+    for r in runs:
+        first.setdefault(r.model, r.run)
+    for run in first.values():
+        df = rd.read_scores(paths, run)
+        if df is None:
+            notes.append(f"no scores for run '{run}' ({paths.scores(run)}): its score plot and gallery column are omitted")
+            continue
+        scores[run] = df
+    return scores
+
+
+def gather(paths: ExperimentPaths, opts: ReportConfig, *, split: str | None = None, seed: int = 0,
+           title: str | None = None) -> Report:
+    """Read the experiment directory and build the report content (no files written).
+
+    `split` names the split directory (default: the one the manifests name, else the only one); `seed` draws the
+    gallery users; `title` is used when `opts.title` is unset."""
+    runs = rd.read_runs(paths, opts.stage)
+    if not runs:
+        raise DataError(f"{paths.metrics('x').parent}: no metrics for stage '{opts.stage}'; "
+                        "run `mmrec score` and `mmrec eval` first")
+    table = rd.results_table(runs)
+    shared, per_run = rd.split_manifest(runs)
+    notes: list[str] = []
+    plots = _metric_plots(table)
+    split_data, why = _load_split(_find_split(paths, split, runs))
+    if why:
+        notes.append(f"{why}: score distributions and the gallery are omitted")
+    scores = _first_run_scores(paths, runs, notes)
+    if split_data is not None:
+        for run, df in scores.items():
+            groups = rd.score_groups(rd.labelled_scores(df, split_data.candidates, opts.stage))
+            plots.append(Plot(name=f"scores_{_safe(run)}", caption=f"Score distribution of positives vs negatives, {run}",
+                              svg=histogram_chart(groups, title=f"scores: {run}", x_label="score", bins=opts.histogram_bins)))
+    for r in runs:
+        records = rd.read_train_log(paths, r.run)
+        if not records:
+            continue
+        x_name, curves = rd.train_curves(records)
+        loss = {k: v for k, v in curves.items() if "loss" in k}
+        other = {k: v for k, v in curves.items() if "loss" not in k}
+        for kind, series in (("loss", loss), ("valid", other)):
+            if series:
+                plots.append(Plot(name=f"train_{kind}_{_safe(r.run)}", caption=f"Training {kind} curves, {r.run}",
+                                  svg=line_chart(series, title=f"{r.run}: {kind}", x_label=x_name, y_label=kind,
+                                                 markers=len(records) <= 30)))
+    if not any(p.name.startswith("train_") for p in plots):
+        notes.append("no training logs (checkpoints/<run>/train_log.jsonl): training curves are omitted")
+    gallery, image_issues = _gallery(paths, split_data, runs, table, scores, opts, seed, notes)
+    return Report(title=opts.title or title or "mmrec experiment report", experiment_dir=str(paths.root),
+                  stage=opts.stage, runs=runs, table=table,
+                  shared_manifest=shared, run_manifests=per_run, plots=plots, gallery=gallery, notes=notes,
+                  image_issues=image_issues)
+
+
+def _gallery(paths: ExperimentPaths, split: Any, runs: list[rd.RunResult], table: rd.ResultsTable,
+             scores: dict[str, pd.DataFrame], opts: ReportConfig, seed: int, notes: list[str]) -> tuple[list[GalleryUser], dict[str, int]]:
+    if split is None or opts.gallery_users <= 0:
+        return [], {}
+    model = opts.ranking_model or table.best_model()
+    if opts.ranking_model and opts.ranking_model not in table.rows:
+        raise DataError(f"report.ranking_model '{opts.ranking_model}' has no metrics (models: {', '.join(table.rows)})")
+    ranking_run = next((r.run for r in runs if r.model == model and r.run in scores), None)
+    item_summaries = _read_parquet(paths.item_summaries, "item summaries", {"item_id", "summary"})
+    user_summaries = _read_parquet(paths.user_summaries, "user summaries", {"user_id", "preference"})
+    if item_summaries is None:
+        notes.append(f"no item summaries ({paths.item_summaries}): the gallery shows titles only")
+    if user_summaries is None:
+        notes.append(f"no user preferences ({paths.user_summaries}): the gallery shows no preference text")
+    dataset = split.dataset
+    thumbs = Thumbnails(dataset.root, opts.thumb_size)
+    users = sample_users(split.candidates, opts.stage, opts.gallery_users, seed)
+    gallery = build_gallery(users=users, stage=opts.stage, examples=split.examples, candidates=split.candidates,
+                            items=dataset.items, scores=scores, ranking_run=ranking_run, item_summaries=item_summaries,
+                            user_summaries=user_summaries, thumbs=thumbs, max_history=opts.gallery_history,
+                            max_candidates=opts.gallery_candidates)
+    issues = thumbs.policy.counts()
+    if issues:
+        notes.append("some item images could not be shown: " + ", ".join(f"{n} {k}" for k, n in issues.items()))
+    return gallery, issues
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def write_report(report: Report, paths: ExperimentPaths, formats: list[str]) -> list[Path]:
+    """Write the requested formats atomically; returns the files written."""
+    from eval.report_html import render_html
+    from eval.report_md import render_markdown
+
+    written = []
+    if "md" in formats:
+        text, assets = render_markdown(report, ASSETS_DIR)
+        with atomic_dir(paths.root / ASSETS_DIR) as tmp:
+            for rel, data in assets.items():
+                target = tmp / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+        written.append(write_text(text, paths.report_md))
+    if "html" in formats:
+        written.append(write_text(render_html(report), paths.report_html))
+    return written

@@ -1,0 +1,136 @@
+"""Render a `Report` as one self-contained HTML page: inline CSS, plots and thumbnails as data URIs, no scripts,
+no external resources; every piece of text goes through `html.escape`."""
+from __future__ import annotations
+
+import math
+from html import escape
+from typing import TYPE_CHECKING
+
+from eval.report_data import fmt_cell
+from eval.report_gallery import GalleryItem, GalleryUser, fmt_score
+from eval.report_images import data_uri
+
+if TYPE_CHECKING:
+    from eval.report import Report
+
+LOWER_IS_BETTER = ("tie_rate", "invalid_rate")
+SVG = "image/svg+xml"
+
+CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;background:#f6f7f9}
+main{max-width:1180px;margin:0 auto;padding:24px}
+h1{margin:0 0 4px;font-size:26px}h2{margin:32px 0 12px;font-size:20px;border-bottom:2px solid #e3e6ea;padding-bottom:4px}
+h3{margin:0 0 8px;font-size:16px}.sub{color:#5f6368;margin:0 0 16px}
+nav a{margin-right:14px;color:#0b57d0;text-decoration:none;font-size:14px}
+table{border-collapse:collapse;background:#fff;font-size:13px}th,td{border:1px solid #e3e6ea;padding:5px 8px;text-align:left;vertical-align:top}
+th{background:#f0f2f5;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.best{font-weight:700;color:#0b57d0}.wrap{overflow-x:auto}
+.side{display:flex;flex-wrap:wrap;gap:20px;align-items:flex-start}.side>div{min-width:0}
+.side .results{flex:3 1 560px}.side .manifest{flex:1 1 320px}
+.manifest td{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px;word-break:break-all}
+.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(470px,1fr));gap:16px}
+figure{margin:0;background:#fff;border:1px solid #e3e6ea;border-radius:6px;padding:8px}
+figure img{width:100%;height:auto}figcaption{font-size:12px;color:#5f6368;margin-top:4px}
+.card{background:#fff;border:1px solid #e3e6ea;border-radius:8px;padding:16px;margin-bottom:20px}
+.history{display:flex;gap:10px;overflow-x:auto;padding-bottom:6px}
+.item{flex:0 0 132px;font-size:11px}.item .t{font-weight:600;margin-top:3px}.item .s{color:#5f6368;margin-top:2px}
+.thumb{width:96px;height:96px;object-fit:contain;background:#f0f2f5;border-radius:4px;display:block}
+.noimg{width:96px;height:96px;background:#eceff3;border-radius:4px;display:flex;align-items:center;justify-content:center;color:#9aa0a6;font-size:11px}
+.cands .thumb,.cands .noimg{width:48px;height:48px}
+tr.true td{background:#e6f4ea}.badge{background:#188038;color:#fff;border-radius:3px;padding:1px 5px;font-size:11px}
+ol.steps{margin:4px 0 12px;padding-left:22px;font-size:13px}ol.steps li{margin-bottom:4px}
+.label{font-size:13px;font-weight:600;margin:12px 0 6px}.notes li{font-size:13px;color:#5f6368}
+code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
+"""
+
+
+def _img(item: GalleryItem, cls: str = "thumb") -> str:
+    alt = escape(item.title or item.item_id)
+    if item.thumb is None:
+        return f"<div class='noimg' title='{alt}'>no image</div>"
+    return f"<img class='{cls}' src='{data_uri(item.thumb)}' alt='{alt}'>"
+
+
+def _results(report: "Report") -> str:
+    t = report.table
+    best: dict[str, float] = {}
+    for c in t.columns:
+        means = [row[c][0] for row in t.rows.values() if c in row and math.isfinite(row[c][0])]
+        if len(means) > 1:
+            best[c] = min(means) if c in LOWER_IS_BETTER else max(means)
+    head = "".join(f"<th>{escape(c)}</th>" for c in ["model", "seeds", *t.columns])
+    rows = []
+    for m, row in t.rows.items():
+        cells = [f"<td><b>{escape(m)}</b></td>",
+                 f"<td>{escape(', '.join('–' if s is None else str(s) for s in t.seeds[m]))}</td>"]
+        for c in t.columns:
+            cls = "num best" if c in best and row.get(c) and row[c][0] == best[c] else "num"
+            cells.append(f"<td class='{cls}'>{escape(fmt_cell(row.get(c)))}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (f"<div class='wrap'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+            "<p class='sub'>Mean ± 95% t-interval half-width over seeds (one value when a model ran once); best per "
+            "column in blue. Invalid scores count as misses; tie and invalid rates are diagnostics.</p>")
+
+
+def _kv_table(entries: dict[str, str]) -> str:
+    rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in entries.items())
+    return f"<table>{rows}</table>"
+
+
+def _manifest(report: "Report") -> str:
+    parts = [_kv_table(report.shared_manifest) if report.shared_manifest else "<p>(the metrics files carry no manifest)</p>"]
+    for run, entries in report.run_manifests.items():
+        parts.append(f"<p class='label'>Specific to {escape(run)}</p>{_kv_table(entries)}")
+    return "".join(parts)
+
+
+def _user(u: GalleryUser) -> str:
+    shown = (f"last {len(u.history)} of {u.history_total}" if u.history_total > len(u.history) else str(u.history_total))
+    hist = "".join(f"<div class='item'>{_img(it)}<div class='t'>{escape(it.title or it.item_id)}</div>"
+                   f"<div class='s'>{escape(it.summary or '')}</div></div>" for it in u.history) or "<p>(empty history)</p>"
+    parts = [f"<div class='card' id='user-{escape(u.user_id)}'><h3>User <code>{escape(u.user_id)}</code> · {escape(u.stage)}</h3>",
+             f"<p class='label'>History ({shown} items, oldest first)</p><div class='history'>{hist}</div>"]
+    steps = u.steps or ([u.preference] if u.preference else [])
+    if steps:
+        parts.append("<p class='label'>Preference at every recurrence step</p><ol class='steps'>"
+                     + "".join(f"<li>{escape(s)}</li>" for s in steps) + "</ol>")
+    ranked_by = f"ranked by <code>{escape(u.ranking_run)}</code>" if u.ranking_run else "in candidate-file order (no scores)"
+    head = "".join(f"<th>{escape(h)}</th>" for h in ["rank", "", "item"]) + "".join(
+        f"<th>{escape(r)}<br><small>score (rank)</small></th>" for r in u.runs)
+    rows = []
+    for c in u.candidates:
+        rank = c.ranks.get(u.ranking_run, "") if u.ranking_run else ""
+        badge = " <span class='badge'>true item</span>" if c.label == 1 else ""
+        cells = [f"<td class='num'>{rank}</td>", f"<td>{_img(c.item)}</td>",
+                 f"<td>{escape(c.item.title or '')} <code>{escape(c.item.item_id)}</code>{badge}"
+                 f"<div class='s'>{escape(c.item.summary or '')}</div></td>"]
+        cells += [f"<td class='num'>{escape(fmt_score(c.scores[r]))} ({c.ranks[r]})</td>" for r in u.runs]
+        rows.append(f"<tr class='{'true' if c.label == 1 else ''}'>" + "".join(cells) + "</tr>")
+    parts.append(f"<p class='label'>Candidates ({len(u.candidates)} of {u.n_candidates} shown, {ranked_by})</p>"
+                 f"<div class='wrap'><table class='cands'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div></div>")
+    return "".join(parts)
+
+
+def render_html(report: "Report") -> str:
+    t = report.table
+    sections = ["results"] + (["plots"] if report.plots else []) + (["gallery"] if report.gallery else []) + (
+        ["notes"] if report.notes else [])
+    body = [f"<h1>{escape(report.title)}</h1>",
+            f"<p class='sub'>Experiment <code>{escape(report.experiment_dir)}</code> · stage <b>{escape(report.stage)}</b> · "
+            f"{len(report.runs)} run(s) of {len(t.rows)} model(s)</p>",
+            "<nav>" + "".join(f"<a href='#{s}'>{s.capitalize()}</a>" for s in sections) + "</nav>",
+            "<h2 id='results'>Results and protocol</h2><div class='side'>"
+            f"<div class='results'>{_results(report)}</div><div class='manifest'>{_manifest(report)}</div></div>"]
+    if report.plots:
+        figs = "".join(f"<figure><img src='{data_uri(p.svg.encode(), SVG)}' alt='{escape(p.caption)}'>"
+                       f"<figcaption>{escape(p.caption)}</figcaption></figure>" for p in report.plots)
+        body.append(f"<h2 id='plots'>Plots</h2><div class='plots'>{figs}</div>")
+    if report.gallery:
+        body.append("<h2 id='gallery'>Gallery</h2>" + "".join(_user(u) for u in report.gallery))
+    if report.notes:
+        body.append("<h2 id='notes'>Notes</h2><ul class='notes'>" + "".join(f"<li>{escape(n)}</li>" for n in report.notes) + "</ul>")
+    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{escape(report.title)}</title><style>{CSS}</style></head>"
+            f"<body><main>{''.join(body)}</main></body></html>\n")
+
