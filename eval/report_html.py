@@ -20,13 +20,13 @@ CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;background:#f6f7f9}
 main{max-width:1180px;margin:0 auto;padding:24px}
 h1{margin:0 0 4px;font-size:26px}h2{margin:32px 0 12px;font-size:20px;border-bottom:2px solid #e3e6ea;padding-bottom:4px}
-h3{margin:0 0 8px;font-size:16px}.sub{color:#5f6368;margin:0 0 16px}
+h3{margin:0 0 8px;font-size:16px}.sub{color:#5f6368;margin:6px 0 16px;font-size:13px}
 nav a{margin-right:14px;color:#0b57d0;text-decoration:none;font-size:14px}
 table{border-collapse:collapse;background:#fff;font-size:13px}th,td{border:1px solid #e3e6ea;padding:5px 8px;text-align:left;vertical-align:top}
 th{background:#f0f2f5;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.best{font-weight:700;color:#0b57d0}.wrap{overflow-x:auto}
-.side{display:flex;flex-wrap:wrap;gap:20px;align-items:flex-start}.side>div{min-width:0}
-.side .results{flex:3 1 560px}.side .manifest{flex:1 1 320px}
+.manifest{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}.manifest>div{flex:1 1 300px;min-width:0}
+details summary{cursor:pointer;font-size:13px;font-weight:600;margin:8px 0}
 .manifest td{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px;word-break:break-all}
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(470px,1fr));gap:16px}
 figure{margin:0;background:#fff;border:1px solid #e3e6ea;border-radius:6px;padding:8px}
@@ -65,7 +65,9 @@ def _results(report: "Report") -> str:
                  f"<td>{escape(', '.join('–' if s is None else str(s) for s in t.seeds[m]))}</td>"]
         for c in t.columns:
             cls = "num best" if c in best and row.get(c) and row[c][0] == best[c] else "num"
-            cells.append(f"<td class='{cls}'>{escape(fmt_cell(row.get(c)))}</td>")
+            mean, _, pm = fmt_cell(row.get(c)).partition(" ± ")
+            ci = f"<br><small>± {escape(pm)}</small>" if pm else ""
+            cells.append(f"<td class='{cls}'>{escape(mean)}{ci}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return (f"<div class='wrap'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
             "<p class='sub'>Mean ± 95% t-interval half-width over seeds (one value when a model ran once); best per "
@@ -78,10 +80,12 @@ def _kv_table(entries: dict[str, str]) -> str:
 
 
 def _manifest(report: "Report") -> str:
-    parts = [_kv_table(report.shared_manifest) if report.shared_manifest else "<p>(the metrics files carry no manifest)</p>"]
-    for run, entries in report.run_manifests.items():
-        parts.append(f"<p class='label'>Specific to {escape(run)}</p>{_kv_table(entries)}")
-    return "".join(parts)
+    """Entries shared by every run (the protocol the numbers are comparable under), then each run's own entries."""
+    shared = _kv_table(report.shared_manifest) if report.shared_manifest else "<p>(the metrics files carry no manifest)</p>"
+    runs = "".join(f"<details><summary>{escape(run)}</summary>{_kv_table(entries)}</details>"
+                   for run, entries in report.run_manifests.items())
+    side = f"<div><p class='label'>Specific to each run</p>{runs}</div>" if runs else ""
+    return f"<div class='manifest'><div><p class='label'>Shared by every run</p>{shared}</div>{side}</div>"
 
 
 def _user(u: GalleryUser) -> str:
@@ -113,14 +117,14 @@ def _user(u: GalleryUser) -> str:
 
 def render_html(report: "Report") -> str:
     t = report.table
-    sections = ["results"] + (["plots"] if report.plots else []) + (["gallery"] if report.gallery else []) + (
+    sections = ["results", "manifest"] + (["plots"] if report.plots else []) + (["gallery"] if report.gallery else []) + (
         ["notes"] if report.notes else [])
     body = [f"<h1>{escape(report.title)}</h1>",
             f"<p class='sub'>Experiment <code>{escape(report.experiment_dir)}</code> · stage <b>{escape(report.stage)}</b> · "
             f"{len(report.runs)} run(s) of {len(t.rows)} model(s)</p>",
             "<nav>" + "".join(f"<a href='#{s}'>{s.capitalize()}</a>" for s in sections) + "</nav>",
-            "<h2 id='results'>Results and protocol</h2><div class='side'>"
-            f"<div class='results'>{_results(report)}</div><div class='manifest'>{_manifest(report)}</div></div>"]
+            f"<h2 id='results'>Results</h2>{_results(report)}",
+            f"<h2 id='manifest'>Protocol manifest</h2>{_manifest(report)}"]
     if report.plots:
         figs = "".join(f"<figure><img src='{data_uri(p.svg.encode(), SVG)}' alt='{escape(p.caption)}'>"
                        f"<figcaption>{escape(p.caption)}</figcaption></figure>" for p in report.plots)

@@ -14,7 +14,7 @@ import numpy as np
 # Colour-blind-safe palette (Okabe-Ito), in the order series are drawn.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 FONT = "font-family='system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif'"
-MARGIN = {"left": 56, "right": 12, "top": 30, "bottom": 44}
+MARGIN = {"left": 56, "right": 14, "top": 30, "bottom": 44}  # the top grows by one line per legend row
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -51,13 +51,27 @@ def fmt_number(v: float) -> str:
 class _Frame:
     """Maps data coordinates to pixels inside the plot area of a `width` x `height` chart."""
 
-    def __init__(self, width: int, height: int, x_ticks: list[float], y_ticks: list[float]):
+    def __init__(self, width: int, height: int, x_ticks: list[float], y_ticks: list[float], names: Sequence[str] = ()):
         self.w, self.h = width, height
         self.x0, self.x1 = x_ticks[0], x_ticks[-1]
         self.y0, self.y1 = y_ticks[0], y_ticks[-1]
         self.x_ticks, self.y_ticks = x_ticks, y_ticks
         self.left, self.right = MARGIN["left"], width - MARGIN["right"]
-        self.top, self.bottom = MARGIN["top"], height - MARGIN["bottom"]
+        self.names = list(names)
+        self.slots = self._legend_slots()
+        rows = len({y for _, y in self.slots})
+        self.top, self.bottom = MARGIN["top"] + 14 * rows + (6 if rows else 0), height - MARGIN["bottom"]
+
+    def _legend_slots(self) -> list[tuple[float, float]]:
+        """(x, baseline y) of each legend entry: rows between the title and the plot, wrapped to the width."""
+        slots, x, y = [], float(self.left), 40.0
+        for name in self.names:
+            width = 22 + 6.2 * len(name)
+            if x + width > self.right and x > self.left:
+                x, y = float(self.left), y + 14
+            slots.append((x, y))
+            x += width
+        return slots
 
     def px(self, x: float) -> float:
         span = (self.x1 - self.x0) or 1.0
@@ -86,19 +100,13 @@ class _Frame:
         out.append(f"<text x='14' y='{cy:.1f}' text-anchor='middle' font-size='11' transform='rotate(-90 14 {cy:.1f})'>{escape(y_label)}</text>")
         return out
 
-    def legend(self, names: Sequence[str]) -> list[str]:
-        """Legend in the top-right corner of the plot area, one row per series."""
-        if not names:
-            return []
-        width = 18 + 6.5 * max(len(n) for n in names)
-        x = self.right - width - 4
-        out = [f"<rect x='{x:.1f}' y='{self.top + 2}' width='{width:.1f}' height='{14 * len(names) + 6}' "
-               "fill='white' fill-opacity='0.85' stroke='#ccc'/>"]
-        for i, name in enumerate(names):
-            y = self.top + 12 + 14 * i
+    def legend(self) -> list[str]:
+        """The legend, above the plot area so it never hides data."""
+        out = []
+        for i, (name, (x, y)) in enumerate(zip(self.names, self.slots)):
             color = PALETTE[i % len(PALETTE)]
-            out.append(f"<rect x='{x + 5:.1f}' y='{y - 7}' width='10' height='8' fill='{color}'/>")
-            out.append(f"<text x='{x + 19:.1f}' y='{y}' font-size='10'>{escape(name)}</text>")
+            out.append(f"<rect x='{x:.1f}' y='{y - 8:.1f}' width='10' height='8' fill='{color}'/>")
+            out.append(f"<text x='{x + 14:.1f}' y='{y:.1f}' font-size='10'>{escape(name)}</text>")
         return out
 
 
@@ -126,7 +134,7 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], *, title: st
     x_ticks = sorted(set(xs)) if integer_x and len(set(xs)) <= 12 else nice_ticks(min(xs), max(xs))
     if integer_x and len(x_ticks) == 1:
         x_ticks = [x_ticks[0] - 1, x_ticks[0], x_ticks[0] + 1]
-    frame = _Frame(width, height, x_ticks, nice_ticks(min(ys), max(ys)))
+    frame = _Frame(width, height, x_ticks, nice_ticks(min(ys), max(ys)), list(series))
     body = frame.axes(title, x_label, y_label)
     for i, (name, pts) in enumerate(series.items()):
         color = PALETTE[i % len(PALETTE)]
@@ -142,7 +150,7 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], *, title: st
                 body.append(f"<polyline points='{coords}' fill='none' stroke='{color}' stroke-width='2'/>")
             if markers or len(seg) == 1:
                 body += [f"<circle cx='{x:.1f}' cy='{y:.1f}' r='3' fill='{color}'/>" for x, y in seg]
-    body += frame.legend(list(series))
+    body += frame.legend()
     return _document(width, height, title, body)
 
 
@@ -163,7 +171,7 @@ def histogram_chart(groups: Mapping[str, Sequence[float]], *, title: str, x_labe
         counts, _ = np.histogram(v, bins=edges)
         heights[name] = counts / (v.size * (edges[1] - edges[0])) if density and v.size else counts.astype(float)
     top = max(float(h.max()) for h in heights.values() if h.size) or 1.0
-    frame = _Frame(width, height, nice_ticks(lo, hi), nice_ticks(0.0, top))
+    frame = _Frame(width, height, nice_ticks(lo, hi), nice_ticks(0.0, top), [f"{n} (n={data[n].size})" for n in heights])
     body = frame.axes(title, x_label, "density" if density else "count")
     for i, (name, h) in enumerate(heights.items()):
         color = PALETTE[i % len(PALETTE)]
@@ -173,5 +181,5 @@ def histogram_chart(groups: Mapping[str, Sequence[float]], *, title: str, x_labe
             x, y = frame.px(left), frame.py(value)
             body.append(f"<rect x='{x:.1f}' y='{y:.1f}' width='{max(frame.px(right) - x - 0.5, 0.5):.1f}' "
                         f"height='{frame.bottom - y:.1f}' fill='{color}' fill-opacity='0.45' stroke='{color}' stroke-width='0.6'/>")
-    body += frame.legend([f"{name} (n={data[name].size})" for name in heights])
+    body += frame.legend()
     return _document(width, height, title, body)

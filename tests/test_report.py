@@ -82,9 +82,9 @@ def test_report_html_is_self_contained_and_shows_the_metrics(experiment, run_cli
     # results: pop ran once (plain values); sasrec over seeds 0 and 1 -> mean ± t(0.975, 1) * sd / sqrt(2)
     assert {"pop", "sasrec"} <= set(page.cells)
     assert "0.2500" in page.cells and "0.5500" in page.cells  # pop hr@1, auc
-    assert "0.6000 ± 1.2706" in page.cells  # sasrec hr@1: mean 0.6, sd 0.1414, t(0.975, 1) = 12.706
-    assert "1.0000 ± 0.0000" in page.cells  # sasrec hr@3: identical seeds
-    assert "0.1250 ± 1.5883" in page.cells  # invalid_rate over seeds: 0 and 0.25
+    assert "0.6000± 1.2706" in page.cells  # sasrec hr@1: mean 0.6, sd 0.1414, t(0.975, 1) = 12.706
+    assert "1.0000± 0.0000" in page.cells  # sasrec hr@3: identical seeds
+    assert "0.1250± 1.5883" in page.cells  # invalid_rate over seeds: 0 and 0.25
     # the manifest beside it: shared entries once, run-specific ones per run
     assert "c0ffee" * 4 in html and "tie_policy" in page.cells
     # plots: metric@K curves, score histograms per model, the training curves of sasrec@seed0; all valid SVG
@@ -154,7 +154,7 @@ def test_report_without_split_still_has_the_table(tmp_path, run_cli):
     assert code == 0, err
     assert "no split directory found" in out
     page = parse_page(paths.report_html.read_text())
-    assert "0.6000 ± 1.2706" in page.cells and "Gallery" not in paths.report_html.read_text()
+    assert "0.6000± 1.2706" in page.cells and "Gallery" not in paths.report_html.read_text()
 
 
 def test_report_errors_are_one_line(tmp_path, run_cli):
