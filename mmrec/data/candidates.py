@@ -69,10 +69,11 @@ def check_feasible(users: np.ndarray, n: int, seen: UserItems, weights: np.ndarr
         u = int(short[0])
         name = user_names[u].as_py() if hasattr(user_names[u], "as_py") else user_names[u]
         kind = "items" if weights is None else "items with non-zero popularity"
+        hint = "" if weights is None else ", use uniform sampling"
         raise DataError(
             f"cannot draw {n} {what} negatives: {len(short)} user(s) have fewer than {n} {kind} they never "
-            f"interacted with (e.g. user {name!r} has {int(available[u])}); lower the number of negatives, "
-            f"use uniform sampling, or filter such users (k-core)")
+            f"interacted with (e.g. user {name!r} has {int(available[u])}); lower the number of negatives{hint} "
+            "or filter such users out")
 
 
 def _draw(g: np.random.Generator, shape: tuple[int, int], n_items: int, cdf: np.ndarray | None) -> np.ndarray:
