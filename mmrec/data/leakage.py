@@ -135,6 +135,10 @@ def _check_candidates(candidates: pa.Table, user_ids: pa.Array, item_ids: pa.Arr
     ci = _codes(candidates["item_id"], item_ids, "candidate item")
     cs = _codes(candidates["stage"], pa.array(STAGES), "candidate stage")
     cs_names = np.array(STAGES)[cs]
+    if (cs == 0).any():
+        k = int(np.flatnonzero(cs == 0)[0])
+        _fail("a candidate row has stage 'train' (candidates are for valid and test)", int((cs == 0).sum()),
+              user_ids[cu[k]].as_py(), "train")
     label = candidates["label"].to_numpy(zero_copy_only=False)
     n_items = seen.n_items
     group = (cu * 3 + cs)
