@@ -100,7 +100,7 @@ def build_manifest(*, cfg: Any, model: str, run: str, split: Any, split_dir: Pat
         "run": run,
         "dataset": {
             "path": str(dataset_dir) if dataset_dir is not None else None,
-            "fingerprint": info.get("dataset_fingerprint") or (dataset.fingerprint() if dataset is not None else None),
+            "fingerprint": (info.get("dataset") or {}).get("fingerprint"),
             "filters": dataset_filters(dataset_dir),
         },
         "split": {
