@@ -20,8 +20,9 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -79,11 +80,13 @@ class TableFile:
     delimiter: str = ","
     names: list[str] | None = None
     encoding: str = "utf-8"
+    quote: bool = True  # False for formats where '"' is an ordinary character (RecBole, MovieLens .dat/u.item)
 
     def _split(self, line: str) -> list[str]:
         if len(self.delimiter) > 1:
             return line.rstrip("\r\n").split(self.delimiter)
-        return next(csv.reader([line], delimiter=self.delimiter), [])
+        quoting = csv.QUOTE_MINIMAL if self.quote else csv.QUOTE_NONE
+        return next(csv.reader([line.rstrip("\r\n")], delimiter=self.delimiter, quoting=quoting), [])
 
     def columns(self) -> list[str]:
         if self.names is not None:
@@ -120,7 +123,8 @@ class TableFile:
         opts = dict(
             read_options=pacsv.ReadOptions(column_names=cols, skip_rows=skip, encoding=self.encoding,
                                            block_size=CHUNK_BYTES),
-            parse_options=pacsv.ParseOptions(delimiter=delim, invalid_row_handler=on_invalid, newlines_in_values=False),
+            parse_options=pacsv.ParseOptions(delimiter=delim, invalid_row_handler=on_invalid, newlines_in_values=False,
+                                             quote_char='"' if self.quote else False),
             convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in cols}, include_columns=usecols,
                                                  strings_can_be_null=True, quoted_strings_can_be_null=False),
         )
@@ -197,9 +201,13 @@ class JsonlFile:
                 obj = json.loads(raw)
                 if not isinstance(obj, dict):
                     raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+                self._check_types(obj)
                 pajson.read_json(io.BytesIO(raw), parse_options=opts)
+            except json.JSONDecodeError as e:
+                bad.handle(self.path, number, f"invalid JSON: {e.msg} at column {e.colno}")
+                continue
             except (ValueError, pa.ArrowInvalid) as e:
-                bad.handle(self.path, number, f"malformed JSON line ({str(e).replace('JSON parse error: ', '')})")
+                bad.handle(self.path, number, str(e).replace("JSON parse error: ", "malformed JSON line: "))
                 continue
             good.append(raw)
         if not good:
@@ -209,6 +217,18 @@ class JsonlFile:
         except pa.ArrowInvalid as e:  # only without a schema: types that differ between lines
             raise DataError(f"{self.path}, lines {start}-{start + len(lines) - 1}: fields change type between "
                             f"lines ({e}); make them consistent") from None
+
+    def _check_types(self, obj: dict) -> None:
+        """A readable message for the usual mismatch: a number field holding text (or the reverse)."""
+        for f in self.schema or []:
+            value = obj.get(f.name)
+            if value is None:
+                continue
+            if pa.types.is_integer(f.type) or pa.types.is_floating(f.type):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"field {f.name!r} is {value!r}, not a number")
+            elif pa.types.is_string(f.type) and not isinstance(value, str):
+                raise ValueError(f"field {f.name!r} is {value!r}, not a string")
 
     def _check_required(self, table: pa.Table, required: list[str], lines: list[bytes]) -> None:
         for name in required:
@@ -253,7 +273,7 @@ def to_seconds(values: pd.Series, fmt: str, source: TableFile | JsonlFile, colum
         kind = "an ISO date/time" if fmt == "iso" else "a number"
         raise DataError(f"{source.path}{f', line {line}' if line else ''}: {column} {value!r} is not {kind} "
                         f"(time format {fmt!r})")
-    return seconds.floor().astype("Int64") if seconds.dtype.kind == "f" else seconds.astype("Int64")
+    return np.floor(seconds).astype("Int64") if seconds.dtype.kind == "f" else seconds.astype("Int64")
 
 
 def to_rating(values: pd.Series, source: TableFile | JsonlFile, column: str) -> pd.Series:
@@ -405,13 +425,17 @@ def _count(dropped: dict[str, int], name: str, mask: pd.Series) -> pd.Series:
 
 
 def finish_import(args: argparse.Namespace, interactions: pd.DataFrame, items: pd.DataFrame | None, *,
-                  source: str, counts: dict[str, int] | None = None, inputs: dict[str, Any] | None = None) -> dict:
+                  source: str, counts: dict[str, int] | None = None, inputs: dict[str, Any] | None = None,
+                  fetch: Callable[[list[str]], dict[str, Path]] | None = None,
+                  extra_stats: Callable[[], dict] | None = None) -> dict:
     """Clean, attach images and write the canonical dataset to `args.out` atomically; returns the stats written.
 
     `args` carries the flags of `add_common_arguments`. `interactions`: user_id, item_id, timestamp (integer
     seconds), optional rating. `items` (or None: items known by id only): item_id, title, text, optional
     `image_source` (path of the source image file, or null). `counts`: the importer's own drops (skipped lines,
-    unknown ids...), merged into stats['dropped']. Order: missing ids/timestamps, exact duplicates, rating
+    unknown ids...), merged into stats['dropped']. `fetch(item_ids) -> {item_id: file}` supplies images for items
+    without `image_source` just before they are needed (downloads happen only for items that survive cleaning);
+    `extra_stats()` adds the importer's own stats section (e.g. the download report) at write time. Order: missing ids/timestamps, exact duplicates, rating
     threshold, require-image, k-core (to a fixed point), then only the surviving items' images are copied.
     """
     out = Path(args.out)
@@ -451,7 +475,13 @@ def finish_import(args: argparse.Namespace, interactions: pd.DataFrame, items: p
     has_source = items["image_source"].notna()
     sources = dict(zip(items.loc[has_source, "item_id"], map(Path, items.loc[has_source, "image_source"])))
 
+    fetched: set[str] = set()
+
     def images_of(ids: pd.Series) -> dict[str, dict]:
+        if fetch is not None:
+            missing = [i for i in ids.unique() if i not in sources and i not in fetched]
+            fetched.update(missing)
+            sources.update(fetch(missing) if missing else {})
         wanted = {i: sources[i] for i in ids.unique() if i in sources}
         return inspect_sources(wanted, policy, cache, args.workers)
 
@@ -488,6 +518,8 @@ def finish_import(args: argparse.Namespace, interactions: pd.DataFrame, items: p
         extra = {"source": source, "dropped": dropped,
                  "images": {"skipped": policy.counts(), "items_without_image_file": int((~items["item_id"].isin(
                      list(sources))).sum()), "files": len(list(images_dir.iterdir()))}}
+        if extra_stats is not None:
+            extra.update(extra_stats())
         if kcore_report is not None:
             extra["kcore"] = asdict(kcore_report) if is_dataclass(kcore_report) else kcore_report
         stats = write_tables(tmp, items, inter.reset_index(drop=True), prep_info=_prep_info(args, source, inputs),

@@ -48,11 +48,11 @@ def detect(root: Path) -> str:
 def _files(root: Path, layout: str) -> tuple[TableFile, TableFile]:
     ratings, movies = (check_file(root / n, f"MovieLens {layout} file") for n in LAYOUTS[layout])
     if layout == "ml-100k":
-        return (TableFile(ratings, "\t", ["user_id", "movie_id", "rating", "timestamp"]),
-                TableFile(movies, "|", ITEM_100K, "latin-1"))
+        return (TableFile(ratings, "\t", ["user_id", "movie_id", "rating", "timestamp"], quote=False),
+                TableFile(movies, "|", ITEM_100K, "latin-1", quote=False))
     if layout == "ml-1m":
-        return (TableFile(ratings, "::", ["user_id", "movie_id", "rating", "timestamp"], "latin-1"),
-                TableFile(movies, "::", ["movie_id", "title", "genres"], "latin-1"))
+        return (TableFile(ratings, "::", ["user_id", "movie_id", "rating", "timestamp"], "latin-1", quote=False),
+                TableFile(movies, "::", ["movie_id", "title", "genres"], "latin-1", quote=False))
     return TableFile(ratings), TableFile(movies)
 
 
