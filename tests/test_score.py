@@ -1,0 +1,93 @@
+"""Scoring internals: catalogue target ranks by hand, chunked resume, and scorer output checks."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from eval.score_cli import run_chunks, score_full, score_sampled, target_ranks
+from mmrec.errors import DataError
+
+
+def test_target_ranks_by_hand() -> None:
+    # items:           0    1    2    3    4
+    mat = np.array([[0.9, 0.5, 0.5, 0.1, np.nan],   # target 1: one above (0), one tie (2), NaN item 4 below
+                    [0.9, 0.5, 0.5, 0.1, 0.2],      # target 3 (0.1): all four other items above
+                    [0.1, 0.2, np.nan, 0.3, 0.4]])  # target 2 is NaN: ranks last among all 5
+    target = np.array([1, 3, 2])
+    out = target_ranks(mat, target, None)
+    assert out["n_greater"].tolist() == [1, 4, 4]
+    assert out["n_tied"].tolist() == [1, 0, 0]
+    assert out["n_ranked"].tolist() == [5, 5, 5]
+    assert out["n_invalid"].tolist() == [1, 0, 1]
+    masked = target_ranks(mat, target, [np.array([0]), np.array([0, 1, 3]), np.array([], dtype=np.int64)])
+    # row 0: item 0 masked -> nothing above, tie with 2; row 1: 0 and 1 masked, target 3 itself never masked
+    assert masked["n_greater"].tolist() == [0, 2, 4]
+    assert masked["n_masked"].tolist() == [1, 2, 0]
+    assert masked["n_ranked"].tolist() == [4, 3, 5]
+
+
+def test_target_outside_catalogue_is_a_miss() -> None:
+    out = target_ranks(np.array([[0.3, 0.2]]), np.array([-1]), None)
+    assert out["n_greater"].tolist() == [2] and out["n_ranked"].tolist() == [3] and np.isnan(out["score"][0])
+
+
+class _Counting:
+    """A scorer that scores item ids by their number and fails once after `fail_after` calls."""
+
+    def __init__(self, fail_after: int | None = None, wrong_length: bool = False):
+        self.calls, self.fail_after, self.wrong_length = 0, fail_after, wrong_length
+        self.item_ids = ["i0", "i1", "i2"]
+
+    def score(self, candidates: pd.DataFrame) -> np.ndarray:
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt
+        s = candidates["item_id"].str[1:].astype(float).to_numpy()
+        return s[:-1] if self.wrong_length else s
+
+    def score_catalogue(self, examples: pd.DataFrame) -> np.ndarray:
+        return np.tile([0.0, 1.0, 2.0], (len(examples), 1))
+
+
+def _candidates(n_users: int) -> pd.DataFrame:
+    rows = [(f"u{u}", "test", f"i{i}", int(i == 0)) for u in range(n_users) for i in range(3)]
+    return pd.DataFrame(rows, columns=["user_id", "stage", "item_id", "label"])
+
+
+def test_chunked_scoring_resumes_after_a_crash(tmp_path) -> None:
+    cands = _candidates(10)
+    crashing = _Counting(fail_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        score_sampled(crashing, cands, batch_users=3, parts_dir=tmp_path / "parts", key="k", run="r")
+    resumed = _Counting()
+    df = score_sampled(resumed, cands, batch_users=3, parts_dir=tmp_path / "parts", key="k", run="r")
+    assert resumed.calls == 2  # 4 chunks, 2 were saved before the crash
+    assert df["score"].tolist() == [0.0, 1.0, 2.0] * 10
+    # another key (e.g. a retrained checkpoint) discards the saved parts
+    again = _Counting()
+    score_sampled(again, cands, batch_users=3, parts_dir=tmp_path / "parts", key="other", run="r")
+    assert again.calls == 4
+
+
+def test_interleaved_candidates_keep_the_file_order(tmp_path) -> None:
+    cands = _candidates(4).sample(frac=1.0, random_state=0).reset_index(drop=True)
+    df = score_sampled(_Counting(), cands, batch_users=2, parts_dir=tmp_path / "p", key="k", run="r")
+    assert df[["user_id", "item_id"]].equals(cands[["user_id", "item_id"]])
+    assert (df["score"] == cands["item_id"].str[1:].astype(float)).all()
+
+
+def test_scorer_returning_wrong_length_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(DataError, match="one score per candidate"):
+        score_sampled(_Counting(wrong_length=True), _candidates(2), 8, tmp_path / "p", "k", "r")
+
+
+def test_score_full_stores_target_counts(tmp_path) -> None:
+    ex = pd.DataFrame({"user_id": ["a", "b"], "stage": ["test", "test"], "history": [["i2"], []],
+                       "target": ["i1", "i0"]})
+    df = score_full(_Counting(), ex, mask_history=True, batch_users=1, parts_dir=tmp_path / "p", key="k", run="r")
+    assert df["n_greater"].tolist() == [0, 2] and df["n_masked"].tolist() == [1, 0]
+
+
+def test_run_chunks_with_no_work(tmp_path) -> None:
+    assert run_chunks(0, lambda i: pd.DataFrame(), tmp_path / "p", "k", "nothing").empty
