@@ -1,0 +1,137 @@
+"""`mmrec prep generic` (CSV/JSONL with a column mapping) and the cleaning shared by every importer."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mmrec.data.canonical import load_dataset
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def grid_log(path: Path) -> Path:
+    """u1..u4 x items a..d, with one user and one item too thin for a 2-core, a missing id and a duplicate."""
+    rows = ["uid,sku,ts,stars"]
+    for u in ("u1", "u2", "u3"):
+        rows += [f"{u},a,1,5", f"{u},b,2,4", f"{u},c,3,2"]
+    rows += ["u4,d,4,5", ",a,5,5", "u1,a,1,5"]
+    return write(path, "\n".join(rows) + "\n")
+
+
+def cli(tmp_path, *extra) -> list:
+    return ["prep", "generic", "--interactions", tmp_path / "log.csv", "--user-col", "uid", "--item-col", "sku",
+            "--time-col", "ts", "--rating-col", "stars", *extra, "--out", tmp_path / "d"]
+
+
+def test_cleaning_counts_everything_dropped(tmp_path, run_cli):
+    grid_log(tmp_path / "log.csv")
+    code, out, err = run_cli(*cli(tmp_path, "--min-user", "2", "--min-item", "2", "--min-rating", "3"))
+    assert code == 0, err
+    stats = json.loads(out)
+    d = stats["dropped"]
+    assert (d["missing_id"], d["duplicates"], d["below_min_rating"]) == (1, 1, 3)
+    assert d["kcore"] == 1 and stats["kcore"]["users_removed"] == 1  # u4's single interaction
+    assert stats["users"] == 3 and stats["items"] == 2 and stats["interactions"] == 6
+    assert stats["timestamp_ties"] == 0 and stats["seq_len_max"] == 2
+    prep = json.loads((tmp_path / "d" / "prep.json").read_text())
+    assert prep["source"] == "generic" and prep["options"]["min_user"] == 2
+
+
+def test_iso_times_jsonl_items_and_image_paths(tmp_path, run_cli):
+    write(tmp_path / "log.jsonl", "\n".join(json.dumps(r) for r in [
+        {"user": 1, "item": 10, "when": "2024-01-02T00:00:00Z"},
+        {"user": 1, "item": 11, "when": "2024-01-01"},
+        {"user": 2, "item": 10, "when": "2024-01-03T01:00:00+01:00"}]) + "\n")
+    imgs = tmp_path / "imgs"
+    (imgs / "sub").mkdir(parents=True)
+    Image.new("LA", (4, 4)).save(imgs / "sub" / "ten.png")
+    (tmp_path / "secret.png").write_bytes(b"x")
+    write(tmp_path / "items.csv", 'id,name,desc,pic\n10,Lamp,"warm, bright",sub/ten.png\n11,Desk,,../secret.png\n')
+    args = ["prep", "generic", "--interactions", tmp_path / "log.jsonl", "--user-col", "user", "--item-col", "item",
+            "--time-col", "when", "--time-format", "iso", "--items", tmp_path / "items.csv", "--items-id-col", "id",
+            "--title-col", "name", "--text-cols", "desc", "--image-col", "pic", "--images", imgs]
+    code, out, err = run_cli(*args, "--out", tmp_path / "d")
+    assert code == 0, err
+    stats = json.loads(out)
+    assert stats["dropped"]["image_path_outside_root"] == 1 and stats["items_with_image"] == 1
+    ds = load_dataset(tmp_path / "d")
+    assert ds.sequences().to_dict() == {"1": ["11", "10"], "2": ["10"]}
+    assert ds.interactions["timestamp"].tolist() == [1704067200, 1704153600, 1704240000]
+    items = ds.items.set_index("item_id")
+    assert items.at["10", "text"] == "Lamp. warm, bright" and items.at["11", "text"] == "Desk"
+    code, _, err = run_cli(*args, "--image-policy", "fail", "--out", tmp_path / "d2")
+    assert code == 2 and "../secret.png" in err and "outside its image root" in err
+    assert not (tmp_path / "d2").exists()
+
+
+def test_require_image_and_resume_cache(tmp_path, run_cli, monkeypatch):
+    write(tmp_path / "log.csv", "user_id,item_id,timestamp\nu,a,1\nu,b,2\nv,a,3\n")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.new("RGB", (5, 5)).save(imgs / "a.jpg")
+    Image.new("RGB", (5, 5)).save(imgs / "b.jpg")
+    # a crash after the images were inspected: the next run must not decode them again
+    import data_prep.common as common
+
+    def crash(*a, **k):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(common, "write_tables", crash)
+    with pytest.raises(RuntimeError):
+        run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--images", imgs, "--out", tmp_path / "d")
+    assert not (tmp_path / "d").exists() and not list(tmp_path.glob(".d.*.tmp"))
+    assert (tmp_path / ".d.image-cache.jsonl").is_file()
+    monkeypatch.undo()
+    calls = []
+    real = common.inspect_image
+    monkeypatch.setattr(common, "inspect_image", lambda *a: calls.append(a) or real(*a))
+    (imgs / "b.jpg").write_bytes(b"")  # changed since: inspected again (and now skipped)
+    code, out, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--images", imgs,
+                             "--require-image", "--out", tmp_path / "d")
+    assert code == 0, err
+    assert [Path(c[0]).name for c in calls] == ["b.jpg"]
+    stats = json.loads(out)
+    assert stats["dropped"]["no_usable_image"] == 1 and stats["images"]["skipped"] == {"empty": 1}
+    assert not (tmp_path / ".d.image-cache.jsonl").exists()  # removed once the dataset is written
+
+
+def test_refuses_foreign_out_dir_and_replaces_a_dataset(tmp_path, run_cli):
+    write(tmp_path / "log.csv", "user_id,item_id,timestamp\nu,a,1\n")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "thesis.tex").write_text("precious")
+    code, _, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--out", tmp_path / "home")
+    assert code == 2 and "is not a dataset written by `mmrec prep`" in err
+    assert (tmp_path / "home" / "thesis.tex").read_text() == "precious"
+    for _ in range(2):  # a second run replaces the first dataset
+        code, _, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--out", tmp_path / "d")
+        assert code == 0, err
+
+
+@pytest.mark.parametrize("content,message", [
+    ("user_id,item_id\nu,a\n", "missing column(s) ['timestamp']; the header has ['user_id', 'item_id']"),
+    ("user_id,item_id,timestamp\nu,a,1\nu,b\n", "log.csv, line 3: expected 3 fields, got 2"),
+    ("user_id,item_id,timestamp\nu,a,1\nu,b,2024-01-01\n", "log.csv, line 3: timestamp '2024-01-01' is not a number"),
+    ("user_id,item_id,timestamp\n", "no interactions in the file"),
+    ("", "log.csv: interactions file is empty (0 bytes)"),
+    ("user_id,item_id,timestamp\nu,a,1\n", "--min-rating 3.0 was given but the generic data has no ratings"),
+])
+def test_bad_input_messages(tmp_path, run_cli, content, message):
+    write(tmp_path / "log.csv", content)
+    code, out, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--min-rating", "3",
+                             "--out", tmp_path / "d")
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "d").exists()
+
+
+def test_skipped_bad_lines_are_counted(tmp_path, run_cli):
+    write(tmp_path / "log.csv", "user_id,item_id,timestamp\nu,a,1\nu,b\nv,a,2,9\nv,c,3\n")
+    code, out, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--bad-lines", "skip",
+                             "--out", tmp_path / "d")
+    assert code == 0, err
+    stats = json.loads(out)
+    assert stats["dropped"]["log.csv"] == 2 and stats["interactions"] == 2
