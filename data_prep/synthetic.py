@@ -8,7 +8,7 @@ visible in the image alone: a model that sees images should beat one that reads 
 
 Each user has a latent preferred colour, shape and pattern; the colour (and, more rarely, the pattern)
 drifts slowly to a neighbouring value along the sequence. Each step picks an unseen item with probability
-proportional to exp(utility) (colour match 2.5, shape 1.2, pattern 1.2, plus log-popularity), or, with
+proportional to exp(utility) (colour match 4, shape 1.5, pattern 2, plus half the log-popularity), or, with
 probability `--noise`, by popularity alone. Timestamps increase per user with a few equal-timestamp ties.
 
 Besides the canonical tables the directory holds the truth, for testing recommenders in isolation:
@@ -41,7 +41,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {  # ordered around the colour wheel:
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
 PATTERNS = ("solid", "striped", "dotted")
-W_COLOUR, W_SHAPE, W_PATTERN, W_POP = 2.5, 1.2, 1.2, 0.5
+W_COLOUR, W_SHAPE, W_PATTERN, W_POP = 4.0, 1.5, 2.0, 0.5
 
 _BRANDS = ("Nova", "Acme", "Lumo", "Orbit", "Pico", "Zest", "Kiro", "Vela")
 _PRODUCTS = ("sticker", "badge", "tile", "coaster", "magnet", "patch")
