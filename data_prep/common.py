@@ -189,7 +189,7 @@ class JsonlFile:
                     self._check_required(table, required, lines)
                     first = False
                 start += len(lines)
-                yield table.to_pandas()
+                yield table.to_pandas(integer_object_nulls=True)  # int ids with gaps stay '7', never '7.0'
 
     def _slow(self, lines: list[bytes], start: int, opts, bad: BadLines) -> pa.Table:
         """Parse a failed block line by line: name (or count) each bad line, parse the rest in one go."""

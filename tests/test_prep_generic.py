@@ -135,3 +135,32 @@ def test_skipped_bad_lines_are_counted(tmp_path, run_cli):
     assert code == 0, err
     stats = json.loads(out)
     assert stats["dropped"]["log.csv"] == 2 and stats["interactions"] == 2
+
+
+def test_jsonl_int_ids_with_gaps_and_config_options(tmp_path):
+    """Integer ids with a null among them stay '7' (not '7.0'); the `data` section of a config runs the same import."""
+    from data_prep.config import PrepConfig, prep_from_config
+
+    write(tmp_path / "log.jsonl", '{"u": 7, "i": 3, "t": 10}\n{"u": null, "i": 3, "t": 11}\n{"u": 8, "i": 4, "t": 12}\n')
+    cfg = PrepConfig(source="generic", options={"interactions": str(tmp_path / "log.jsonl"), "user_col": "u",
+                                                "item_col": "i", "time_col": "t", "bad_lines": "skip"})
+    stats = prep_from_config(cfg, tmp_path / "d")
+    assert stats["dropped"]["missing_id"] == 1
+    ds = load_dataset(tmp_path / "d")
+    assert sorted(ds.interactions["user_id"]) == ["7", "8"] and sorted(ds.items["item_id"]) == ["3", "4"]
+
+
+def test_dataset_image_paths_never_leave_the_dataset(tmp_path, run_cli):
+    import pandas as pd
+
+    from mmrec.data.canonical import CanonicalDataset
+    from mmrec.data.images import ImageError
+
+    write(tmp_path / "log.csv", "user_id,item_id,timestamp\nu,a,1\n")
+    assert run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--out", tmp_path / "d")[0] == 0
+    ds = load_dataset(tmp_path / "d")
+    assert ds.image_path("a") is None
+    forged = CanonicalDataset(root=ds.root, items=pd.DataFrame({"item_id": ["a"], "image": ["../../etc/passwd"]}),
+                              interactions=ds.interactions)
+    with pytest.raises(ImageError, match="outside its image root"):
+        forged.image_path("a")

@@ -131,9 +131,11 @@ class CanonicalDataset:
     stats: dict[str, Any] = field(default_factory=dict)
 
     def image_path(self, item_id: str) -> Path | None:
-        """Absolute path of an item's image, or None when it has none."""
+        """Absolute path of an item's image, or None when it has none; a path leaving the dataset dir is refused."""
+        from mmrec.data.images import safe_join
+
         rel = self.items_by_id.at[item_id, "image"] if item_id in self.items_by_id.index else None
-        return None if rel is None or (isinstance(rel, float) and np.isnan(rel)) else self.root / rel
+        return None if rel is None or (isinstance(rel, float) and np.isnan(rel)) else safe_join(self.root, rel)
 
     @property
     def items_by_id(self) -> pd.DataFrame:
