@@ -130,9 +130,11 @@ class TableFile:
         )
         try:
             reader = pacsv.open_csv(source, **opts)
-            for batch in reader:
-                self._report_bad(bad_rows, bad, len(cols))
-                yield batch.to_pandas()
+            with progress(desc=self.path.name, unit="rows") as bar:
+                for batch in reader:
+                    self._report_bad(bad_rows, bad, len(cols))
+                    bar.update(batch.num_rows)
+                    yield batch.to_pandas()
             self._report_bad(bad_rows, bad, len(cols))
         except (pa.ArrowInvalid, UnicodeDecodeError) as e:
             raise DataError(f"{self.path}: cannot be parsed as {self.delimiter!r}-separated text: {e}") from None
@@ -175,20 +177,26 @@ class JsonlFile:
     def read(self, bad: BadLines, required: list[str] = ()) -> Iterator[pd.DataFrame]:
         opts = pajson.ParseOptions(explicit_schema=self.schema, unexpected_field_behavior="ignore") \
             if self.schema is not None else pajson.ParseOptions()
-        first = True
-        with (gzip.open if self.path.suffix == ".gz" else open)(self.path, "rb") as f:
-            start = 1
-            while lines := f.readlines(CHUNK_BYTES):
+        first, start = True, 1
+        raw_file = open(self.path, "rb")
+        f = gzip.open(raw_file) if self.path.suffix == ".gz" else raw_file
+        with raw_file, progress(total=self.path.stat().st_size, desc=self.path.name, unit="B") as bar:
+            while True:
+                try:
+                    lines = f.readlines(CHUNK_BYTES)
+                except (OSError, EOFError) as e:
+                    raise DataError(f"{self.path}: cannot be read ({e}); is the file complete?") from None
+                if not lines:
+                    break
                 try:
                     table = pajson.read_json(io.BytesIO(b"".join(lines)), parse_options=opts)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                     table = self._slow(lines, start, opts, bad)
-                except (OSError, EOFError) as e:
-                    raise DataError(f"{self.path}: cannot be read ({e})") from None
                 if first and required:
                     self._check_required(table, required, lines)
                     first = False
                 start += len(lines)
+                bar.update(raw_file.tell() - bar.n)
                 yield table.to_pandas(integer_object_nulls=True)  # int ids with gaps stay '7', never '7.0'
 
     def _slow(self, lines: list[bytes], start: int, opts, bad: BadLines) -> pa.Table:

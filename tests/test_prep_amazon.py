@@ -160,3 +160,11 @@ def test_missing_field_and_unknown_item(tmp_path, run_cli):
     (tmp_path / "empty.jsonl").write_text("")
     code, _, err = run_cli("prep", "amazon2023", "--reviews", tmp_path / "empty.jsonl", "--meta", m, "--out", tmp_path / "d")
     assert code == 2 and "empty.jsonl: reviews file is empty" in err
+
+
+def test_truncated_gzip_is_a_clear_error(tmp_path, run_cli):
+    r, m = fixture_files(tmp_path)
+    data = r.read_bytes()
+    r.write_bytes(data[: len(data) - 12])  # the download was cut short
+    code, _, err = run_cli("prep", "amazon2023", "--reviews", r, "--meta", m, "--out", tmp_path / "d")
+    assert code == 2 and "Baby_Products.jsonl.gz: cannot be read" in err and "is the file complete?" in err
