@@ -46,6 +46,7 @@ class Report:
     run_manifests: dict[str, dict[str, str]]
     plots: list[Plot] = field(default_factory=list)
     gallery: list[GalleryUser] = field(default_factory=list)
+    comparisons: list[dict[str, Any]] = field(default_factory=list)  # eval.significance.compare results
     notes: list[str] = field(default_factory=list)
     image_issues: dict[str, int] = field(default_factory=dict)
 
@@ -88,10 +89,29 @@ def _load_split(split_dir: Path | None) -> tuple[Any | None, str | None]:
         return None, f"split {split_dir} could not be loaded: {e}"
 
 
+def _comparisons(paths: ExperimentPaths, table: rd.ResultsTable, stage: str, notes: list[str]) -> list[dict[str, Any]]:
+    """Paired tests (per-user metric, seeds averaged) of the best model against every other model."""
+    from eval.significance import compare
+
+    metric, best = table.primary_metric(), table.best_model()
+    out = []
+    for other in table.rows if metric and len(table.rows) > 1 else []:
+        if other == best:
+            continue
+        try:
+            out.append(compare(paths, best, other, stage, metric))
+        except MmrecError as e:
+            notes.append(f"paired test {best} vs {other} skipped: {e}")
+    return out
+
+
 def _metric_plots(table: rd.ResultsTable) -> list[Plot]:
-    return [Plot(name=f"{fam}_at_k", caption=f"{fam.upper()}@K per model (mean over seeds)",
-                 svg=line_chart(series, title=f"{fam.upper()}@K", x_label="K", y_label=fam.upper(), integer_x=True))
-            for fam, series in rd.k_curves(table).items()]
+    plots = []
+    for fam, series in rd.k_curves(table).items():
+        label = rd.metric_label(f"{fam}@K")
+        plots.append(Plot(name=f"{fam}_at_k", caption=f"{label} per model (mean over seeds)",
+                          svg=line_chart(series, title=label, x_label="K", y_label=label.split("@")[0], integer_x=True)))
+    return plots
 
 
 def _first_run_scores(paths: ExperimentPaths, runs: list[rd.RunResult], notes: list[str]) -> dict[str, pd.DataFrame]:
@@ -122,6 +142,7 @@ def gather(paths: ExperimentPaths, opts: ReportConfig, *, split: str | None = No
     table = rd.results_table(runs)
     shared, per_run = rd.split_manifest(runs)
     notes: list[str] = []
+    comparisons = _comparisons(paths, table, opts.stage, notes)
     plots = _metric_plots(table)
     split_data, why = _load_split(_find_split(paths, split, runs))
     if why:
@@ -149,7 +170,8 @@ def gather(paths: ExperimentPaths, opts: ReportConfig, *, split: str | None = No
     gallery, image_issues = _gallery(paths, split_data, runs, table, scores, opts, seed, notes)
     return Report(title=opts.title or title or "mmrec experiment report", experiment_dir=str(paths.root),
                   stage=opts.stage, runs=runs, table=table,
-                  shared_manifest=shared, run_manifests=per_run, plots=plots, gallery=gallery, notes=notes,
+                  shared_manifest=shared, run_manifests=per_run, plots=plots, gallery=gallery,
+                  comparisons=comparisons, notes=notes,
                   image_issues=image_issues)
 
 

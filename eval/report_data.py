@@ -126,11 +126,16 @@ class ResultsTable:
     rows: dict[str, dict[str, tuple[float, float, int]]]
     seeds: dict[str, list[int | None]]
 
+    def primary_metric(self) -> str | None:
+        """NDCG at the largest K when evaluated, else the first column: what 'best model' means in the report."""
+        ndcg = [c for c in self.columns if c.startswith("ndcg@")]
+        return max(ndcg, key=lambda c: int(c.split("@")[1])) if ndcg else (self.columns[0] if self.columns else None)
+
     def best_model(self, metric: str | None = None) -> str | None:
-        """The model with the highest mean on `metric` (default: the first ndcg@K column, else the first column)."""
+        """The model with the highest mean on `metric` (default: `primary_metric`)."""
         if not self.rows:
             return None
-        metric = metric or next((c for c in self.columns if c.startswith("ndcg@")), self.columns[0] if self.columns else None)
+        metric = metric or self.primary_metric()
         if metric is None:
             return next(iter(self.rows))
         scored = [(v[metric][0], m) for m, v in self.rows.items() if metric in v and math.isfinite(v[metric][0])]
@@ -258,3 +263,43 @@ def split_manifest(runs: list[RunResult]) -> tuple[dict[str, str], dict[str, dic
               if all(k in f for f in flat.values()) and len({f[k] for f in flat.values()}) == 1}
     differing = {run: {k: v for k, v in f.items() if k not in shared} for run, f in flat.items()}
     return shared, {run: d for run, d in differing.items() if d}
+
+
+# Manifest entries shown first: what decides whether two numbers are comparable (the rest is one click away).
+KEY_FACTS = ("protocol", "tie_policy", "ks", "split.name", "split.info.seed", "seeds", "dataset.fingerprint",
+             "dataset.path", "versions.mmrec", "versions.torch", "versions.transformers", "versions.peft")
+
+
+def key_facts(entries: dict[str, str]) -> dict[str, str]:
+    """The entries under one of `KEY_FACTS` (a key or a dotted prefix), in manifest order."""
+    return {k: v for k, v in entries.items() if any(k == f or k.startswith(f + ".") for f in KEY_FACTS)}
+
+
+def metric_label(name: str) -> str:
+    """`ndcg@10` -> `NDCG@10`, `recall@K` -> `Recall@K`, `tie_rate` -> `tie rate` (the metrics module's names)."""
+    from mmrec.metrics import display_name
+
+    return name.replace("_", " ") if name in ("tie_rate", "invalid_rate") else display_name(name)
+
+
+def table_layout(table: ResultsTable) -> tuple[list[str], list[int], list[str]]:
+    """(metric@K families, cutoffs K, value columns) of a results table, for a families-by-K grid plus a small
+    table of value metrics (narrow enough to read without scrolling whatever the number of metrics)."""
+    families, ks, values = [], set(), []
+    for c in table.columns:
+        m = AT_K_RE.match(c)
+        if m:
+            if m["family"] not in families:
+                families.append(m["family"])
+            ks.add(int(m["k"]))
+        else:
+            values.append(c)
+    return families, sorted(ks), values
+
+
+def best_of(table: ResultsTable, column: str) -> float | None:
+    """The best mean in a column (lowest for rates, highest otherwise); None when fewer than two models differ."""
+    means = [row[column][0] for row in table.rows.values() if column in row and math.isfinite(row[column][0])]
+    if len(set(means)) < 2:
+        return None
+    return min(means) if column in ("tie_rate", "invalid_rate") else max(means)

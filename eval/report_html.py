@@ -6,14 +6,13 @@ import math
 from html import escape
 from typing import TYPE_CHECKING
 
-from eval.report_data import fmt_cell
+from eval.report_data import best_of, fmt_cell, key_facts, metric_label, table_layout
 from eval.report_gallery import GalleryItem, GalleryUser, fmt_score
 from eval.report_images import data_uri
 
 if TYPE_CHECKING:
     from eval.report import Report
 
-LOWER_IS_BETTER = ("tie_rate", "invalid_rate")
 SVG = "image/svg+xml"
 
 CSS = """
@@ -25,6 +24,7 @@ nav a{margin-right:14px;color:#0b57d0;text-decoration:none;font-size:14px}
 table{border-collapse:collapse;background:#fff;font-size:13px}th,td{border:1px solid #e3e6ea;padding:5px 8px;text-align:left;vertical-align:top}
 th{background:#f0f2f5;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.best{font-weight:700;color:#0b57d0}.wrap{overflow-x:auto}
+.tables{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}.tables>p{flex-basis:100%;margin:0}
 .manifest{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}.manifest>div{flex:1 1 300px;min-width:0}
 details summary{cursor:pointer;font-size:13px;font-weight:600;margin:8px 0}
 .manifest td{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px;word-break:break-all}
@@ -51,27 +51,51 @@ def _img(item: GalleryItem, cls: str = "thumb") -> str:
     return f"<img class='{cls}' src='{data_uri(item.thumb)}' alt='{alt}'>"
 
 
+def _cell(table, model: str, column: str, best: float | None, bold_model: bool = False) -> str:
+    cell = table.rows[model].get(column)
+    mean, _, pm = fmt_cell(cell).partition(" ± ")
+    ci = f"<br><small>± {escape(pm)}</small>" if pm else ""
+    cls = "num best" if best is not None and cell is not None and cell[0] == best else "num"
+    return f"<td class='{cls}'>{escape(mean)}{ci}</td>"
+
+
 def _results(report: "Report") -> str:
+    """A grid of metric@K (family and model as rows, K as columns), then the value metrics per model."""
     t = report.table
-    best: dict[str, float] = {}
-    for c in t.columns:
-        means = [row[c][0] for row in t.rows.values() if c in row and math.isfinite(row[c][0])]
-        if len(means) > 1:
-            best[c] = min(means) if c in LOWER_IS_BETTER else max(means)
-    head = "".join(f"<th>{escape(c)}</th>" for c in ["model", "seeds", *t.columns])
-    rows = []
-    for m, row in t.rows.items():
-        cells = [f"<td><b>{escape(m)}</b></td>",
-                 f"<td>{escape(', '.join('–' if s is None else str(s) for s in t.seeds[m]))}</td>"]
-        for c in t.columns:
-            cls = "num best" if c in best and row.get(c) and row[c][0] == best[c] else "num"
-            mean, _, pm = fmt_cell(row.get(c)).partition(" ± ")
-            ci = f"<br><small>± {escape(pm)}</small>" if pm else ""
-            cells.append(f"<td class='{cls}'>{escape(mean)}{ci}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    return (f"<div class='wrap'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
-            "<p class='sub'>Mean ± 95% t-interval half-width over seeds (one value when a model ran once); best per "
-            "column in blue. Invalid scores count as misses; tie and invalid rates are diagnostics.</p>")
+    families, ks, values = table_layout(t)
+    seeds = {m: ", ".join("–" if s is None else str(s) for s in t.seeds[m]) for m in t.rows}
+    parts = []
+    if families:
+        head = "<th>metric</th><th>model</th>" + "".join(f"<th>@{k}</th>" for k in ks)
+        rows = []
+        for fam in families:
+            for i, m in enumerate(t.rows):
+                first = f"<th rowspan='{len(t.rows)}'>{escape(metric_label(fam))}</th>" if i == 0 else ""
+                cells = "".join(_cell(t, m, f"{fam}@{k}", best_of(t, f"{fam}@{k}")) for k in ks)
+                rows.append(f"<tr>{first}<td><b>{escape(m)}</b></td>{cells}</tr>")
+        parts.append(f"<div class='wrap'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+    head = "<th>model</th><th>seeds</th>" + "".join(f"<th>{escape(metric_label(c))}</th>" for c in values)
+    rows = "".join(f"<tr><td><b>{escape(m)}</b></td><td>{escape(seeds[m])}</td>"
+                   + "".join(_cell(t, m, c, best_of(t, c)) for c in values) + "</tr>" for m in t.rows)
+    parts.append(f"<div class='wrap'><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>")
+    parts.append("<p class='sub'>Mean ± 95% t-interval half-width over seeds (one value when a model ran once); best in "
+                 "blue. Invalid scores count as misses; tie and invalid rates are diagnostics (lower is better).</p>")
+    return "<div class='tables'>" + "".join(parts) + "</div>"
+
+
+def _comparisons(report: "Report") -> str:
+    if not report.comparisons:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("A vs B", "metric", "users", "A", "B", "A − B [95% CI]",
+                                               "paired t p", "Wilcoxon p"))
+    rows = "".join(
+        f"<tr><td>{escape(c['a'])} vs {escape(c['b'])}</td><td>{escape(metric_label(c['metric']))}</td>"
+        f"<td class='num'>{c['n']}</td><td class='num'>{c['mean_a']:.4f}</td><td class='num'>{c['mean_b']:.4f}</td>"
+        f"<td class='num'>{c['mean_diff']:+.4f} [{c['ci95_low']:+.4f}, {c['ci95_high']:+.4f}]</td>"
+        f"<td class='num'>{c['t_pvalue']:.3g}</td><td class='num'>{c['wilcoxon_pvalue']:.3g}</td></tr>"
+        for c in report.comparisons)
+    return ("<p class='label'>Paired tests: the best model against each other one, per-user metric "
+            f"(seeds averaged)</p><div class='wrap'><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>")
 
 
 def _kv_table(entries: dict[str, str]) -> str:
@@ -80,12 +104,21 @@ def _kv_table(entries: dict[str, str]) -> str:
 
 
 def _manifest(report: "Report") -> str:
-    """Entries shared by every run (the protocol the numbers are comparable under), then each run's own entries."""
-    shared = _kv_table(report.shared_manifest) if report.shared_manifest else "<p>(the metrics files carry no manifest)</p>"
-    runs = "".join(f"<details><summary>{escape(run)}</summary>{_kv_table(entries)}</details>"
-                   for run, entries in report.run_manifests.items())
-    side = f"<div><p class='label'>Specific to each run</p>{runs}</div>" if runs else ""
-    return f"<div class='manifest'><div><p class='label'>Shared by every run</p>{shared}</div>{side}</div>"
+    """Key facts shared by every run (what makes the numbers comparable), the full manifest and each run's own
+    entries folded below them."""
+    if not report.shared_manifest and not report.run_manifests:
+        return "<p>(the metrics files carry no manifest)</p>"
+    facts = key_facts(report.shared_manifest)
+    parts = [f"<div><p class='label'>Shared by every run</p>{_kv_table(facts or report.shared_manifest)}"]
+    if facts and len(facts) < len(report.shared_manifest):
+        parts.append(f"<details><summary>full shared manifest ({len(report.shared_manifest)} entries)</summary>"
+                     f"{_kv_table(report.shared_manifest)}</details>")
+    parts.append("</div>")
+    if report.run_manifests:
+        runs = "".join(f"<details><summary>{escape(run)}</summary>{_kv_table(entries)}</details>"
+                       for run, entries in report.run_manifests.items())
+        parts.append(f"<div><p class='label'>Specific to each run</p>{runs}</div>")
+    return f"<div class='manifest'>{''.join(parts)}</div>"
 
 
 def _user(u: GalleryUser) -> str:
@@ -123,7 +156,7 @@ def render_html(report: "Report") -> str:
             f"<p class='sub'>Experiment <code>{escape(report.experiment_dir)}</code> · stage <b>{escape(report.stage)}</b> · "
             f"{len(report.runs)} run(s) of {len(t.rows)} model(s)</p>",
             "<nav>" + "".join(f"<a href='#{s}'>{s.capitalize()}</a>" for s in sections) + "</nav>",
-            f"<h2 id='results'>Results</h2>{_results(report)}",
+            f"<h2 id='results'>Results</h2>{_results(report)}{_comparisons(report)}",
             f"<h2 id='manifest'>Protocol manifest</h2>{_manifest(report)}"]
     if report.plots:
         figs = "".join(f"<figure><img src='{data_uri(p.svg.encode(), SVG)}' alt='{escape(p.caption)}'>"

@@ -5,7 +5,7 @@ import hashlib
 from html import escape
 from typing import TYPE_CHECKING
 
-from eval.report_data import fmt_cell
+from eval.report_data import fmt_cell, key_facts, metric_label, table_layout
 from eval.report_gallery import GalleryItem, GalleryUser, fmt_score
 
 if TYPE_CHECKING:
@@ -79,20 +79,40 @@ def render_markdown(report: "Report", assets_folder: str) -> tuple[str, dict[str
     out = [f"# {md_cell(report.title)}", "",
            f"Experiment `{md_cell(report.experiment_dir)}` · stage **{report.stage}** · "
            f"{len(report.runs)} run(s) of {len(t.rows)} model(s)", "", "## Results", ""]
-    header = ["model", "seeds"] + t.columns
-    rows = [[f"**{md_cell(m)}**", md_cell(", ".join("–" if s is None else str(s) for s in t.seeds[m]))]
-            + [fmt_cell(row.get(c)) for c in t.columns] for m, row in t.rows.items()]
-    out += _table(header, rows)
+    seeds = {m: ", ".join("–" if s is None else str(s) for s in t.seeds[m]) for m in t.rows}
+    families, ks, values = table_layout(t)
+    if families:
+        out += _table(["metric", "model"] + [f"@{k}" for k in ks],
+                      [[metric_label(fam) if i == 0 else "", f"**{md_cell(m)}**"]
+                       + [fmt_cell(t.rows[m].get(f"{fam}@{k}")) for k in ks]
+                       for fam in families for i, m in enumerate(t.rows)])
+        out.append("")
+    out += _table(["model", "seeds"] + [metric_label(c) for c in values],
+                  [[f"**{md_cell(m)}**", md_cell(seeds[m])] + [fmt_cell(t.rows[m].get(c)) for c in values] for m in t.rows])
     out += ["", "Cells are the mean ± the 95% t-interval half-width over seeds (one value when a model ran once). "
-            "Invalid scores count as misses; `tie_rate` and `invalid_rate` are diagnostics.", ""]
+            "Invalid scores count as misses; tie and invalid rates are diagnostics.", ""]
+    if report.comparisons:
+        out += ["Paired tests of the best model against each other one (per-user metric, seeds averaged):", ""]
+        out += _table(["A vs B", "metric", "users", "A", "B", "A − B [95% CI]", "paired t p", "Wilcoxon p"],
+                      [[f"{md_cell(c['a'])} vs {md_cell(c['b'])}", metric_label(c["metric"]), str(c["n"]),
+                        f"{c['mean_a']:.4f}", f"{c['mean_b']:.4f}",
+                        f"{c['mean_diff']:+.4f} [{c['ci95_low']:+.4f}, {c['ci95_high']:+.4f}]",
+                        f"{c['t_pvalue']:.3g}", f"{c['wilcoxon_pvalue']:.3g}"] for c in report.comparisons])
+        out.append("")
     out += ["## Protocol manifest", ""]
+    facts = key_facts(report.shared_manifest)
     if report.shared_manifest:
-        out += _table(["key", "value"], [[f"`{md_cell(k)}`", md_cell(v)] for k, v in report.shared_manifest.items()])
+        out += _table(["key", "value"], [[f"`{md_cell(k)}`", md_cell(v)] for k, v in (facts or report.shared_manifest).items()])
+        if facts and len(facts) < len(report.shared_manifest):
+            out += ["", f"<details><summary>Full shared manifest ({len(report.shared_manifest)} entries)</summary>", ""]
+            out += _table(["key", "value"], [[f"`{md_cell(k)}`", md_cell(v)] for k, v in report.shared_manifest.items()])
+            out += ["", "</details>"]
     else:
-        out.append("(the metrics files carry no manifest)")
+        out.append("(the metrics files carry no shared manifest)")
     for run, entries in report.run_manifests.items():
-        out += ["", f"Entries specific to `{md_cell(run)}`:", ""]
+        out += ["", f"<details><summary>Entries specific to {md_cell(run)}</summary>", ""]
         out += _table(["key", "value"], [[f"`{md_cell(k)}`", md_cell(v)] for k, v in entries.items()])
+        out += ["", "</details>"]
     out.append("")
     if report.plots:
         out += ["## Plots", ""]

@@ -122,8 +122,12 @@ def test_report_markdown_and_assets(experiment, run_cli):
     assert code == 0, err
     md = experiment.report_md.read_text()
     assert md.startswith("# ")
-    assert "| **sasrec** | 0, 1 | 0.6000 ± 1.2706 |" in md
-    assert "| **pop** | – | 0.2500 |" in md
+    # metric@K grid (family, model, one column per K) and the value metrics per model
+    assert "| HR | **pop** | 0.2500 | 0.5000 |" in md
+    assert "|  | **sasrec** | 0.6000 ± 1.2706 | 1.0000 ± 0.0000 |" in md
+    assert "| **pop** | – | 0.5500 | 0.5000 | 0.1000 | 0.0000 |" in md
+    # paired test: sasrec (best on NDCG@3) vs pop on per-user NDCG@3, seeds averaged: [1, .75, .75] - [.5, 0, 1]
+    assert re.search(r"\| sasrec vs pop \| NDCG@3 \| 3 \| 0\.8333 \| 0\.5000 \| \+0\.3333 \[", md)
     refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert any(r.endswith(".svg") for r in refs) and any(r.endswith(".png") for r in refs)
     for ref in refs:

@@ -25,6 +25,8 @@ METRICS = {
     "sasrec@seed1": {"hr@1": 0.7, "hr@3": 1.0, "ndcg@1": 0.7, "ndcg@3": 0.9, "auc": 0.8, "gauc": 0.85,
                      "tie_rate": 0.0, "invalid_rate": 0.25},
 }
+# run -> per-user NDCG@3 of u1, u2, u3 (the per-user file `mmrec eval` writes beside the metrics)
+PER_USER = {"pop": [0.5, 0.0, 1.0], "sasrec@seed0": [1.0, 0.5, 1.0], "sasrec@seed1": [1.0, 1.0, 0.5]}
 COLORS = ["red", "green", "blue", "orange", "purple", "cyan", "yellow", "gray"]
 
 
@@ -73,6 +75,8 @@ def make_experiment(root: Path, *, summaries: bool = True, logs: bool = True) ->
                     "seeds": {"experiment": seed}, "versions": {"torch": "2.x", "mmrec": "0.1"}}
         write_json({"run": run, "stage": "test", "metrics": metrics, "manifest": manifest}, paths.metrics(run))
         make_scores(paths, candidates, run, bonus=0.0 if run == "pop" else 0.3)
+        write_parquet(pd.DataFrame({"user_id": list(USERS), "stage": "test", "ndcg@3": PER_USER[run]}),
+                      paths.metrics(run).with_name(f"{run}.per_user.parquet"))
     if summaries:
         write_parquet(pd.DataFrame({"item_id": ITEMS, "summary": [f"A photo of thing {k} <img>" for k in range(10)]}),
                       paths.item_summaries)
