@@ -89,6 +89,30 @@ def _load_split(split_dir: Path | None) -> tuple[Any | None, str | None]:
         return None, f"split {split_dir} could not be loaded: {e}"
 
 
+def _training_plots(paths: ExperimentPaths, runs: list[rd.RunResult]) -> list[Plot]:
+    """Per model, one chart of its loss curves and one of its other logged values, a line per seed run."""
+    curves: dict[str, dict[str, dict[str, list[tuple[float, float]]]]] = {}  # model -> kind -> series
+    x_names: dict[str, str] = {}
+    for r in runs:
+        records = rd.read_train_log(paths, r.run)
+        if not records:
+            continue
+        x_names[r.model], run_curves = rd.train_curves(records)
+        for key, points in run_curves.items():
+            kind = "loss" if "loss" in key else "validation"
+            curves.setdefault(r.model, {}).setdefault(kind, {})[(r.run, key)] = points
+    plots = []
+    for model, kinds in curves.items():
+        for kind, series in kinds.items():
+            keys = {k for _, k in series}
+            named = {(run if len(keys) == 1 else f"{run}: {key}"): pts for (run, key), pts in series.items()}
+            label = next(iter(keys)) if len(keys) == 1 else kind
+            plots.append(Plot(name=f"train_{kind}_{_safe(model)}", caption=f"Training {kind} curves of {model}, one line per run",
+                              svg=line_chart(named, title=f"{model}: {label}", x_label=x_names[model], y_label=label,
+                                             markers=max(len(p) for p in named.values()) <= 30)))
+    return plots
+
+
 def _comparisons(paths: ExperimentPaths, table: rd.ResultsTable, stage: str, notes: list[str]) -> list[dict[str, Any]]:
     """Paired tests (per-user metric, seeds averaged) of the best model against every other model."""
     from eval.significance import compare
@@ -153,18 +177,7 @@ def gather(paths: ExperimentPaths, opts: ReportConfig, *, split: str | None = No
             groups = rd.score_groups(rd.labelled_scores(df, split_data.candidates, opts.stage))
             plots.append(Plot(name=f"scores_{_safe(run)}", caption=f"Score distribution of positives vs negatives, {run}",
                               svg=histogram_chart(groups, title=f"scores: {run}", x_label="score", bins=opts.histogram_bins)))
-    for r in runs:
-        records = rd.read_train_log(paths, r.run)
-        if not records:
-            continue
-        x_name, curves = rd.train_curves(records)
-        loss = {k: v for k, v in curves.items() if "loss" in k}
-        other = {k: v for k, v in curves.items() if "loss" not in k}
-        for kind, series in (("loss", loss), ("valid", other)):
-            if series:
-                plots.append(Plot(name=f"train_{kind}_{_safe(r.run)}", caption=f"Training {kind} curves, {r.run}",
-                                  svg=line_chart(series, title=f"{r.run}: {kind}", x_label=x_name, y_label=kind,
-                                                 markers=len(records) <= 30)))
+    plots += _training_plots(paths, runs)
     if not any(p.name.startswith("train_") for p in plots):
         notes.append("no training logs (checkpoints/<run>/train_log.jsonl): training curves are omitted")
     gallery, image_issues = _gallery(paths, split_data, runs, table, scores, opts, seed, notes)

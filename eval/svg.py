@@ -131,6 +131,7 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], *, title: st
     if not allpts:
         return _empty(width, height, title, "no data")
     xs, ys = [p[0] for p in allpts], [p[1] for p in allpts]
+    integer_x = integer_x or all(x.is_integer() for x in xs)  # steps, epochs, K: no 1.2-th epoch on the axis
     x_ticks = sorted(set(xs)) if integer_x and len(set(xs)) <= 12 else nice_ticks(min(xs), max(xs))
     if integer_x and len(x_ticks) == 1:
         x_ticks = [x_ticks[0] - 1, x_ticks[0], x_ticks[0] + 1]
