@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -324,6 +324,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                    help="a malformed input line or unknown id: fail naming it, or skip it (counted in stats)")
     g.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels (default: Pillow's 89 M)")
     g.add_argument("--workers", type=int, default=4, help="threads that decode images")
+    g.add_argument("--copy-images", action="store_true",
+                   help="copy images into OUT/images instead of hard-linking them (a hard link shares the file)")
 
 # ---------------------------------------------------------------------------------------------------------------
 # Images of the source and finish_import
@@ -407,16 +409,29 @@ def inspect_sources(paths: dict[str, Path], policy: ImagePolicy, cache: _Inspect
     return usable
 
 
-def _place_image(src: Path, sha: str, images_dir: Path) -> str:
+def _place_image(src: Path, sha: str, images_dir: Path, copy: bool = False) -> str:
     """Hard-link (or copy) a source image into the dataset as images/<sha256><ext>; identical files stored once."""
     ext = src.suffix.lower() if src.suffix.lower() in IMAGE_EXTENSIONS else ".img"
     dest = images_dir / f"{sha}{ext}"
     if not dest.exists():
         try:
+            if copy:
+                raise OSError("copy requested")
             os.link(src, dest)
         except OSError:
             shutil.copyfile(src, dest)
     return f"images/{dest.name}"
+
+
+def _attach_images(items: pd.DataFrame, usable: dict[str, dict], images_dir: Path, copy: bool) -> pd.DataFrame:
+    """Place each usable image into the dataset and fill the image columns (null for items without one)."""
+    rows = {"image": [], "image_sha256": [], "image_width": [], "image_height": []}
+    for item in progress(items["item_id"], desc="copy images", unit="img"):
+        u = usable.get(item)
+        rows["image"].append(_place_image(u["source"], u["sha256"], images_dir, copy) if u else None)
+        for col, key in (("image_sha256", "sha256"), ("image_width", "width"), ("image_height", "height")):
+            rows[col].append(u[key] if u else None)
+    return items.assign(**rows)
 
 
 def _check_out(out: Path) -> None:
@@ -496,7 +511,7 @@ def finish_import(args: argparse.Namespace, interactions: pd.DataFrame, items: p
     if args.require_image:
         usable = images_of(inter["item_id"])
         inter = inter[_count(dropped, "no_usable_image", ~inter["item_id"].isin(list(usable)))]
-    kcore_report: Any = None
+    kcore_report: dict | None = None
     if (args.min_user or 0) > 1 or (args.min_item or 0) > 1:
         from mmrec.data.kcore import kcore
 
@@ -515,21 +530,15 @@ def finish_import(args: argparse.Namespace, interactions: pd.DataFrame, items: p
     with atomic_dir(out) as tmp:
         images_dir = tmp / "images"
         images_dir.mkdir()
-        cols: dict[str, list] = {"image": [], "image_sha256": [], "image_width": [], "image_height": []}
-        for item in progress(items["item_id"], desc="copy images", unit="img"):
-            u = usable.get(item)
-            cols["image"].append(_place_image(u["source"], u["sha256"], images_dir) if u else None)
-            cols["image_sha256"].append(u["sha256"] if u else None)
-            cols["image_width"].append(u["width"] if u else None)
-            cols["image_height"].append(u["height"] if u else None)
-        items = items.drop(columns=["image_source"]).assign(**cols)
+        items = _attach_images(items.drop(columns=["image_source"]), usable, images_dir,
+                               getattr(args, "copy_images", False))
         extra = {"source": source, "dropped": dropped,
                  "images": {"skipped": policy.counts(), "items_without_image_file": int((~items["item_id"].isin(
                      list(sources))).sum()), "files": len(list(images_dir.iterdir()))}}
         if extra_stats is not None:
             extra.update(extra_stats())
         if kcore_report is not None:
-            extra["kcore"] = asdict(kcore_report) if is_dataclass(kcore_report) else kcore_report
+            extra["kcore"] = kcore_report
         stats = write_tables(tmp, items, inter.reset_index(drop=True), prep_info=_prep_info(args, source, inputs),
                              extra_stats=extra)
     cache.close(remove=True)

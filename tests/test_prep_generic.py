@@ -164,3 +164,20 @@ def test_dataset_image_paths_never_leave_the_dataset(tmp_path, run_cli):
                               interactions=ds.interactions)
     with pytest.raises(ImageError, match="outside its image root"):
         forged.image_path("a")
+
+
+def test_images_hard_linked_or_copied(tmp_path, run_cli):
+    write(tmp_path / "log.csv", "user_id,item_id,timestamp\nu,a,1\nu,b,2\n")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for name in ("a", "b"):  # the same picture twice: stored once
+        Image.new("RGB", (3, 3), (7, 7, 7)).save(imgs / f"{name}.png")
+    for flag, linked in (([], True), (["--copy-images"], False)):
+        code, out, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--images", imgs, *flag,
+                                 "--out", tmp_path / "d")
+        assert code == 0, err
+        assert json.loads(out)["images"]["files"] == 1
+        ds = load_dataset(tmp_path / "d")
+        assert ds.items["image"].nunique() == 1
+        stored = tmp_path / "d" / ds.items["image"].iloc[0]
+        assert (stored.stat().st_ino in {(imgs / "a.png").stat().st_ino, (imgs / "b.png").stat().st_ino}) == linked
