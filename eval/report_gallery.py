@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from eval.report_images import Thumbnails
+from mmrec.progress import progress
 from mmrec.seeding import rng
 
 
@@ -109,7 +110,7 @@ def build_gallery(*, users: list[str], stage: str, examples: pd.DataFrame, candi
                .drop_duplicates(["user_id", "item_id"]).set_index(["user_id", "item_id"])["score"]
                for run, df in scores.items()}
     out = []
-    for user in users:
+    for user in progress(users, desc="report gallery", unit="user"):
         uc = cands[cands["user_id"] == user].reset_index(drop=True)
         history = list(ex.loc[user, "history"]) if user in ex.index else []
         shown = [str(i) for i in history[-max_history:]] if max_history > 0 else []
