@@ -38,6 +38,7 @@ log = get_logger("mmrec.prep")
 
 CHUNK_BYTES = 32 << 20  # JSONL/CSV block size: bounds memory on files of tens of millions of lines
 TIME_FORMATS = ("unix", "unix_ms", "iso")
+MAX_SECONDS = 253_402_300_799  # 9999-12-31: larger values are a wrong unit or corrupt data
 
 
 @dataclass
@@ -141,7 +142,9 @@ class TableFile:
 
     def _report_bad(self, rows: list[str], bad: BadLines, ncols: int) -> None:
         for text in rows:
-            line = self.find_line(lambda raw: raw.rstrip("\r\n") == text.rstrip("\r\n"))
+            # finding the line is a scan of the file: only for the lines that are reported, not every skipped one
+            reported = bad.mode == "fail" or bad.counts.get(self.path.name, 0) < 5
+            line = self.find_line(lambda raw: raw.rstrip("\r\n") == text.rstrip("\r\n")) if reported else None
             bad.handle(self.path, line, f"expected {ncols} fields, got {len(self._split(text))}: {text[:120]!r}")
         rows.clear()
 
@@ -177,6 +180,7 @@ class JsonlFile:
     def read(self, bad: BadLines, required: list[str] = ()) -> Iterator[pd.DataFrame]:
         opts = pajson.ParseOptions(explicit_schema=self.schema, unexpected_field_behavior="ignore") \
             if self.schema is not None else pajson.ParseOptions()
+        read_opts = pajson.ReadOptions(block_size=CHUNK_BYTES)  # a long meta line must fit in one block
         first, start = True, 1
         raw_file = open(self.path, "rb")
         f = gzip.open(raw_file) if self.path.suffix == ".gz" else raw_file
@@ -189,14 +193,16 @@ class JsonlFile:
                 if not lines:
                     break
                 try:
-                    table = pajson.read_json(io.BytesIO(b"".join(lines)), parse_options=opts)
+                    table = pajson.read_json(io.BytesIO(b"".join(lines)), read_options=read_opts, parse_options=opts)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                     table = self._slow(lines, start, opts, bad)
+                start += len(lines)
+                bar.update(raw_file.tell() - bar.n)
+                if table.num_rows == 0:  # every line of the block was skipped
+                    continue
                 if first and required:
                     self._check_required(table, required, lines)
                     first = False
-                start += len(lines)
-                bar.update(raw_file.tell() - bar.n)
                 yield table.to_pandas(integer_object_nulls=True)  # int ids with gaps stay '7', never '7.0'
 
     def _slow(self, lines: list[bytes], start: int, opts, bad: BadLines) -> pa.Table:
@@ -275,11 +281,14 @@ def to_seconds(values: pd.Series, fmt: str, source: TableFile | JsonlFile, colum
         if fmt == "unix_ms":
             seconds = seconds // 1000
     bad = seconds.isna() & values.notna()
+    problem = "is not an ISO date/time" if fmt == "iso" else "is not a number"
+    if not bad.any():
+        bad = seconds.abs() > MAX_SECONDS
+        problem = "is out of range (year > 9999?)"
     if bad.any():
         value = str(values[bad].iloc[0])
         line = source.line_of(column, value)
-        kind = "an ISO date/time" if fmt == "iso" else "a number"
-        raise DataError(f"{source.path}{f', line {line}' if line else ''}: {column} {value!r} is not {kind} "
+        raise DataError(f"{source.path}{f', line {line}' if line else ''}: {column} {value!r} {problem} "
                         f"(time format {fmt!r})")
     return np.floor(seconds).astype("Int64") if seconds.dtype.kind == "f" else seconds.astype("Int64")
 

@@ -117,6 +117,7 @@ def test_refuses_foreign_out_dir_and_replaces_a_dataset(tmp_path, run_cli):
     ("user_id,item_id,timestamp\nu,a,1\nu,b\n", "log.csv, line 3: expected 3 fields, got 2"),
     ("user_id,item_id,timestamp\nu,a,1\nu,b,2024-01-01\n", "log.csv, line 3: timestamp '2024-01-01' is not a number"),
     ("user_id,item_id,timestamp\n", "no interactions in the file"),
+    ("user_id,item_id,timestamp\nu,a,1\nu,b,1e20\n", "log.csv, line 3: timestamp '1e20' is out of range"),
     ("", "log.csv: interactions file is empty (0 bytes)"),
     ("user_id,item_id,timestamp\nu,a,1\n", "--min-rating 3.0 was given but the generic data has no ratings"),
 ])
@@ -181,3 +182,10 @@ def test_images_hard_linked_or_copied(tmp_path, run_cli):
         assert ds.items["image"].nunique() == 1
         stored = tmp_path / "d" / ds.items["image"].iloc[0]
         assert (stored.stat().st_ino in {(imgs / "a.png").stat().st_ino, (imgs / "b.png").stat().st_ino}) == linked
+
+
+def test_jsonl_all_lines_bad_and_skipped(tmp_path, run_cli):
+    write(tmp_path / "log.jsonl", '{"user_id": "u", "item_id": \n[1, 2]\n')
+    code, _, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.jsonl", "--bad-lines", "skip",
+                           "--out", tmp_path / "d")
+    assert code == 2 and "log.jsonl: no interactions in the file" in err
