@@ -209,10 +209,26 @@ def _gallery(paths: ExperimentPaths, split: Any, runs: list[rd.RunResult], table
                             items=dataset.items, scores=scores, ranking_run=ranking_run, item_summaries=item_summaries,
                             user_summaries=user_summaries, thumbs=thumbs, max_history=opts.gallery_history,
                             max_candidates=opts.gallery_candidates)
+    _attach_user_metrics(paths, gallery, ranking_run, table.primary_metric(), opts.stage)
     issues = thumbs.policy.counts()
     if issues:
         notes.append("some item images could not be shown: " + ", ".join(f"{n} {k}" for k, n in issues.items()))
     return gallery, issues
+
+
+def _attach_user_metrics(paths: ExperimentPaths, gallery: list[GalleryUser], run: str | None, metric: str | None,
+                         stage: str) -> None:
+    """Each gallery user's value of `metric` under the ranking run, from the per-user file `mmrec eval` wrote."""
+    from eval.significance import per_user_path
+
+    f = per_user_path(paths, run) if run and metric else None
+    df = _read_parquet(f, "per-user metrics", {"user_id", "stage"}) if f is not None else None
+    if df is None or metric not in df.columns:
+        return
+    values = df[df["stage"] == stage].assign(user_id=lambda d: d["user_id"].astype(str)).set_index("user_id")[metric]
+    for u in gallery:
+        if u.user_id in values.index:
+            u.user_metric = (metric, float(values.loc[u.user_id]))
 
 
 def _safe(name: str) -> str:

@@ -45,6 +45,7 @@ class GalleryUser:
     n_candidates: int
     ranking_run: str | None
     runs: list[str]
+    user_metric: tuple[str, float] | None = None  # (metric, value) the ranking run got on this user, from eval
 
 
 def display_ranks(scores: np.ndarray) -> np.ndarray:

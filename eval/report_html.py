@@ -143,6 +143,8 @@ def _user(u: GalleryUser) -> str:
                  f"<div class='s'>{escape(c.item.summary or '')}</div></td>"]
         cells += [f"<td class='num'>{escape(fmt_score(c.scores[r]))} ({c.ranks[r]})</td>" for r in u.runs]
         rows.append(f"<tr class='{'true' if c.label == 1 else ''}'>" + "".join(cells) + "</tr>")
+    if u.user_metric:
+        ranked_by += f"; {escape(metric_label(u.user_metric[0]))} on this user: {u.user_metric[1]:.4f}"
     parts.append(f"<p class='label'>Candidates ({len(u.candidates)} of {u.n_candidates} shown, {ranked_by})</p>"
                  f"<div class='wrap'><table class='cands'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div></div>")
     return "".join(parts)

@@ -57,6 +57,8 @@ def _user(u: GalleryUser, assets: _Assets) -> list[str]:
         out += [f"{i}. {md_cell(s)}" for i, s in enumerate(u.steps, start=1)] or [f"1. {md_cell(u.preference)}"]
         out.append("")
     ranked_by = f"ranked by `{md_cell(u.ranking_run)}`" if u.ranking_run else "in candidate-file order (no scores)"
+    if u.user_metric:
+        ranked_by += f"; {metric_label(u.user_metric[0])} on this user: {u.user_metric[1]:.4f}"
     out += [f"**Candidates** ({len(u.candidates)} of {u.n_candidates} shown, {ranked_by}; ✅ = the true item)", ""]
     header = ["rank", "image", "item", "true"] + [f"{md_cell(r)} score (rank)" for r in u.runs]
     rows = []

@@ -185,3 +185,11 @@ def test_report_from_config_file(experiment, tmp_path, run_cli):
     html = experiment.report_html.read_text()
     assert "<title>demo: report</title>" in html and html.count("class='card'") == 1
     assert "(2 of 4 shown" in html
+
+
+def test_gallery_shows_the_users_metric_from_eval(experiment, run_cli):
+    code, _, err = run_cli("report", "--dir", experiment.root, "report.gallery_users=3", "report.formats=[md]")
+    assert code == 0, err
+    md = experiment.report_md.read_text()
+    # per-user NDCG@3 of sasrec@seed0 (the ranking run) from its per-user file: u1 1.0, u2 0.5, u3 1.0
+    assert md.count("NDCG@3 on this user: 1.0000") == 2 and md.count("NDCG@3 on this user: 0.5000") == 1
