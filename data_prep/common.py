@@ -46,14 +46,15 @@ class BadLines:
     """The --bad-lines policy plus what it skipped (counted per file, first examples logged)."""
 
     mode: str = "fail"
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)  # {"bad_lines": {file name: n}, ...}
 
     def handle(self, path: Path, line: int | None, reason: str) -> None:
         where = f"{path}, line {line}" if line else str(path)
         if self.mode == "fail":
             raise DataError(f"{where}: {reason} (use --bad-lines skip to drop such lines and count them)")
-        n = self.counts.get(path.name, 0)
-        self.counts[path.name] = n + 1
+        per_file = self.counts.setdefault("bad_lines", {})
+        n = per_file.get(path.name, 0)
+        per_file[path.name] = n + 1
         if n < 5:
             log.warning("skipping %s: %s", where, reason)
 
@@ -143,7 +144,7 @@ class TableFile:
     def _report_bad(self, rows: list[str], bad: BadLines, ncols: int) -> None:
         for text in rows:
             # finding the line is a scan of the file: only for the lines that are reported, not every skipped one
-            reported = bad.mode == "fail" or bad.counts.get(self.path.name, 0) < 5
+            reported = bad.mode == "fail" or bad.counts.get("bad_lines", {}).get(self.path.name, 0) < 5
             line = self.find_line(lambda raw: raw.rstrip("\r\n") == text.rstrip("\r\n")) if reported else None
             bad.handle(self.path, line, f"expected {ncols} fields, got {len(self._split(text))}: {text[:120]!r}")
         rows.clear()
@@ -457,7 +458,7 @@ def _count(dropped: dict[str, int], name: str, mask: pd.Series) -> pd.Series:
 
 
 def finish_import(args: argparse.Namespace, interactions: pd.DataFrame, items: pd.DataFrame | None, *,
-                  source: str, counts: dict[str, int] | None = None, inputs: dict[str, Any] | None = None,
+                  source: str, counts: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None,
                   fetch: Callable[[list[str]], dict[str, Path]] | None = None,
                   extra_stats: Callable[[], dict] | None = None) -> dict:
     """Clean, attach images and write the canonical dataset to `args.out` atomically; returns the stats written.
@@ -472,7 +473,7 @@ def finish_import(args: argparse.Namespace, interactions: pd.DataFrame, items: p
     """
     out = Path(args.out)
     _check_out(out)
-    dropped: dict[str, int] = dict(counts or {})
+    dropped: dict[str, Any] = dict(counts or {})
     inter = interactions[[c for c in ("user_id", "item_id", "timestamp", "rating") if c in interactions]].copy()
     for col in ("user_id", "item_id"):
         inter[col] = inter[col].astype("string").str.strip().replace("", pd.NA)

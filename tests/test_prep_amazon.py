@@ -146,7 +146,7 @@ def test_bad_json_line_named_or_skipped(tmp_path, run_cli, caplog):
     code, out, err = run_cli("prep", "amazon2023", "--reviews", r, "--meta", m, "--bad-lines", "skip",
                              "--out", tmp_path / "d")
     assert code == 0, err
-    assert json.loads(out)["dropped"]["Baby_Products.jsonl.gz"] == 2 and "line 4: invalid JSON" in caplog.text
+    assert json.loads(out)["dropped"]["bad_lines"] == {"Baby_Products.jsonl.gz": 2} and "line 4: invalid JSON" in caplog.text
 
 
 def test_missing_field_and_unknown_item(tmp_path, run_cli):

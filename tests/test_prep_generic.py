@@ -135,7 +135,7 @@ def test_skipped_bad_lines_are_counted(tmp_path, run_cli):
                              "--out", tmp_path / "d")
     assert code == 0, err
     stats = json.loads(out)
-    assert stats["dropped"]["log.csv"] == 2 and stats["interactions"] == 2
+    assert stats["dropped"]["bad_lines"] == {"log.csv": 2} and stats["interactions"] == 2
 
 
 def test_jsonl_int_ids_with_gaps_and_config_options(tmp_path):
