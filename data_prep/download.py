@@ -7,6 +7,7 @@ A failed download is counted and listed, never fatal: the item simply has no ima
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +24,24 @@ log = get_logger("mmrec.download")
 
 MAX_LISTED_FAILURES = 1000  # stats.json lists at most this many failed items (all are counted)
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+UNREACHABLE_AFTER = 16  # this many network failures before any success: stop, the network is not there
+
+
+class _Breaker:
+    """Stops a large download early when the network is unreachable, instead of retrying every file for hours."""
+
+    def __init__(self, threshold: int):
+        self.threshold, self.failures, self.successes = threshold, 0, 0
+        self._lock = threading.Lock()
+
+    def record(self, ok: bool) -> None:
+        with self._lock:
+            self.successes += ok
+            self.failures += not ok
+
+    @property
+    def open(self) -> bool:
+        return self.successes == 0 and self.failures >= self.threshold
 
 
 @dataclass
@@ -48,10 +67,13 @@ def _is_image(path: Path) -> bool:
         return False
 
 
-def _fetch(url: str, dest: Path, retries: int, backoff: float, timeout: float) -> str | None:
+def _fetch(url: str, dest: Path, retries: int, backoff: float, timeout: float, breaker: _Breaker) -> str | None:
     """Download `url` to `dest` atomically; None on success, else the reason it failed."""
     reason = "not attempted"
     for attempt in range(retries + 1):
+        if breaker.open:
+            stopped = f"the first {breaker.threshold} downloads all failed (network unreachable?)"
+            return f"{reason}; retries stopped: {stopped}" if attempt else f"not attempted: {stopped}"
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))
         try:
@@ -62,23 +84,30 @@ def _fetch(url: str, dest: Path, retries: int, backoff: float, timeout: float) -
                         f.write(block)
                 if not _is_image(tmp):
                     raise ValueError("the server did not send a readable image")
+            breaker.record(True)
             return None
         except urllib.error.HTTPError as e:
+            breaker.record(True)  # the server answered: the network is there
             reason = f"HTTP {e.code}"
             if e.code not in RETRY_STATUS:
                 return reason
         except (urllib.error.URLError, socket.timeout, ConnectionError, TimeoutError) as e:
+            breaker.record(False)
             reason = f"network error: {getattr(e, 'reason', e)}"
-        except ValueError as e:
-            reason = str(e)
-            if "unknown url type" in reason:
-                return reason
+        except ValueError as e:  # a bad URL or a response that is not an image: retrying will not help
+            return str(e)
     return f"{reason} (after {retries + 1} attempts)"
 
 
 def download_images(jobs: dict[str, tuple[str, Path]], workers: int = 8, retries: int = 3, backoff: float = 0.5,
-                    timeout: float = 30.0) -> tuple[dict[str, Path], DownloadReport]:
-    """`jobs`: key -> (url, destination file). Returns key -> file for every image now present, and a report."""
+                    timeout: float = 30.0, unreachable_after: int = UNREACHABLE_AFTER
+                    ) -> tuple[dict[str, Path], DownloadReport]:
+    """`jobs`: key -> (url, destination file). Returns key -> file for every image now present, and a report.
+
+    After `unreachable_after` network failures without a single answer from any server, the remaining
+    downloads are not attempted (reported as such), so an offline machine fails fast instead of retrying.
+    """
+    breaker = _Breaker(unreachable_after)
     report = DownloadReport()
     present: dict[str, Path] = {}
     todo: dict[str, tuple[str, Path]] = {}
@@ -91,7 +120,8 @@ def download_images(jobs: dict[str, tuple[str, Path]], workers: int = 8, retries
     if todo:
         next(iter(todo.values()))[1].parent.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            futures = {pool.submit(_fetch, url, dest, retries, backoff, timeout): key for key, (url, dest) in todo.items()}
+            futures = {pool.submit(_fetch, url, dest, retries, backoff, timeout, breaker): key
+                       for key, (url, dest) in todo.items()}
             for fut in progress(as_completed(futures), total=len(futures), desc="download", unit="img"):
                 key = futures[fut]
                 reason = fut.result()

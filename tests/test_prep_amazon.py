@@ -168,3 +168,11 @@ def test_truncated_gzip_is_a_clear_error(tmp_path, run_cli):
     r.write_bytes(data[: len(data) - 12])  # the download was cut short
     code, _, err = run_cli("prep", "amazon2023", "--reviews", r, "--meta", m, "--out", tmp_path / "d")
     assert code == 2 and "Baby_Products.jsonl.gz: cannot be read" in err and "is the file complete?" in err
+
+
+def test_unreachable_network_fails_fast(tmp_path):
+    jobs = {f"k{i}": (f"http://127.0.0.1:1/{i}.png", tmp_path / f"{i}.png") for i in range(10)}
+    present, report = download_images(jobs, workers=1, retries=5, backoff=0.01, unreachable_after=3)
+    assert present == {} and len(report.failed) == 10
+    reasons = sorted(report.failed.values())
+    assert sum("not attempted" in r for r in reasons) >= 6 and sum("network error" in r for r in reasons) >= 1
