@@ -193,3 +193,15 @@ def test_gallery_shows_the_users_metric_from_eval(experiment, run_cli):
     md = experiment.report_md.read_text()
     # per-user NDCG@3 of sasrec@seed0 (the ranking run) from its per-user file: u1 1.0, u2 0.5, u3 1.0
     assert md.count("NDCG@3 on this user: 1.0000") == 2 and md.count("NDCG@3 on this user: 0.5000") == 1
+
+
+def test_gallery_always_shows_the_true_item_and_ranking_model_is_checked(experiment, run_cli):
+    # pop scores the target 0.5 under a 0.6 negative: with one candidate shown, the true item is added below it
+    code, _, err = run_cli("report", "--dir", experiment.root, "report.ranking_model=pop", "report.gallery_users=3",
+                           "report.gallery_candidates=1", "report.formats=[html]")
+    assert code == 0, err
+    html = experiment.report_html.read_text()
+    assert html.count("(2 of 4 shown, ranked by <code>pop</code>") == 3
+    assert len(re.findall(r"<tr class='true'><td class='num'>[23]</td>", html)) == 3
+    code, _, err = run_cli("report", "--dir", experiment.root, "report.ranking_model=nope")
+    assert code == 2 and "ranking_model 'nope'" in err

@@ -57,7 +57,7 @@ def make_split(split_dir: Path, dataset_dir: Path) -> pd.DataFrame:
 def make_scores(paths: ExperimentPaths, candidates: pd.DataFrame, run: str, bonus: float) -> None:
     """The target scores 0.5 + `bonus`, a user's j-th negative 0.6 - 0.1 j; sasrec@seed1 has one NaN (invalid)."""
     df = candidates[["user_id", "stage", "item_id", "label"]].copy()
-    j = df.groupby(["user_id", "stage"]).cumcount()
+    j = df.groupby(["user_id", "stage", "label"]).cumcount()  # j-th negative, wherever the target sits
     df["score"] = (0.5 + bonus) * df["label"] + (0.6 - 0.1 * j) * (1 - df["label"])
     if run == "sasrec@seed1":
         df.loc[df.index[1], "score"] = float("nan")
