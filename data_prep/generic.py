@@ -60,7 +60,8 @@ def read_columns(path: Path, args: argparse.Namespace, cols: list[str], bad: Bad
             frames.append(chunk[cols])
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
     else:
-        src = TableFile(path, args.delimiter or ("\t" if kind == "tsv" else ","))
+        delimiter = {"\\t": "\t", "tab": "\t"}.get(args.delimiter, args.delimiter)  # '\t' as typed in a shell
+        src = TableFile(path, delimiter or ("\t" if kind == "tsv" else ","))
         df = read_all(src.read(cols, bad))
     return df, src
 

@@ -189,3 +189,11 @@ def test_jsonl_all_lines_bad_and_skipped(tmp_path, run_cli):
     code, _, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.jsonl", "--bad-lines", "skip",
                            "--out", tmp_path / "d")
     assert code == 2 and "log.jsonl: no interactions in the file" in err
+
+
+def test_tab_delimiter_as_typed_in_a_shell(tmp_path, run_cli):
+    write(tmp_path / "log.txt", "user_id\titem_id\ttimestamp\nu\ta,b\t1\n")
+    code, out, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.txt", "--delimiter", "\\t",
+                             "--out", tmp_path / "d")
+    assert code == 0, err
+    assert load_dataset(tmp_path / "d").items["item_id"].tolist() == ["a,b"]
