@@ -28,9 +28,9 @@ td.best{font-weight:700;color:#0b57d0}.wrap{overflow-x:auto}
 .manifest{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}.manifest>div{flex:1 1 300px;min-width:0}
 details summary{cursor:pointer;font-size:13px;font-weight:600;margin:8px 0}
 .manifest td{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px;word-break:break-all}
-.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(470px,1fr));gap:16px}
+.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:16px}
 figure{margin:0;background:#fff;border:1px solid #e3e6ea;border-radius:6px;padding:8px}
-figure img{width:100%;height:auto}figcaption{font-size:12px;color:#5f6368;margin-top:4px}
+figure img{width:100%;max-width:620px;height:auto;display:block;margin:0 auto}figcaption{font-size:12px;color:#5f6368;margin-top:4px}
 .card{background:#fff;border:1px solid #e3e6ea;border-radius:8px;padding:16px;margin-bottom:20px}
 .history{display:flex;gap:10px;overflow-x:auto;padding-bottom:6px}
 .item{flex:0 0 132px;font-size:11px}.item .t{font-weight:600;margin-top:3px}.item .s{color:#5f6368;margin-top:2px}
