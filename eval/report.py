@@ -20,9 +20,7 @@ from eval.svg import histogram_chart, line_chart
 from mmrec.errors import DataError, MmrecError
 from mmrec.experiment import ExperimentPaths
 from mmrec.io import atomic_dir, write_text
-from mmrec.progress import get_logger
 
-log = get_logger("mmrec.report")
 ASSETS_DIR = "report_assets"
 
 

@@ -2,7 +2,6 @@
 no external resources; every piece of text goes through `html.escape`."""
 from __future__ import annotations
 
-import math
 from html import escape
 from typing import TYPE_CHECKING
 

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
 import pytest
-from test_report_fixtures import METRICS, make_experiment
+from test_report_fixtures import make_experiment
 
 VOID = {"meta", "img", "br", "hr", "input", "link", "area", "base", "col", "source", "wbr"}
 
