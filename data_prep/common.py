@@ -323,16 +323,16 @@ def unknown_items(interactions: pd.DataFrame, known: pd.Series, source: TableFil
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Output and cleaning flags shared by every source (the names are also the `data.options` keys)."""
     g = parser.add_argument_group("output and cleaning")
-    g.add_argument("--out", required=True, help="output dataset directory (replaced atomically when the import succeeds)")
-    g.add_argument("--min-user", type=int, default=0, help="k-core: users need at least this many interactions (0 = off)")
-    g.add_argument("--min-item", type=int, default=0, help="k-core: items need at least this many interactions (0 = off)")
+    g.add_argument("--out", required=True, help="output dataset directory (replaced atomically on success)")
+    g.add_argument("--min-user", type=int, default=0, help="k-core: min interactions per user (0 = off)")
+    g.add_argument("--min-item", type=int, default=0, help="k-core: min interactions per item (0 = off)")
     g.add_argument("--min-rating", type=float, default=None, help="keep only interactions rated at least this")
     g.add_argument("--require-image", action="store_true", help="keep only items with a usable image")
     g.add_argument("--image-policy", choices=("skip", "fail"), default="skip",
                    help="a missing/corrupt/truncated image: skip it (counted in stats) or fail the import")
     g.add_argument("--bad-lines", choices=("fail", "skip"), default="fail",
                    help="a malformed input line or unknown id: fail naming it, or skip it (counted in stats)")
-    g.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels (default: Pillow's 89 M)")
+    g.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (default: 89 M pixels)")
     g.add_argument("--workers", type=int, default=4, help="threads that decode images")
     g.add_argument("--copy-images", action="store_true",
                    help="copy images into OUT/images instead of hard-linking them (a hard link shares the file)")
@@ -468,8 +468,9 @@ def finish_import(args: argparse.Namespace, interactions: pd.DataFrame, items: p
     `image_source` (path of the source image file, or null). `counts`: the importer's own drops (skipped lines,
     unknown ids...), merged into stats['dropped']. `fetch(item_ids) -> {item_id: file}` supplies images for items
     without `image_source` just before they are needed (downloads happen only for items that survive cleaning);
-    `extra_stats()` adds the importer's own stats section (e.g. the download report) at write time. Order: missing ids/timestamps, exact duplicates, rating
-    threshold, require-image, k-core (to a fixed point), then only the surviving items' images are copied.
+    `extra_stats()` adds the importer's own stats section (e.g. the download report) at write time.
+    Order: missing ids/timestamps, exact duplicates, rating threshold, require-image, k-core (to a fixed
+    point); then only the surviving items' images are decoded and copied.
     """
     out = Path(args.out)
     _check_out(out)

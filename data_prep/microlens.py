@@ -12,7 +12,6 @@ milliseconds and stores seconds.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pandas as pd
 
