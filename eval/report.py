@@ -46,7 +46,6 @@ class Report:
     gallery: list[GalleryUser] = field(default_factory=list)
     comparisons: list[dict[str, Any]] = field(default_factory=list)  # eval.significance.compare results
     notes: list[str] = field(default_factory=list)
-    image_issues: dict[str, int] = field(default_factory=dict)
 
 
 def _read_parquet(path: Path, what: str, needed: set[str]) -> pd.DataFrame | None:
@@ -105,7 +104,8 @@ def _training_plots(paths: ExperimentPaths, runs: list[rd.RunResult]) -> list[Pl
             keys = {k for _, k in series}
             named = {(run if len(keys) == 1 else f"{run}: {key}"): pts for (run, key), pts in series.items()}
             label = next(iter(keys)) if len(keys) == 1 else kind
-            plots.append(Plot(name=f"train_{kind}_{_safe(model)}", caption=f"Training {kind} curves of {model}, one line per run",
+            plots.append(Plot(name=f"train_{kind}_{_safe(model)}",
+                              caption=f"Training {kind} curves of {model}, one line per run",
                               svg=line_chart(named, title=f"{model}: {label}", x_label=x_names[model], y_label=label,
                                              markers=max(len(p) for p in named.values()) <= 30)))
     return plots
@@ -173,23 +173,24 @@ def gather(paths: ExperimentPaths, opts: ReportConfig, *, split: str | None = No
     if split_data is not None:
         for run, df in scores.items():
             groups = rd.score_groups(rd.labelled_scores(df, split_data.candidates, opts.stage))
-            plots.append(Plot(name=f"scores_{_safe(run)}", caption=f"Score distribution of positives vs negatives, {run}",
-                              svg=histogram_chart(groups, title=f"scores: {run}", x_label="score", bins=opts.histogram_bins)))
+            plots.append(Plot(name=f"scores_{_safe(run)}",
+                              caption=f"Score distribution of positives vs negatives, {run}",
+                              svg=histogram_chart(groups, title=f"scores: {run}", x_label="score",
+                                                  bins=opts.histogram_bins)))
     plots += _training_plots(paths, runs)
     if not any(p.name.startswith("train_") for p in plots):
         notes.append("no training logs (checkpoints/<run>/train_log.jsonl): training curves are omitted")
-    gallery, image_issues = _gallery(paths, split_data, runs, table, scores, opts, seed, notes)
+    gallery = _gallery(paths, split_data, runs, table, scores, opts, seed, notes)
     return Report(title=opts.title or title or "mmrec experiment report", experiment_dir=str(paths.root),
-                  stage=opts.stage, runs=runs, table=table,
-                  shared_manifest=shared, run_manifests=per_run, plots=plots, gallery=gallery,
-                  comparisons=comparisons, notes=notes,
-                  image_issues=image_issues)
+                  stage=opts.stage, runs=runs, table=table, shared_manifest=shared, run_manifests=per_run,
+                  plots=plots, gallery=gallery, comparisons=comparisons, notes=notes)
 
 
 def _gallery(paths: ExperimentPaths, split: Any, runs: list[rd.RunResult], table: rd.ResultsTable,
-             scores: dict[str, pd.DataFrame], opts: ReportConfig, seed: int, notes: list[str]) -> tuple[list[GalleryUser], dict[str, int]]:
+             scores: dict[str, pd.DataFrame], opts: ReportConfig, seed: int, notes: list[str]) -> list[GalleryUser]:
+    """The gallery users (empty without a split); optional inputs that are missing become notes."""
     if split is None or opts.gallery_users <= 0:
-        return [], {}
+        return []
     model = opts.ranking_model or table.best_model()
     if opts.ranking_model and opts.ranking_model not in table.rows:
         raise DataError(f"report.ranking_model '{opts.ranking_model}' has no metrics (models: {', '.join(table.rows)})")
@@ -211,7 +212,7 @@ def _gallery(paths: ExperimentPaths, split: Any, runs: list[rd.RunResult], table
     issues = thumbs.policy.counts()
     if issues:
         notes.append("some item images could not be shown: " + ", ".join(f"{n} {k}" for k, n in issues.items()))
-    return gallery, issues
+    return gallery
 
 
 def _attach_user_metrics(paths: ExperimentPaths, gallery: list[GalleryUser], run: str | None, metric: str | None,
