@@ -96,6 +96,8 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         raise ImageError(path, "missing", "image path is not a file")
     if size == 0:
         raise ImageError(path, "empty", "image file is empty (0 bytes)")
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # a larger limit asked for explicitly: Pillow's guard must not refuse first
     with warnings.catch_warnings():
         # We enforce the pixel limit ourselves below, before decoding, with a clear message.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
