@@ -1,0 +1,1 @@
+"""MLLM-MSR stage 1: item summaries (VLM) and recurrent user preferences (LLM), with the generation cache."""

@@ -1,0 +1,55 @@
+"""Summarize every item image (and text) with a vision-language model -> summaries/items.parquet.
+
+    mmrec summarize-items CONFIG.yaml [key.path=value ...] [--shard i/n | --shard auto] [--merge]
+
+Reads the `item_summaries` section. Generations are cached by content under <dir>/cache/item_summaries, so a
+re-run does no model calls for finished items, and an interrupted run resumes where it stopped. With
+`--shard i/n`, n processes (one per GPU: torchrun, a job array) each do their part; the last one to finish
+writes the merged table, or run `--merge` afterwards.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mmrec.cli import add_config_arguments, load_experiment
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--shard", metavar="i/n", help="do part i of n (0-based), or 'auto' from RANK/WORLD_SIZE")
+    parser.add_argument("--merge", action="store_true", help="only write the table from what all shards cached")
+
+
+def dataset_dir(cfg) -> Path:
+    """The experiment's canonical dataset: `data.path` when given, else <dir>/dataset."""
+    from mmrec.experiment import ExperimentPaths
+
+    data = cfg.section("data")
+    return Path(data.path) if data.path else ExperimentPaths(cfg.dir).dataset
+
+
+def main(args: argparse.Namespace) -> int:
+    from mmrec.experiment import ExperimentPaths
+    from mmrec.progress import get_logger
+    from mmrec.summarize.items import merge_item_summaries, summarize_items
+    from mmrec.summarize.shard import parse_shard
+
+    log = get_logger("summarize-items")
+    cfg = load_experiment(args)
+    section = cfg.section("item_summaries")
+    paths = ExperimentPaths(cfg.dir)
+    cache_dir = paths.cache / "item_summaries"
+    if args.merge:
+        out = merge_item_summaries(section, dataset_dir(cfg), paths.item_summaries, cache_dir)
+        print(f"wrote {out}")
+        return 0
+    shard = parse_shard(args.shard)
+    stats = summarize_items(section, dataset_dir(cfg), paths.item_summaries, cache_dir, shard=shard)
+    log.info("summarize-items %s: %s", shard, stats.line())
+    if stats.complete:
+        print(f"wrote {paths.item_summaries} ({stats.line()})")
+    else:
+        print(f"shard {shard} done ({stats.line()}); other shards are still missing: the last one to finish "
+              "writes the table, or run with --merge once all are done")
+    return 0
