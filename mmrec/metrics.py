@@ -85,41 +85,45 @@ def counts_from_matrix(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray 
     if scores.ndim != 2:
         raise ValueError(f"scores must be a 2-d [rows, candidates] matrix, got shape {scores.shape}")
     labels = np.asarray(labels).astype(bool)
-    mask = np.ones(scores.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    if labels.shape != scores.shape or mask.shape != scores.shape:
-        raise ValueError(f"scores {scores.shape}, labels {labels.shape} and mask {mask.shape} must have one shape")
+    if labels.shape != scores.shape or (mask is not None and np.shape(mask) != scores.shape):
+        raise ValueError(f"scores {scores.shape}, labels {labels.shape} and mask {np.shape(mask)} must have one shape")
     n_rows, n_cols = scores.shape
-    valid = mask & ~np.isnan(scores)
-    pos, neg = labels & mask, ~labels & mask
-    n_pos, n_neg = pos.sum(1), neg.sum(1)
-    n_invalid = (mask & ~valid).sum(1)
+    nan = np.isnan(scores)
+    # Sort key: NaN -> -inf (below every valid score); a real -inf moves just above it; padding never compares.
+    key = scores.copy()
+    neg_inf = scores == -np.inf
+    if neg_inf.any():
+        key[neg_inf] = np.finfo(np.float64).min
+    np.copyto(key, -np.inf, where=nan)
+    if mask is None:
+        pos, n_cells, n_invalid = labels, np.full(n_rows, n_cols), np.count_nonzero(nan, axis=1)
+    else:
+        mask = np.asarray(mask, dtype=bool)
+        key[~mask] = np.nan
+        pos, n_cells, n_invalid = labels & mask, np.count_nonzero(mask, axis=1), np.count_nonzero(nan & mask, axis=1)
+    n_pos = np.count_nonzero(pos, axis=1)
+    n_neg = n_cells - n_pos
+    rows, cols = np.nonzero(pos)                       # row-major: positives grouped by row
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(n_pos) - n_pos, n_pos)
     width = int(n_pos.max()) if n_rows else 0
-    parts: list[tuple[np.ndarray, ...]] = []
-    if width:
-        order = np.argsort(~pos, axis=1, kind="stable")[:, :width]  # positives' columns first, in column order
-        step = max(1, _CELLS_PER_CHUNK // max(1, width * n_cols))
-        for a in range(0, n_rows, step):
-            b = min(n_rows, a + step)
-            o = order[a:b]
-            real = np.take_along_axis(pos[a:b], o, 1)                 # [r, P] slot holds a positive
-            ps = np.take_along_axis(scores[a:b], o, 1)[:, :, None]     # [r, P, 1]
-            pv = np.take_along_axis(valid[a:b], o, 1)[:, :, None]
-            s, v = scores[a:b, None, :], valid[a:b, None, :]           # [r, 1, C]
-            with np.errstate(invalid="ignore"):
-                gt = v & (~pv | (s > ps))                              # valid beats invalid, then by score
-                eq = (v & pv & (s == ps)) | (~v & ~pv)
-            nb, pb = neg[a:b, None, :], pos[a:b, None, :]
-            g_neg, t_neg = (gt & nb).sum(2), (eq & nb).sum(2)
-            g_pos, t_pos = (gt & pb).sum(2), (eq & pb).sum(2) - 1       # minus the positive itself
-            inv = ~pv[:, :, 0]
-            g_neg = np.where(inv, g_neg + t_neg, g_neg)                # an invalid positive loses every tie
-            t_neg = np.where(inv, 0, t_neg)
-            rows = np.broadcast_to(np.arange(a, b)[:, None], real.shape)
-            parts.append(tuple(x[real] for x in (rows, g_neg, t_neg, g_pos, t_pos, inv)))
-    cat = [np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, dtype=np.int64) for i in range(6)]
-    return PositiveCounts(row=cat[0].astype(np.int64), greater_neg=cat[1].astype(np.int64),
-                          tied_neg=cat[2].astype(np.int64), greater_pos=cat[3].astype(np.int64),
-                          tied_pos=cat[4].astype(np.int64), invalid=cat[5].astype(bool),
+    ps = np.full((n_rows, width), np.nan)              # positives' keys, NaN in unused slots
+    ps[rows, slot] = key[rows, cols]
+    gt_all = np.zeros((n_rows, width), dtype=np.int64)
+    eq_all = np.zeros((n_rows, width), dtype=np.int64)
+    step = max(1, _CELLS_PER_CHUNK // max(1, width * n_cols))
+    for a in range(0, n_rows, step):
+        k, t = key[a:a + step, None, :], ps[a:a + step, :, None]
+        gt_all[a:a + step] = np.count_nonzero(k > t, axis=2)
+        eq_all[a:a + step] = np.count_nonzero(k == t, axis=2)
+    gt_pos = np.count_nonzero(ps[:, None, :] > ps[:, :, None], axis=2)   # [n, P, P]: small
+    eq_pos = np.count_nonzero(ps[:, None, :] == ps[:, :, None], axis=2)  # includes the positive itself
+    g_neg, t_neg = (gt_all - gt_pos)[rows, slot], (eq_all - eq_pos)[rows, slot]
+    invalid = nan[rows, cols]
+    g_neg = np.where(invalid, n_neg[rows], g_neg)      # an invalid positive ranks below every negative
+    t_neg = np.where(invalid, 0, t_neg)
+    return PositiveCounts(row=rows.astype(np.int64), greater_neg=g_neg.astype(np.int64),
+                          tied_neg=t_neg.astype(np.int64), greater_pos=gt_pos[rows, slot].astype(np.int64),
+                          tied_pos=(eq_pos[rows, slot] - 1).astype(np.int64), invalid=invalid,
                           n_pos=n_pos.astype(np.int64), n_neg=n_neg.astype(np.int64),
                           n_invalid=n_invalid.astype(np.int64))
 
@@ -193,6 +197,37 @@ def _first_positive(c: PositiveCounts, tie_policy: str, n_rows: int) -> tuple[np
     return rows, g, n, m
 
 
+def _first_positive_metrics(c: PositiveCounts, tie_policy: str, n_rows: int, ks: list[int]
+                            ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """HR@K and MRR@K per row: both depend on the first positive's position g + J, J being its place in the
+    top positive group's ties (n negatives, m positives). P(J > j) = prod_{i<j} (n-i)/(n+m-i)."""
+    rows, g, n, m = _first_positive(c, tie_policy, n_rows)
+    kmax = ks[-1]
+    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, kmax + 1))])
+    hr = {k: np.zeros(n_rows) for k in ks}
+    mrr = {k: np.zeros(n_rows) for k in ks}
+    one = m == 1  # the usual case: J is uniform on 1..n+1, closed forms over positions g+1 .. g+n+1
+    r1, lo, hi, w = rows[one], g[one], g[one] + n[one] + 1, n[one] + 1
+    for k in ks:
+        a, b = np.minimum(lo, k), np.minimum(hi, k)
+        hr[k][r1] = (b - a) / w
+        mrr[k][r1] = (harmonic[b] - harmonic[a]) / w
+    many = ~one
+    if many.any():  # several positives tied at the top: walk J = 1..kmax
+        r, g, n, m = rows[many], g[many], n[many], m[many]
+        surv = np.ones(len(r))  # P(J > j - 1)
+        for j in range(1, kmax + 1):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                nxt = surv * np.where(n - j + 1 > 0, (n - j + 1) / (n + m - j + 1), 0.0)
+            p_j, position = surv - nxt, g + j
+            for k in ks:
+                inside = position <= k
+                hr[k][r] += np.where(inside, p_j, 0.0)
+                mrr[k][r] += np.where(inside, p_j / position, 0.0)
+            surv = nxt
+    return hr, mrr
+
+
 def evaluate_counts(c: PositiveCounts, ks: Sequence[int] = (1, 3, 5, 10), tie_policy: str = DEFAULT_TIE_POLICY,
                     metrics: Sequence[str] | None = None) -> Evaluation:
     """Per-row and mean metrics from positive counts (see the module docstring for the definitions)."""
@@ -213,20 +248,7 @@ def evaluate_counts(c: PositiveCounts, ks: Sequence[int] = (1, 3, 5, 10), tie_po
         return np.bincount(c.row, weights=values, minlength=n_rows)
 
     if "hr" in metrics or "mrr" in metrics:
-        rows, g, n, m = _first_positive(c, tie_policy, n_rows)
-        hr = {k: np.zeros(n_rows) for k in ks}
-        mrr = {k: np.zeros(n_rows) for k in ks}
-        surv = np.ones(len(rows))  # P(J > j-1): the first positive's place J within its tie group
-        for j in range(1, kmax + 1):
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = np.where(n - j + 1 > 0, (n - j + 1) / (n + m - j + 1), 0.0)
-            nxt = surv * ratio
-            p_j, position = surv - nxt, g + j
-            for k in ks:
-                inside = position <= k
-                hr[k][rows] += np.where(inside, p_j, 0.0)
-                mrr[k][rows] += np.where(inside, p_j / position, 0.0)
-            surv = nxt
+        hr, mrr = _first_positive_metrics(c, tie_policy, n_rows, ks)
         for k in ks:
             if "hr" in metrics:
                 per_row[metric_name("hr", k)] = hr[k] * nan_rows
@@ -280,19 +302,25 @@ def global_auc(labels: np.ndarray, scores: np.ndarray, tie_policy: str = DEFAULT
     """AUC over all (positive, negative) pairs pooled across users (RecBole's value metric); NaN scores rank
     below every valid score and lose ties. Equals scikit-learn's `roc_auc_score` for the expected policy."""
     check_options([1], tie_policy)
-    labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    p_valid = scores[labels][~np.isnan(scores[labels])]
-    neg = scores[~labels]
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    labels = np.asarray(labels).astype(bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    n_pos = int(np.count_nonzero(labels))
+    n_neg = len(labels) - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    neg_valid = np.sort(neg[~np.isnan(neg)])
-    n_neg_invalid = n_neg - len(neg_valid)
-    less = np.searchsorted(neg_valid, p_valid, side="left")
-    tied = np.searchsorted(neg_valid, p_valid, side="right") - less
+    # One sort of every score (NaNs sort last), then per valid positive: scores below / equal to it, minus the
+    # positives among them. Cheaper than masking out the negatives, which copies nearly the whole array.
+    everything = np.sort(scores)
+    n_valid = int(np.searchsorted(everything, np.inf, side="right"))
+    everything = everything[:n_valid]
+    pos = scores[labels]
+    pos = np.sort(pos[~np.isnan(pos)])
+    below = np.searchsorted(everything, pos, "left") - np.searchsorted(pos, pos, "left")
+    upto = np.searchsorted(everything, pos, "right") - np.searchsorted(pos, pos, "right")
+    n_neg_invalid = n_neg - (n_valid - len(pos))
     w = {"pessimistic": 0.0, "optimistic": 1.0, "expected": 0.5}[tie_policy]
-    return float((less.sum() + w * tied.sum() + n_neg_invalid * len(p_valid)) / (n_pos * n_neg))
+    wins = below.sum() + w * (upto - below).sum() + n_neg_invalid * len(pos)
+    return float(wins / (n_pos * n_neg))
 
 
 def evaluate_long(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, ks: Sequence[int] = (1, 3, 5, 10),

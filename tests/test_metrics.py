@@ -165,3 +165,18 @@ def test_bad_options_raise() -> None:
         evaluate_matrix(SCORES, LABELS, ks=[0])
     with pytest.raises(ValueError, match="unknown metric"):
         evaluate_matrix(SCORES, LABELS, metrics=["map"])
+
+
+@pytest.mark.parametrize("policy,w", [("pessimistic", 0.0), ("expected", 0.5), ("optimistic", 1.0)])
+def test_global_auc_counts_pairs_with_invalid_scores(policy, w) -> None:
+    gen = np.random.default_rng(1)
+    labels = gen.random(60) < 0.4
+    scores = gen.integers(0, 4, 60).astype(float)
+    scores[gen.random(60) < 0.2] = np.nan
+    wins = 0.0
+    for p in scores[labels]:
+        for n in scores[~labels]:
+            if np.isnan(p):
+                continue  # an invalid positive loses to every negative, invalid ones included
+            wins += 1.0 if np.isnan(n) or p > n else (w if p == n else 0.0)
+    assert global_auc(labels, scores, policy) == pytest.approx(wins / (labels.sum() * (~labels).sum()))
