@@ -48,16 +48,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def read_reviews(path: Path, bad: BadLines) -> pd.DataFrame:
-    src = JsonlFile(path, REVIEW_SCHEMA)
-    frames = []
-    for chunk in src.read(bad, required=["user_id", "parent_asin", "timestamp"]):
-        # categories keep tens of millions of repeated id strings small while chunks accumulate
-        frames.append(chunk.astype({"user_id": "category", "parent_asin": "category"}))
-    if not frames:
+    src = JsonlFile(path, REVIEW_SCHEMA)  # only these four fields are parsed; review texts never reach memory
+    raw = read_all(src.read(bad, required=["user_id", "parent_asin", "timestamp"]))
+    if raw.empty:
         raise DataError(f"{path}: no reviews in the file")
-    raw = pd.concat(frames, ignore_index=True)
-    return pd.DataFrame({"user_id": raw["user_id"].astype(str).where(raw["user_id"].notna()),
-                         "item_id": raw["parent_asin"].astype(str).where(raw["parent_asin"].notna()),
+    return pd.DataFrame({"user_id": raw["user_id"], "item_id": raw["parent_asin"],
                          "timestamp": to_seconds(raw["timestamp"], "unix_ms", src, "timestamp"),
                          "rating": raw["rating"]})
 
