@@ -99,10 +99,12 @@ def test_candidate_corruptions(tables):
         _check(inter, items, ex, own_bad)
     two_pos = cand.copy()
     two_pos.loc[negs[0], "label"] = 1
-    with pytest.raises(DataError, match="exactly one positive"):
+    with pytest.raises(DataError, match="not the example's target"):
         _check(inter, items, ex, two_pos)
-    wrong_pos = cand.copy()
     pos = rows[cand.loc[rows, "label"] == 1][0]
+    with pytest.raises(DataError, match="exactly one positive"):
+        _check(inter, items, ex, cand.drop(index=pos))
+    wrong_pos = cand.copy()
     wrong_pos.loc[pos, "label"], wrong_pos.loc[negs[0], "label"] = 0, 1
     with pytest.raises(DataError, match="not the example's target"):
         _check(inter, items, ex, wrong_pos)

@@ -18,6 +18,12 @@ CHUNK_ROWS = 50_000   # rows per sampling chunk: fixed, because the draws depend
 _MAX_ROUNDS = 64      # vectorised rounds before the exact per-row fallback (only tiny allowed sets get there)
 
 
+def sorted_unique(a: np.ndarray) -> np.ndarray:
+    """np.unique for integer arrays by sort + compare (numpy's hash-based unique is far slower at 10^7)."""
+    s = np.sort(a)
+    return s[np.r_[True, s[1:] != s[:-1]]] if len(s) else s
+
+
 @dataclass
 class UserItems:
     """Which items each user interacted with, as sorted int64 keys `user * n_items + item`."""
@@ -28,7 +34,7 @@ class UserItems:
 
     @classmethod
     def build(cls, user: np.ndarray, item: np.ndarray, n_users: int, n_items: int) -> "UserItems":
-        return cls(np.unique(user.astype(np.int64) * n_items + item), n_users, n_items)
+        return cls(sorted_unique(user.astype(np.int64) * n_items + item), n_users, n_items)
 
     def contains(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
         q = user.astype(np.int64) * self.n_items + item
@@ -64,14 +70,14 @@ def check_feasible(users: np.ndarray, n: int, seen: UserItems, weights: np.ndarr
         drawable = weights > 0
         seen_drawable = np.bincount(seen.keys[drawable[seen.keys % seen.n_items]] // seen.n_items, minlength=seen.n_users)
         available = int(drawable.sum()) - seen_drawable
-    short = np.unique(users[available[users] < n])
+    short = users[available[users] < n]
     if len(short):
         u = int(short[0])
         name = user_names[u].as_py() if hasattr(user_names[u], "as_py") else user_names[u]
         kind = "items" if weights is None else "items with non-zero popularity"
         hint = "" if weights is None else ", use uniform sampling"
         raise DataError(
-            f"cannot draw {n} {what} negatives: {len(short)} user(s) have fewer than {n} {kind} they never "
+            f"cannot draw {n} {what} negatives: {len(np.unique(short))} user(s) have fewer than {n} {kind} they never "
             f"interacted with (e.g. user {name!r} has {int(available[u])}); lower the number of negatives{hint} "
             "or filter such users out")
 
@@ -82,30 +88,40 @@ def _draw(g: np.random.Generator, shape: tuple[int, int], n_items: int, cdf: np.
     return np.minimum(np.searchsorted(cdf, g.random(shape) * cdf[-1], side="right"), n_items - 1)
 
 
+def _first_distinct(cur: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Clear `valid` on later copies of a value within each row, so the earliest copy is the one kept."""
+    masked = np.where(valid, cur, -1 - np.arange(cur.shape[1])[None, :])  # invalid entries never equal anything
+    srt = np.sort(masked, axis=1)
+    rows = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))  # duplicates are rare: argsort only those rows
+    if len(rows):
+        sub = masked[rows]
+        order = np.argsort(sub, axis=1, kind="stable")
+        ordered = np.take_along_axis(sub, order, axis=1)
+        dup = np.zeros(sub.shape, dtype=bool)
+        np.put_along_axis(dup, order[:, 1:], ordered[:, 1:] == ordered[:, :-1], axis=1)
+        valid[rows] &= ~dup
+    return valid
+
+
 def _sample_chunk(g: np.random.Generator, users: np.ndarray, n: int, seen: UserItems,
                   weights: np.ndarray | None, cdf: np.ndarray | None) -> np.ndarray:
     rows = len(users)
     out = np.zeros((rows, n), dtype=np.int64)
     have = np.zeros(rows, dtype=np.int64)
     pending = np.arange(rows)
-    extra = max(8, n // 2)
-    for _ in range(_MAX_ROUNDS):
+    extra = max(8, n // 8)
+    for attempt in range(_MAX_ROUNDS):
         if not len(pending):
             return out
         draws = _draw(g, (len(pending), n + extra), seen.n_items, cdf)
-        cur = np.concatenate([out[pending], draws], axis=1)
-        width = cur.shape[1]
-        valid = np.concatenate([np.arange(n)[None, :] < have[pending, None],
-                                ~seen.contains(np.repeat(users[pending], n + extra).reshape(draws.shape), draws)], axis=1)
-        masked = np.where(valid, cur, -1 - np.arange(width)[None, :])  # invalid entries never equal anything
-        order = np.argsort(masked, axis=1, kind="stable")  # stable: the earliest copy of a value stays first
-        ordered = np.take_along_axis(masked, order, axis=1)
-        dup = np.zeros_like(valid)
-        np.put_along_axis(dup, order[:, 1:], ordered[:, 1:] == ordered[:, :-1], axis=1)
-        valid &= ~dup
-        rank = np.cumsum(valid, axis=1) - 1
-        keep = valid & (rank < n)
-        r, c = np.nonzero(keep)
+        valid = ~seen.contains(users[pending][:, None], draws)
+        cur = draws
+        if attempt:  # rows short of negatives keep what they have and append the new draws
+            cur = np.concatenate([out[pending], draws], axis=1)
+            valid = np.concatenate([np.arange(n)[None, :] < have[pending, None], valid], axis=1)
+        valid = _first_distinct(cur, valid)
+        rank = np.cumsum(valid, axis=1, dtype=np.int32) - 1
+        r, c = np.nonzero(valid & (rank < n))
         out[pending[r], rank[r, c]] = cur[r, c]
         have[pending] = np.minimum(valid.sum(axis=1), n)
         pending = pending[have[pending] < n]

@@ -42,8 +42,8 @@ def kcore(interactions: pd.DataFrame, min_user: int = 1, min_item: int = 1) -> t
         "users_before": int(len(users)),
         "items_before": int(len(items)),
         "interactions_before": int(len(interactions)),
-        "users_after": int(len(np.unique(u))),
-        "items_after": int(len(np.unique(i))),
+        "users_after": int(np.count_nonzero(np.bincount(u, minlength=len(users)))),
+        "items_after": int(np.count_nonzero(np.bincount(i, minlength=len(items)))),
         "interactions_after": int(len(rows)),
     }
     report["users_removed"] = report["users_before"] - report["users_after"]

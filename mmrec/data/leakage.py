@@ -7,120 +7,159 @@ splitter meant to write. Positions are a user's interactions in sequence order (
 2. every history item was interacted with by the user *before* the target's position -- so no valid/test
    target and no later interaction can appear in a history (a re-consumed item may, since the user had
    already seen it);
-3. a user's train target comes before their valid target, which comes before their test target, so a train
-   sequence never contains a valid/test target event;
-4. candidates: exactly the example's target has label 1, negatives are distinct and never an item the user
-   interacted with at any time; training negatives likewise.
+3. one example per (user, stage), and a user's train target comes before their valid target, which comes
+   before their test target, so a train sequence never contains a valid/test target event;
+4. candidates (valid/test only): exactly the example's target has label 1, an example's candidates are
+   distinct, and no negative is an item the user interacted with at any time; training negatives likewise.
+
+All of it is sorting and searching on integer codes; histories and candidates are checked in chunks so
+memory stays bounded on large splits.
 """
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from mmrec.data.candidates import UserItems
+from mmrec.data.candidates import UserItems, sorted_unique
 from mmrec.errors import DataError
 
 STAGES = ("train", "valid", "test")
+_CHUNK = 4_000_000  # history items / candidate rows per step
 
 
 def _codes(values: pa.Array | pa.ChunkedArray, universe: pa.Array, what: str) -> np.ndarray:
-    codes = pc.index_in(values, value_set=universe)
-    if codes.null_count:
-        bad = pc.filter(values, pc.is_null(codes))[0]
-        raise DataError(f"leakage check: {what} {bad.as_py()!r} is not in the dataset")
-    return codes.to_numpy(zero_copy_only=False).astype(np.int64)
+    """Positions of `values` in `universe` (dictionary-encoded input is mapped through its dictionary)."""
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    out = []
+    for arr in chunks:
+        if pa.types.is_dictionary(arr.type):
+            mapped = _codes(arr.dictionary, universe, what)
+            out.append(mapped[arr.indices.to_numpy(zero_copy_only=False)])
+            continue
+        codes = pc.index_in(arr, value_set=universe)
+        if codes.null_count:
+            bad = pc.filter(arr, pc.is_null(codes))[0]
+            raise DataError(f"leakage check: {what} {bad.as_py()!r} is not in the dataset")
+        out.append(codes.to_numpy(zero_copy_only=False).astype(np.int64))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def _fail(problem: str, n: int, user: str, stage: str) -> None:
+def _fail(problem: str, n: int, user: Any, stage: str) -> None:
     raise DataError(f"leakage check failed: {n} case(s) where {problem} (first: user {user!r}, stage {stage!r}); "
                     "the split is invalid -- re-create it with `mmrec split`")
 
 
+def _lookup(sorted_keys: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(found mask, index) of each query in a sorted array."""
+    if not len(sorted_keys):
+        return np.zeros(len(q), dtype=bool), np.zeros(len(q), dtype=np.int64)
+    at = np.minimum(np.searchsorted(sorted_keys, q), len(sorted_keys) - 1)
+    return sorted_keys[at] == q, at
+
+
 def check_split(interactions: pa.Table, item_ids: pa.Array, examples: pa.Table,
-                candidates: pa.Table | None = None, train_negatives: pa.Table | None = None) -> dict[str, Any]:
-    """Verify a split against its dataset; returns a small report, raises DataError on any leak."""
+                candidates: pa.Table | str | Path | None = None,
+                train_negatives: pa.Table | None = None) -> dict[str, Any]:
+    """Verify a split against its dataset; returns a small report, raises DataError on any leak.
+    `candidates` may be a table or the path of candidates.parquet (then read row group by row group)."""
     user_ids = pc.unique(interactions["user_id"])
+    name = lambda u: user_ids[int(u)].as_py()  # noqa: E731
     n_items = len(item_ids)
     u = _codes(interactions["user_id"], user_ids, "user")
     i = _codes(interactions["item_id"], item_ids, "item")
     ts = interactions["timestamp"].to_numpy()
-    pos = np.arange(len(u), dtype=np.int64)
     key = u * n_items + i
     seen = UserItems.build(u, i, len(user_ids), n_items)
-    uniq, first = np.unique(key, return_index=True)  # first position of each (user, item)
+    # rows are in sequence order, so a stable sort by key orders each (user, item) block by position
+    event = np.argsort(key, kind="stable")
+    ek, ets = key[event], ts[event]
+    block = np.r_[True, ek[1:] != ek[:-1]] if len(ek) else np.zeros(0, dtype=bool)
+    uniq, first = ek[block], event[block]  # first position of each (user, item)
+    del key, u, i
 
     ex_u = _codes(examples["user_id"], user_ids, "example user")
     ex_t = _codes(examples["target"], item_ids, "example target")
     ex_ts = examples["target_timestamp"].to_numpy()
-    stage_names = np.array(STAGES)
     ex_stage = _codes(examples["stage"], pa.array(STAGES), "example stage")
 
-    # 1. target event: the last position of (user, target, timestamp)
-    event = np.lexsort((pos, ts, key))
-    ek, ets = key[event], ts[event]
+    # 1. the target event: the last position of (user, target) at target_timestamp
     q = ex_u * n_items + ex_t
     j = _search_pairs(ek, ets, q, ex_ts) - 1
     jc = np.clip(j, 0, max(len(ek) - 1, 0))
     ok = (j >= 0) & (ek[jc] == q) & (ets[jc] == ex_ts) if len(ek) else np.zeros(len(q), dtype=bool)
-    t_pos = np.full(len(q), -1, dtype=np.int64)
-    t_pos[ok] = event[j[ok]]
-    missing = ~ok
-    if missing.any():
-        k = int(np.flatnonzero(missing)[0])
-        _fail("the target is not an interaction of the user at target_timestamp", int(missing.sum()),
-              user_ids[ex_u[k]].as_py(), stage_names[ex_stage[k]])
+    if not ok.all():
+        k = int(np.flatnonzero(~ok)[0])
+        _fail("the target is not an interaction of the user at target_timestamp", int((~ok).sum()),
+              name(ex_u[k]), STAGES[ex_stage[k]])
+    t_pos = event[j]
+    del event, ek, ets
 
     # 2. history items seen strictly before the target position
-    hist = examples["history"].combine_chunks() if isinstance(examples["history"], pa.ChunkedArray) else examples["history"]
-    lengths = pc.list_value_length(hist).to_numpy(zero_copy_only=False).astype(np.int64)
-    h_items = _codes(pc.list_flatten(hist), item_ids, "history item")
-    h_row = np.repeat(np.arange(len(lengths)), lengths)
-    hk = ex_u[h_row] * n_items + h_items
-    at = np.minimum(np.searchsorted(uniq, hk), max(len(uniq) - 1, 0))
-    known = uniq[at] == hk if len(uniq) else np.zeros(len(hk), dtype=bool)
-    first_pos = np.where(known, first[at], np.iinfo(np.int64).max)
-    late = first_pos >= t_pos[h_row]
-    if late.any():
-        k = int(h_row[np.flatnonzero(late)[0]])
-        _fail("a history item was not interacted with before the target (a later or foreign interaction)",
-              int(late.sum()), user_ids[ex_u[k]].as_py(), stage_names[ex_stage[k]])
+    n_hist = 0
+    for lo, hi, flat in _history_chunks(examples["history"]):
+        h_items = _codes(flat, item_ids, "history item")
+        lengths = np.diff(hi)
+        h_row = np.repeat(np.arange(lo, lo + len(lengths)), lengths)
+        known, at = _lookup(uniq, ex_u[h_row] * n_items + h_items)
+        late = ~known | (first[at] >= t_pos[h_row])
+        if late.any():
+            k = int(h_row[np.flatnonzero(late)[0]])
+            _fail("a history item was not interacted with before the target (a later or foreign interaction)",
+                  int(late.sum()), name(ex_u[k]), STAGES[ex_stage[k]])
+        n_hist += len(h_items)
 
-    # 3. train < valid < test per user
+    # 3. one example per (user, stage); train < valid < test per user
     order = np.lexsort((ex_stage, ex_u))
     same_user = ex_u[order][1:] == ex_u[order][:-1]
     dup = same_user & (ex_stage[order][1:] == ex_stage[order][:-1])
     if dup.any():
         k = int(order[1:][dup][0])
-        _fail("a user has two examples of the same stage", int(dup.sum()), user_ids[ex_u[k]].as_py(), stage_names[ex_stage[k]])
+        _fail("a user has two examples of the same stage", int(dup.sum()), name(ex_u[k]), STAGES[ex_stage[k]])
     backwards = same_user & (t_pos[order][1:] <= t_pos[order][:-1])
     if backwards.any():
         k = int(order[1:][backwards][0])
         _fail("a later stage's target does not come after the earlier stage's target", int(backwards.sum()),
-              user_ids[ex_u[k]].as_py(), stage_names[ex_stage[k]])
+              name(ex_u[k]), STAGES[ex_stage[k]])
 
-    report: dict[str, Any] = {"passed": True, "examples": int(len(q)), "history_items": int(len(hk))}
+    report: dict[str, Any] = {"passed": True, "examples": int(len(q)), "history_items": n_hist}
     if candidates is not None:
-        report["candidates"] = _check_candidates(candidates, user_ids, item_ids, seen, ex_u, ex_t, ex_stage)
+        report["candidates"] = _check_candidates(_pieces(candidates), item_ids, seen, ex_u, ex_t, ex_stage,
+                                                 user_ids, name)
     if train_negatives is not None and len(train_negatives):
         nu = _codes(train_negatives["user_id"], user_ids, "train-negative user")
         ni = _codes(train_negatives["item_id"], item_ids, "train-negative item")
         bad = seen.contains(nu, ni)
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
-            _fail("a training negative is an item the user interacted with", int(bad.sum()),
-                  user_ids[nu[k]].as_py(), "train")
+            _fail("a training negative is an item the user interacted with", int(bad.sum()), name(nu[k]), "train")
         report["train_negatives"] = int(len(nu))
     return report
 
 
+def _history_chunks(history: pa.ChunkedArray | pa.Array) -> Iterator[tuple[int, np.ndarray, pa.Array]]:
+    """(first example, offsets relative to the chunk, flattened items) for runs of examples of ~_CHUNK items."""
+    arr = history.combine_chunks() if isinstance(history, pa.ChunkedArray) else history
+    lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
+    ends = np.cumsum(lengths)
+    lo = 0
+    while lo < len(lengths):
+        base = ends[lo - 1] if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(ends, base + _CHUNK, side="right")))
+        part = arr.slice(lo, hi - lo)
+        yield lo, np.r_[0, ends[lo:hi] - base], pc.list_flatten(part)
+        lo = hi
+
+
 def _search_pairs(block: np.ndarray, ts: np.ndarray, q_block: np.ndarray, q_ts: np.ndarray) -> np.ndarray:
     """searchsorted(side='right') of (q_block, q_ts) in the lexicographically sorted pairs (block, ts)."""
-    lo, hi = np.searchsorted(block, q_block, side="left"), np.searchsorted(block, q_block, side="right")
-    left, right = lo.copy(), hi.copy()  # binary search inside each block, all queries at once
-    while (left < right).any():
+    left = np.searchsorted(block, q_block, side="left")
+    right = np.searchsorted(block, q_block, side="right")
+    while (left < right).any():  # binary search inside each block, all queries at once
         mid = (left + right) // 2
         active = left < right
         go_right = active & (ts[np.minimum(mid, len(ts) - 1)] <= q_ts)
@@ -129,51 +168,71 @@ def _search_pairs(block: np.ndarray, ts: np.ndarray, q_block: np.ndarray, q_ts: 
     return left
 
 
-def _check_candidates(candidates: pa.Table, user_ids: pa.Array, item_ids: pa.Array, seen: UserItems,
-                      ex_u: np.ndarray, ex_t: np.ndarray, ex_stage: np.ndarray) -> int:
-    cu = _codes(candidates["user_id"], user_ids, "candidate user")
-    ci = _codes(candidates["item_id"], item_ids, "candidate item")
-    cs = _codes(candidates["stage"], pa.array(STAGES), "candidate stage")
-    cs_names = np.array(STAGES)[cs]
-    if (cs == 0).any():
-        k = int(np.flatnonzero(cs == 0)[0])
-        _fail("a candidate row has stage 'train' (candidates are for valid and test)", int((cs == 0).sum()),
-              user_ids[cu[k]].as_py(), "train")
-    label = candidates["label"].to_numpy(zero_copy_only=False)
+def _pieces(candidates: pa.Table | str | Path) -> Iterator[pa.Table]:
+    if isinstance(candidates, pa.Table):
+        yield candidates
+        return
+    f = pq.ParquetFile(candidates, read_dictionary=["user_id", "stage", "item_id"])
+    for k in range(f.num_row_groups):
+        yield f.read_row_group(k)
+
+
+def _check_candidates(pieces: Iterator[pa.Table], item_ids: pa.Array, seen: UserItems, ex_u: np.ndarray,
+                      ex_t: np.ndarray, ex_stage: np.ndarray, user_ids: pa.Array, name) -> int:
     n_items = seen.n_items
-    group = (cu * 3 + cs)
     ex_group = ex_u * 3 + ex_stage
-    ex_at = np.searchsorted(np.sort(ex_group), group)
-    sorted_groups = np.sort(ex_group)
-    has_example = sorted_groups[np.minimum(ex_at, len(sorted_groups) - 1)] == group
-    if (~has_example).any():
-        k = int(np.flatnonzero(~has_example)[0])
-        _fail("a candidate row has no example of its (user, stage)", int((~has_example).sum()),
-              user_ids[cu[k]].as_py(), cs_names[k])
-    pos = label == 1
-    positives = np.bincount(np.searchsorted(sorted_groups, group[pos]), minlength=len(sorted_groups))
-    eval_groups = np.isin(sorted_groups, np.unique(group))
-    if (positives[eval_groups] != 1).any():
-        g = int(sorted_groups[eval_groups][positives[eval_groups] != 1][0])
-        _fail("an evaluated example does not have exactly one positive candidate",
-              int((positives[eval_groups] != 1).sum()), user_ids[g // 3].as_py(), STAGES[g % 3])
-    order = np.argsort(ex_group)
-    target_sorted = ex_t[order]
-    wrong = target_sorted[np.searchsorted(sorted_groups, group[pos])] != ci[pos]
+    eg_order = np.argsort(ex_group, kind="stable")
+    eg_sorted = ex_group[eg_order]
+    positives = np.zeros(len(eg_sorted), dtype=np.int64)
+    present, rows = [], 0
+    for piece in pieces:
+        cu = _codes(piece["user_id"], user_ids, "candidate user")
+        ci = _codes(piece["item_id"], item_ids, "candidate item")
+        cs = _codes(piece["stage"], pa.array(STAGES), "candidate stage")
+        label = piece["label"].to_numpy()
+        if (cs == 0).any():
+            k = int(np.flatnonzero(cs == 0)[0])
+            _fail("a candidate row has stage 'train' (candidates are for valid and test)", int((cs == 0).sum()),
+                  name(cu[k]), "train")
+        pos = label == 1
+        found, at = _lookup(eg_sorted, cu[pos] * 3 + cs[pos])
+        if not found.all():
+            k = int(np.flatnonzero(pos)[np.flatnonzero(~found)[0]])
+            _fail("a candidate row has no example of its (user, stage)", int((~found).sum()), name(cu[k]), STAGES[cs[k]])
+        target_ok = ex_t[eg_order[at]] == ci[pos]
+        if not target_ok.all():
+            k = int(np.flatnonzero(pos)[np.flatnonzero(~target_ok)[0]])
+            _fail("the positive candidate is not the example's target", int((~target_ok).sum()), name(cu[k]),
+                  STAGES[cs[k]])
+        np.add.at(positives, at, 1)
+        ck = np.sort((cu * 3 + cs) * n_items + ci)
+        same = ck[1:] == ck[:-1]
+        if same.any():
+            g = int(ck[1:][same][0] // n_items)
+            _fail("an item appears twice among one example's candidates", int(same.sum()), name(g // 3), STAGES[g % 3])
+        groups = sorted_unique(ck // n_items)
+        known, _ = _lookup(eg_sorted, groups)
+        if not known.all():
+            g = int(groups[~known][0])
+            _fail("a candidate row has no example of its (user, stage)", int((~known).sum()), name(g // 3), STAGES[g % 3])
+        present.append(groups)
+        # positives are targets, hence the user's items; any further hit is a leaked negative
+        hits = int(seen.contains(ck // n_items // 3, ck % n_items).sum())
+        if hits != int(pos.sum()):
+            neg = ~pos
+            leaked = seen.contains(cu[neg], ci[neg])
+            k = int(np.flatnonzero(neg)[np.flatnonzero(leaked)[0]])
+            _fail("a negative candidate is an item the user interacted with", int(leaked.sum()), name(cu[k]),
+                  STAGES[cs[k]])
+        rows += len(cu)
+    groups = np.sort(np.concatenate(present)) if present else np.zeros(0, dtype=np.int64)
+    if len(groups) > 1 and (groups[1:] == groups[:-1]).any():
+        g = int(groups[1:][groups[1:] == groups[:-1]][0])
+        _fail("one example's candidates are split across row groups (must be contiguous)", 1, name(g // 3), STAGES[g % 3])
+    _, at = _lookup(eg_sorted, groups)
+    wrong = positives[at] != 1
     if wrong.any():
-        k = int(np.flatnonzero(pos)[np.flatnonzero(wrong)[0]])
-        _fail("the positive candidate is not the example's target", int(wrong.sum()), user_ids[cu[k]].as_py(), cs_names[k])
-    neg = ~pos
-    leaked = seen.contains(cu[neg], ci[neg])
-    if leaked.any():
-        k = int(np.flatnonzero(neg)[np.flatnonzero(leaked)[0]])
-        _fail("a negative candidate is an item the user interacted with", int(leaked.sum()),
-              user_ids[cu[k]].as_py(), cs_names[k])
-    ck = group * n_items + ci
-    dupes = np.unique(ck).size != ck.size
-    if dupes:
-        _, idx, counts = np.unique(ck, return_index=True, return_counts=True)
-        k = int(idx[counts > 1][0])
-        _fail("an item appears twice among one example's candidates", int((counts > 1).sum()),
-              user_ids[cu[k]].as_py(), cs_names[k])
-    return int(len(cu))
+        g = int(groups[wrong][0])
+        _fail("an evaluated example does not have exactly one positive candidate", int(wrong.sum()), name(g // 3),
+              STAGES[g % 3])
+    return rows

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -201,7 +202,7 @@ def paper(c: Coded, cfg: SplitConfig) -> Examples:
     chosen = np.sort(ranked[(np.arange(len(ranked)) - block_start) < cfg.top_k])
     per_user = np.bincount(c.user[chosen], minlength=len(c.starts))
     ok_users = np.flatnonzero(per_user >= 2)
-    chosen = chosen[np.isin(c.user[chosen], ok_users)]
+    chosen = chosen[per_user[c.user[chosen]] >= 2]
     ends = np.cumsum(per_user[ok_users])
     starts = ends - per_user[ok_users]
     if cfg.max_history is not None:
@@ -222,14 +223,30 @@ PROTOCOLS = {"loo": loo, "temporal": temporal, "paper": paper}
 
 @dataclass
 class Split:
-    """A loaded split directory (docs/artifacts.md)."""
+    """A split directory (docs/artifacts.md); the dataset and the tables are loaded on first access."""
 
     root: Path
     info: dict[str, Any]
-    dataset: CanonicalDataset
-    examples: pd.DataFrame
-    candidates: pd.DataFrame
-    train_negatives: pd.DataFrame
+
+    @property
+    def dataset_dir(self) -> Path:
+        return (self.root / self.info["dataset"]["path"]).resolve()
+
+    @cached_property
+    def dataset(self) -> CanonicalDataset:
+        return load_dataset(self.dataset_dir)
+
+    @cached_property
+    def examples(self) -> pd.DataFrame:
+        return pq.read_table(self.root / EXAMPLES_FILE).to_pandas()
+
+    @cached_property
+    def candidates(self) -> pd.DataFrame:
+        return pq.read_table(self.root / CANDIDATES_FILE).to_pandas()
+
+    @cached_property
+    def train_negatives(self) -> pd.DataFrame:
+        return pq.read_table(self.root / TRAIN_NEG_FILE).to_pandas()
 
     @property
     def candidates_sha256(self) -> str:
@@ -286,10 +303,10 @@ def _write_candidates(path: Path, c: Coded, ex: Examples, cfg: SplitConfig, seen
                 items, labels = np.take_along_axis(items, perm, 1), np.take_along_axis(labels, perm, 1)
                 writer.write_table(pa.table({
                     "user_id": c.user_ids.take(pa.array(np.repeat(users[sl], n + 1))),
-                    "stage": pa.array([stage] * items.size, type=pa.string()),
+                    "stage": pa.array([stage]).take(pa.array(np.zeros(items.size, dtype=np.int32))),
                     "item_id": c.item_ids.take(pa.array(items.ravel())),
                     "label": pa.array(labels.ravel()),
-                }, schema=schema))
+                }, schema=schema), row_group_size=items.size)  # one row group per chunk: whole examples
             counts[stage] = int(len(rows) * (n + 1))
     return counts
 
@@ -340,7 +357,7 @@ def make_split(dataset_dir: str | Path, cfg: SplitConfig, out_dir: str | Path, o
         cand_counts = _write_candidates(tmp / CANDIDATES_FILE, c, ex, cfg, seen, weights)
         train_neg = _train_negatives(c, ex, cfg, seen, weights)
         pq.write_table(train_neg, tmp / TRAIN_NEG_FILE)
-        leakage = check_split(interactions, items, examples, pq.read_table(tmp / CANDIDATES_FILE), train_neg)
+        leakage = check_split(interactions, items, examples, tmp / CANDIDATES_FILE, train_neg)
         stage_counts = {s: int((ex.stage == k).sum()) for k, s in enumerate(STAGES)}
         info = {
             "protocol": cfg.protocol,
@@ -357,7 +374,7 @@ def make_split(dataset_dir: str | Path, cfg: SplitConfig, out_dir: str | Path, o
         }
         write_json(info, tmp / SPLIT_FILE)
     log.info("split %s (%s): %s examples in %.1fs", out_dir, cfg.protocol, stage_counts, time.perf_counter() - t0)
-    return load_split(out_dir)
+    return load_split(out_dir, verify=False)
 
 
 def load_dataset_fingerprint(dataset_dir: Path) -> str:
@@ -381,7 +398,4 @@ def load_split(root: str | Path, verify: bool = True) -> Split:
                                 "re-create the split with `mmrec split --force`")
         if load_dataset_fingerprint(dataset_dir) != info["dataset"]["fingerprint"]:
             raise DataError(f"{dataset_dir}: the dataset changed since split {root} was made; re-create the split")
-    dataset = load_dataset(dataset_dir)
-    read = lambda name: pq.read_table(root / name).to_pandas()  # noqa: E731
-    return Split(root=root, info=info, dataset=dataset, examples=read(EXAMPLES_FILE),
-                 candidates=read(CANDIDATES_FILE), train_negatives=read(TRAIN_NEG_FILE))
+    return Split(root=root, info=info)
