@@ -184,7 +184,7 @@ def _placement(c: PositiveCounts, tie_policy: str) -> tuple[np.ndarray, np.ndarr
     return c.greater_neg + c.greater_pos, c.tied_neg + c.tied_pos + 1
 
 
-def _first_positive(c: PositiveCounts, tie_policy: str, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _first_positive(c: PositiveCounts, tie_policy: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For each row's top-scored positive group: rows, negatives above (g), tied negatives (n), tied positives (m)."""
     best = np.flatnonzero(c.greater_pos == 0)
     rows, first = np.unique(c.row[best], return_index=True)
@@ -201,7 +201,7 @@ def _first_positive_metrics(c: PositiveCounts, tie_policy: str, n_rows: int, ks:
                             ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     """HR@K and MRR@K per row: both depend on the first positive's position g + J, J being its place in the
     top positive group's ties (n negatives, m positives). P(J > j) = prod_{i<j} (n-i)/(n+m-i)."""
-    rows, g, n, m = _first_positive(c, tie_policy, n_rows)
+    rows, g, n, m = _first_positive(c, tie_policy)
     kmax = ks[-1]
     harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, kmax + 1))])
     hr = {k: np.zeros(n_rows) for k in ks}
