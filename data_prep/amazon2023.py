@@ -21,9 +21,9 @@ from urllib.parse import urlparse
 import pandas as pd
 import pyarrow as pa
 
-from data_prep.common import (BadLines, JsonlFile, add_common_arguments, check_file, finish_import, index_images,
-                              read_all, to_seconds, unknown_items)
+from data_prep.common import add_common_arguments, finish_import, index_images
 from data_prep.download import DownloadReport, download_images
+from data_prep.readers import BadLines, JsonlFile, check_file, read_all, to_seconds, unknown_items
 from mmrec.data.images import IMAGE_EXTENSIONS
 from mmrec.errors import DataError
 

@@ -15,8 +15,8 @@ import argparse
 
 import pandas as pd
 
-from data_prep.common import (BadLines, TableFile, add_common_arguments, check_file, finish_import, index_images,
-                              read_all, to_seconds, unknown_items)
+from data_prep.common import add_common_arguments, finish_import, index_images
+from data_prep.readers import BadLines, TableFile, check_file, read_all, to_seconds, unknown_items
 from mmrec.errors import DataError
 
 MS_THRESHOLD = 1e11  # 10^11 seconds is the year 5138; 10^11 ms is 1973

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_prep.common import (BadLines, TableFile, add_common_arguments, check_file, finish_import, index_images,
-                              log, read_all, to_rating, to_seconds, unknown_items)
+from data_prep.common import add_common_arguments, finish_import, index_images, log
+from data_prep.readers import BadLines, TableFile, check_file, read_all, to_rating, to_seconds, unknown_items
 from mmrec.errors import DataError
 
 TYPES = ("token", "token_seq", "float", "float_seq")
