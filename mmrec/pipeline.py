@@ -68,7 +68,7 @@ class Pipeline:
         return Path(data.path) if data.path else self.paths.dataset
 
     def split_dir(self) -> Path:
-        return self.paths.split(self.cfg.section("split").name)
+        return self.paths.split(self.cfg.section("split").dir_name)
 
     def _build(self) -> list[Stage]:
         cfg = self.cfg
@@ -121,7 +121,9 @@ class Pipeline:
     def _run_split(self, fresh: bool) -> None:
         from data_prep.split_cli import split_from_config
 
-        split_from_config(self.cfg.section("split"), self.dataset_dir(), self.split_dir())
+        # The config is the source of truth under `mmrec run`: a changed split section replaces the old split
+        # (and, through fingerprints, everything scored on it).
+        split_from_config(self.cfg.section("split"), self.dataset_dir(), self.split_dir(), overwrite=True)
 
     def _fingerprint_all(self) -> None:
         by_name = {s.name: s for s in self.stages}
