@@ -120,34 +120,50 @@ def score_sampled(scorer: Any, candidates: pd.DataFrame, batch_users: int, parts
     return scored.iloc[inverse].reset_index(drop=True)  # back to the candidate file's order
 
 
-def target_ranks(mat: np.ndarray, target_col: np.ndarray, history_cols: list[np.ndarray] | None) -> dict[str, np.ndarray]:
+def target_ranks(mat: np.ndarray, target_col: np.ndarray, history: tuple[np.ndarray, np.ndarray] | None = None
+                 ) -> dict[str, np.ndarray]:
     """Per row of a [rows, items] catalogue score matrix: items above / tied with the target, items ranked,
-    items masked (history, never the target) and invalid (NaN) scores. A target outside the catalogue or with
-    a NaN score ranks below every item."""
+    items masked and invalid (NaN) scores. `history` = (row, column) pairs to leave out of the ranking (the
+    target itself never is). A target outside the catalogue (column -1) or with a NaN score ranks below every
+    item. Masked items are subtracted from whole-row counts, so no second [rows, items] array is built."""
     n, m = mat.shape
     r = np.arange(n)
-    masked = np.zeros((n, m), dtype=bool)
-    if history_cols is not None:
-        lens = np.array([len(h) for h in history_cols])
-        if lens.sum():
-            masked[np.repeat(r, lens), np.concatenate(history_cols)] = True
     inside = target_col >= 0
-    masked[r[inside], target_col[inside]] = False
     t = np.where(inside, mat[r, np.where(inside, target_col, 0)], np.nan)
-    ranked = ~masked
-    ok = ranked & ~np.isnan(mat)
-    greater = (ok & (mat > t[:, None])).sum(1)
-    tied = (ok & (mat == t[:, None])).sum(1) - (~np.isnan(t))
-    n_ranked = ranked.sum(1) + (~inside)
+    greater = np.count_nonzero(mat > t[:, None], axis=1)
+    tied = np.count_nonzero(mat == t[:, None], axis=1) - ~np.isnan(t)   # minus the target itself
+    invalid = np.count_nonzero(np.isnan(mat), axis=1)
+    masked = np.zeros(n, dtype=np.int64)
+    if history is not None and len(history[0]):
+        hr, hc = history
+        flat = np.unique(hr.astype(np.int64) * m + hc)                    # each (row, item) once
+        hr, hc = flat // m, flat % m
+        keep = hc != target_col[hr]
+        hr, hc = hr[keep], hc[keep]
+        s, th = mat[hr, hc], t[hr]
+        greater -= np.bincount(hr, weights=s > th, minlength=n).astype(np.int64)
+        tied -= np.bincount(hr, weights=s == th, minlength=n).astype(np.int64)
+        invalid -= np.bincount(hr, weights=np.isnan(s), minlength=n).astype(np.int64)
+        masked = np.bincount(hr, minlength=n).astype(np.int64)
+    n_ranked = m - masked + ~inside
     invalid_target = np.isnan(t)
     return {
         "score": t,
         "n_greater": np.where(invalid_target, n_ranked - 1, greater).astype(np.int64),
         "n_tied": np.where(invalid_target, 0, tied).astype(np.int64),
         "n_ranked": n_ranked.astype(np.int64),
-        "n_masked": masked.sum(1).astype(np.int64),
-        "n_invalid": ((ranked & np.isnan(mat)).sum(1) + (~inside)).astype(np.int64),
+        "n_masked": masked,
+        "n_invalid": (invalid + ~inside).astype(np.int64),
     }
+
+
+def history_columns(histories: pd.Series, pos: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(row, catalogue column) of every history item that is in the catalogue, without a Python loop per row."""
+    lengths = histories.map(len).to_numpy()
+    items = np.concatenate([np.asarray(h, dtype=object) for h in histories]) if lengths.sum() else np.array([], object)
+    cols = pos.reindex(items).fillna(-1).to_numpy(np.int64)
+    rows = np.repeat(np.arange(len(histories)), lengths)
+    return rows[cols >= 0], cols[cols >= 0]
 
 
 def score_full(scorer: Any, examples: pd.DataFrame, mask_history: bool, batch_users: int, parts_dir: Path,
@@ -165,9 +181,7 @@ def score_full(scorer: Any, examples: pd.DataFrame, mask_history: bool, batch_us
             raise DataError(f"model run '{run}' returned a catalogue score matrix of shape {mat.shape}; expected "
                             f"({len(rows)}, {len(items)}) = (examples, item_ids)")
         tcol = pos.reindex(rows["target"].to_numpy()).fillna(-1).to_numpy(np.int64)
-        hist = None
-        if mask_history:
-            hist = [c[c >= 0] for c in (pos.reindex(list(h)).fillna(-1).to_numpy(np.int64) for h in rows["history"])]
+        hist = history_columns(rows["history"], pos) if mask_history else None
         out = target_ranks(mat, tcol, hist)
         return pd.DataFrame({"user_id": rows["user_id"], "stage": rows["stage"], "item_id": rows["target"], **out})
 

@@ -20,7 +20,8 @@ def test_target_ranks_by_hand() -> None:
     assert out["n_tied"].tolist() == [1, 0, 0]
     assert out["n_ranked"].tolist() == [5, 5, 5]
     assert out["n_invalid"].tolist() == [1, 0, 1]
-    masked = target_ranks(mat, target, [np.array([0]), np.array([0, 1, 3]), np.array([], dtype=np.int64)])
+    # history pairs (row, item): row 0 {0}, row 1 {0, 1, 3, 0 again}, row 2 none
+    masked = target_ranks(mat, target, (np.array([0, 1, 1, 1, 1]), np.array([0, 0, 1, 3, 0])))
     # row 0: item 0 masked -> nothing above, tie with 2; row 1: 0 and 1 masked, target 3 itself never masked
     assert masked["n_greater"].tolist() == [0, 2, 4]
     assert masked["n_masked"].tolist() == [1, 2, 0]
@@ -83,7 +84,7 @@ def test_scorer_returning_wrong_length_is_a_clear_error(tmp_path) -> None:
 
 
 def test_score_full_stores_target_counts(tmp_path) -> None:
-    ex = pd.DataFrame({"user_id": ["a", "b"], "stage": ["test", "test"], "history": [["i2"], []],
+    ex = pd.DataFrame({"user_id": ["a", "b"], "stage": ["test", "test"], "history": [["i2", "zz"], []],  # "zz" is not in the catalogue
                        "target": ["i1", "i0"]})
     df = score_full(_Counting(), ex, mask_history=True, batch_users=1, parts_dir=tmp_path / "p", key="k", run="r")
     assert df["n_greater"].tolist() == [0, 2] and df["n_masked"].tolist() == [1, 0]
