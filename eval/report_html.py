@@ -32,7 +32,8 @@ figure{margin:0;background:#fff;border:1px solid #e3e6ea;border-radius:6px;paddi
 figure img{width:100%;max-width:620px;height:auto;display:block;margin:0 auto}figcaption{font-size:12px;color:#5f6368;margin-top:4px}
 .card{background:#fff;border:1px solid #e3e6ea;border-radius:8px;padding:16px;margin-bottom:20px}
 .history{display:flex;gap:10px;overflow-x:auto;padding-bottom:6px}
-.item{flex:0 0 132px;font-size:11px}.item .t{font-weight:600;margin-top:3px}.item .s{color:#5f6368;margin-top:2px}
+.item{flex:0 0 132px;font-size:11px}.item .t{font-weight:600;margin-top:3px}.item .s{color:#5f6368;margin-top:2px;max-height:10em;overflow-y:auto}
+.cands .s{color:#5f6368;font-size:12px;max-height:4.5em;overflow-y:auto}
 .thumb{width:96px;height:96px;object-fit:contain;background:#f0f2f5;border-radius:4px;display:block}
 .noimg{width:96px;height:96px;background:#eceff3;border-radius:4px;display:flex;align-items:center;justify-content:center;color:#9aa0a6;font-size:11px}
 .cands .thumb,.cands .noimg{width:48px;height:48px}
