@@ -84,7 +84,8 @@ def test_scorer_returning_wrong_length_is_a_clear_error(tmp_path) -> None:
 
 
 def test_score_full_stores_target_counts(tmp_path) -> None:
-    ex = pd.DataFrame({"user_id": ["a", "b"], "stage": ["test", "test"], "history": [["i2", "zz"], []],  # "zz" is not in the catalogue
+    # "zz" is not in the catalogue: nothing to mask for it
+    ex = pd.DataFrame({"user_id": ["a", "b"], "stage": ["test", "test"], "history": [["i2", "zz"], []],
                        "target": ["i1", "i0"]})
     df = score_full(_Counting(), ex, mask_history=True, batch_users=1, parts_dir=tmp_path / "p", key="k", run="r")
     assert df["n_greater"].tolist() == [0, 2] and df["n_masked"].tolist() == [1, 0]
