@@ -22,6 +22,7 @@ from mmrec.experiment import ExperimentPaths
 from mmrec.io import atomic_dir, write_text
 
 ASSETS_DIR = "report_assets"
+SCORE_PLOT_USERS = 50_000  # score histograms use a seeded sample of users beyond this (bounded memory)
 
 
 @dataclass
@@ -136,14 +137,16 @@ def _metric_plots(table: rd.ResultsTable) -> list[Plot]:
     return plots
 
 
-def _first_run_scores(paths: ExperimentPaths, runs: list[rd.RunResult], notes: list[str]) -> dict[str, pd.DataFrame]:
-    """Scores of the first run (lowest seed) of every model: what the score plots and the gallery show."""
+def _first_run_scores(paths: ExperimentPaths, runs: list[rd.RunResult], stage: str, users: list[str] | None,
+                      notes: list[str]) -> dict[str, pd.DataFrame]:
+    """Scores (of `users`, when given) of the first run (lowest seed) of every model: what the score plots and
+    the gallery show."""
     scores: dict[str, pd.DataFrame] = {}
     first: dict[str, str] = {}
     for r in runs:
         first.setdefault(r.model, r.run)
     for run in first.values():
-        df = rd.read_scores(paths, run)
+        df = rd.read_scores(paths, run, stage, users)
         if df is None:
             notes.append(f"no scores for run '{run}' ({paths.scores(run)}): its score plot and gallery column are omitted")
             continue
@@ -169,9 +172,17 @@ def gather(paths: ExperimentPaths, opts: ReportConfig, *, split: str | None = No
     split_data, why = _load_split(_find_split(paths, split, runs))
     if why:
         notes.append(f"{why}: score distributions and the gallery are omitted")
-    scores = _first_run_scores(paths, runs, notes)
+    scores, gallery_users = {}, []
     if split_data is not None:
+        n_users = split_data.candidates.loc[split_data.candidates["stage"] == opts.stage, "user_id"].nunique()
+        gallery_users = sample_users(split_data.candidates, opts.stage, opts.gallery_users, seed)
+        plotted = sample_users(split_data.candidates, opts.stage, SCORE_PLOT_USERS, seed)
+        if n_users > SCORE_PLOT_USERS:
+            notes.append(f"score distributions drawn from {SCORE_PLOT_USERS} of {n_users} users (seeded sample)")
+        users = sorted(set(plotted) | set(gallery_users)) if n_users > SCORE_PLOT_USERS else None
+        scores = _first_run_scores(paths, runs, opts.stage, users, notes)
         for run, df in scores.items():
+            df = df[df["user_id"].isin(plotted)] if users is not None else df
             groups = rd.score_groups(rd.labelled_scores(df, split_data.candidates, opts.stage))
             plots.append(Plot(name=f"scores_{_safe(run)}",
                               caption=f"Score distribution of positives vs negatives, {run}",
@@ -180,16 +191,16 @@ def gather(paths: ExperimentPaths, opts: ReportConfig, *, split: str | None = No
     plots += _training_plots(paths, runs)
     if not any(p.name.startswith("train_") for p in plots):
         notes.append("no training logs (checkpoints/<run>/train_log.jsonl): training curves are omitted")
-    gallery = _gallery(paths, split_data, runs, table, scores, opts, seed, notes)
+    gallery = _gallery(paths, split_data, runs, table, scores, opts, gallery_users, notes)
     return Report(title=opts.title or title or "mmrec experiment report", experiment_dir=str(paths.root),
                   stage=opts.stage, runs=runs, table=table, shared_manifest=shared, run_manifests=per_run,
                   plots=plots, gallery=gallery, comparisons=comparisons, notes=notes)
 
 
 def _gallery(paths: ExperimentPaths, split: Any, runs: list[rd.RunResult], table: rd.ResultsTable,
-             scores: dict[str, pd.DataFrame], opts: ReportConfig, seed: int, notes: list[str]) -> list[GalleryUser]:
-    """The gallery users (empty without a split); optional inputs that are missing become notes."""
-    if split is None or opts.gallery_users <= 0:
+             scores: dict[str, pd.DataFrame], opts: ReportConfig, users: list[str], notes: list[str]) -> list[GalleryUser]:
+    """The gallery of `users` (empty without a split); optional inputs that are missing become notes."""
+    if split is None or not users:
         return []
     model = opts.ranking_model or table.best_model()
     if opts.ranking_model and opts.ranking_model not in table.rows:
@@ -203,7 +214,6 @@ def _gallery(paths: ExperimentPaths, split: Any, runs: list[rd.RunResult], table
         notes.append(f"no user preferences ({paths.user_summaries}): the gallery shows no preference text")
     dataset = split.dataset
     thumbs = Thumbnails(dataset.root, opts.thumb_size)
-    users = sample_users(split.candidates, opts.stage, opts.gallery_users, seed)
     gallery = build_gallery(users=users, stage=opts.stage, examples=split.examples, candidates=split.candidates,
                             items=dataset.items, scores=scores, ranking_run=ranking_run, item_summaries=item_summaries,
                             user_summaries=user_summaries, thumbs=thumbs, max_history=opts.gallery_history,

@@ -162,22 +162,26 @@ def k_curves(table: ResultsTable) -> dict[str, dict[str, list[tuple[float, float
             for fam, kk in ks.items() if len(kk) >= 2}
 
 
-def read_scores(paths: ExperimentPaths, run: str) -> pd.DataFrame | None:
-    """`scores/<run>.parquet` (user_id, stage, item_id, score) or None when the run was not scored."""
+def read_scores(paths: ExperimentPaths, run: str, stage: str, users: list[str] | None = None) -> pd.DataFrame | None:
+    """`scores/<run>.parquet` rows of `stage` (and of `users` when given, so memory stays bounded on a large
+    evaluation) as user_id, stage, item_id, score; None when the run was not scored."""
+    import pyarrow.parquet as pq
+
     f = paths.scores(run)
     if not f.is_file():
         return None
     try:
-        df = pd.read_parquet(f)
+        names = set(pq.read_schema(f).names)
+        missing = {"user_id", "stage", "item_id", "score"} - names
+        if missing:
+            raise DataError(f"{f}: missing column(s) {sorted(missing)}; re-run `mmrec score`")
+        filters = [("stage", "=", stage)] + ([("user_id", "in", users)] if users is not None else [])
+        df = pq.read_table(f, columns=["user_id", "stage", "item_id", "score"], filters=filters).to_pandas()
+    except DataError:
+        raise
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise DataError(f"{f}: not a readable Parquet file ({e}); re-run `mmrec score`") from None
-    missing = {"user_id", "stage", "item_id", "score"} - set(df.columns)
-    if missing:
-        raise DataError(f"{f}: missing column(s) {sorted(missing)}; re-run `mmrec score`")
-    df["user_id"] = df["user_id"].astype(str)
-    df["item_id"] = df["item_id"].astype(str)
-    df["score"] = df["score"].astype(np.float64)
-    return df
+    return df.astype({"user_id": str, "stage": str, "item_id": str, "score": np.float64})
 
 
 def labelled_scores(scores: pd.DataFrame, candidates: pd.DataFrame, stage: str) -> pd.DataFrame:

@@ -205,3 +205,26 @@ def test_gallery_always_shows_the_true_item_and_ranking_model_is_checked(experim
     assert len(re.findall(r"<tr class='true'><td class='num'>[23]</td>", html)) == 3
     code, _, err = run_cli("report", "--dir", experiment.root, "report.ranking_model=nope")
     assert code == 2 and "ranking_model 'nope'" in err
+
+
+def test_score_plots_sample_users_on_large_evaluations(tmp_path, run_cli, monkeypatch):
+    import base64 as b64
+
+    paths = make_experiment(tmp_path / "exp", summaries=False, logs=False)
+    monkeypatch.setattr("eval.report.SCORE_PLOT_USERS", 2)
+    code, out, err = run_cli("report", "--dir", paths.root, "report.gallery_users=3", "report.formats=[html]")
+    assert code == 0, err
+    assert "score distributions drawn from 2 of 3 users" in out
+    page = parse_page(paths.report_html.read_text())
+    svgs = [b64.b64decode(i["src"].split(",", 1)[1]).decode() for i in page.imgs if i["src"].startswith("data:image/svg")]
+    assert any("positives (n=2)" in s and "negatives (n=6)" in s for s in svgs)
+    assert paths.report_html.read_text().count("class='card'") == 3  # the gallery's users are read regardless
+
+
+def test_bad_scores_file_is_a_one_line_error(tmp_path, run_cli):
+    import pandas as pd
+
+    paths = make_experiment(tmp_path / "exp", summaries=False, logs=False)
+    pd.DataFrame({"user_id": ["u1"], "stage": ["test"], "item_id": ["i1"]}).to_parquet(paths.scores("pop"))
+    code, _, err = run_cli("report", "--dir", paths.root)
+    assert code == 2 and "pop.parquet" in err and "['score']" in err and "mmrec score" in err
