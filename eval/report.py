@@ -188,6 +188,9 @@ def gather(paths: ExperimentPaths, opts: ReportConfig, *, split: str | None = No
                               caption=f"Score distribution of positives vs negatives, {run}",
                               svg=histogram_chart(groups, title=f"scores: {run}", x_label="score",
                                                   bins=opts.histogram_bins)))
+    if any(rd.flatten(r.manifest).get("protocol.name") == "full" for r in runs):
+        notes.append("metrics rank the full catalogue; score plots and the gallery show the split's persisted "
+                     "sampled candidates")
     plots += _training_plots(paths, runs)
     if not any(p.name.startswith("train_") for p in plots):
         notes.append("no training logs (checkpoints/<run>/train_log.jsonl): training curves are omitted")
