@@ -39,7 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=None,
                         help="evaluate only this model (repeatable); default: eval.models or every model")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="evaluate the runs <model>@seed<k> (default: eval.seeds, else experiment.seeds)")
+                        help="evaluate the runs <model>@seed<k> (default: experiment.seeds)")
     parser.add_argument("--stage", choices=["test", "valid", "all"], default=None,
                         help="stages to evaluate (default: eval.stages)")
     parser.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"), default=None,

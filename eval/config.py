@@ -26,7 +26,6 @@ class EvalConfig:
     # full protocol only: drop the user's history items (except the target) from the ranking
     mask_history: bool = False
     models: list[str] | None = None   # evaluate only these models (default: every model of the config)
-    seeds: list[int] | None = None    # runs <model>@seed<k> to score/evaluate (default: experiment.seeds)
     batch_users: int = 1024           # examples scored per batch (full protocol: rows of the catalogue matrix)
 
     def __post_init__(self) -> None:

@@ -51,14 +51,14 @@ def full_ranks_path(paths: ExperimentPaths, run: str) -> Path:
 
 def selected(cfg: ExperimentConfig, models: list[str] | None, seeds: list[int] | None, stage: str | None
              ) -> tuple[list[str], list[int] | None, list[str]]:
-    """(model names, seeds, stages) from command-line choices, else the eval section, else the experiment."""
+    """(model names, seeds, stages) from command-line choices, else the eval section (seeds: experiment.seeds)."""
     ev = cfg.section("eval")
     names = models or ev.models or cfg.model_names()
     for n in names:
         cfg.model(n)  # validates, and names the config and the model on error
     if not names:
         raise ConfigError(f"{cfg.source}: no models to score; add some under 'models'")
-    seeds = seeds or ev.seeds or cfg.experiment.seeds
+    seeds = seeds or cfg.experiment.seeds
     stages = ["valid", "test"] if stage == "all" else [stage] if stage else list(dict.fromkeys(ev.stages))
     return names, seeds, stages
 

@@ -97,7 +97,7 @@ class Pipeline:
                 lambda fresh, m=model: self._cli("finetune", "--model", m, *seed_args, *(["--no-resume"] if fresh else [])),
                 lambda rs=model_runs: [self.paths.checkpoint(r) for r in rs]))
             stages.append(Stage(
-                f"score:{model}", (), (f"finetune:{model}",),
+                f"score:{model}", ("eval",), (f"finetune:{model}",),  # protocol/stages change what is scored
                 lambda fresh, m=model: self._cli("score", "--model", m, *seed_args),
                 lambda rs=model_runs: [self.paths.scores(r) for r in rs]))
         if cfg.model_names():
@@ -200,7 +200,7 @@ class Pipeline:
         ran = []
         for stage, needed, why in plan:
             verb = ("would run" if dry_run else "run") if needed else "skip"
-            print(f"[{verb:>9}] {stage.name:<24} {why}", flush=True)
+            print(f"[{verb:>9}] {stage.name:<26} {why}", flush=True)
             if not needed or dry_run:
                 ran += [stage.name] if needed else []
                 continue
