@@ -28,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=None,
                         help="train only this model (repeatable); default: every model of the config")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="train one run per seed (<model>@seed<k>) instead of one run with experiment.seed")
+                        help="train one run per seed (<model>@seed<k>); default: experiment.seeds, else one run")
     parser.add_argument("--no-resume", action="store_true",
                         help="start from scratch even if a checkpoint of an interrupted run exists")
 
@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     for name in names:
         cfg.model(name)  # validate before any work starts
     paths = ExperimentPaths(cfg.dir)
-    for name, run, run_cfg in runs_of(cfg, names, args.seeds):
+    for name, run, run_cfg in runs_of(cfg, names, args.seeds or cfg.experiment.seeds):
         out = train_model(run_cfg, name, paths.checkpoint(run), resume=not args.no_resume)
         log.info(f"{run}: checkpoint at {out}")
     return 0

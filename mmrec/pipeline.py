@@ -105,8 +105,12 @@ class Pipeline:
                                 lambda fresh: self._cli("eval"), lambda: [self.paths.metrics(r) for r in runs]))
             report_deps = ("eval", *[d for d in ("summarize-items", "summarize-users") if d in present])
             stages.append(Stage("report", ("report",), report_deps,
-                                lambda fresh: self._cli("report"), lambda: [self.paths.report_html]))
+                                lambda fresh: self._cli("report"), self._report_outputs))
         return stages
+
+    def _report_outputs(self) -> list[Path]:
+        formats = self.cfg.section("report").formats
+        return [p for f, p in (("md", self.paths.report_md), ("html", self.paths.report_html)) if f in formats]
 
     def _run_prep(self, fresh: bool) -> None:
         data = self.cfg.section("data")
