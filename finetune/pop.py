@@ -15,7 +15,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
 
     log = get_logger("finetune.pop")
     mcfg = cfg.model(name)
-    split_dir = ExperimentPaths(cfg.dir).split(cfg.section("split").name)
+    split_dir = ExperimentPaths(cfg.dir).split(cfg.section("split").dir_name)
     split = load_split(split_dir)
     fingerprint = cfg.fingerprint(f"models.{name}")
     run_file = Path(out_dir) / RUN_FILE

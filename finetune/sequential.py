@@ -140,7 +140,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     metric, k = parse_metric(mcfg.valid_metric)
     tie_policy = cfg.section("eval").tie_policy
     out_dir = Path(out_dir)
-    split = load_split(ExperimentPaths(cfg.dir).split(cfg.section("split").name))
+    split = load_split(ExperimentPaths(cfg.dir).split(cfg.section("split").dir_name))
     fingerprint = _fingerprint(cfg, name, split.candidates_sha256)
 
     run_file = out_dir / RUN_FILE

@@ -264,6 +264,6 @@ def load_sequential_scorer(cfg: "ExperimentConfig", name: str, ckpt_dir: Path,
     vocab = ItemVocab(pd.read_parquet(ckpt_dir / ITEMS_FILE)["item_id"].tolist())
     model = build(mcfg, len(vocab))
     model.load_state_dict(load_file(ckpt_dir / WEIGHTS_FILE))
-    split = load_split(ExperimentPaths(cfg.dir).split(cfg.section("split").name))
+    split = load_split(ExperimentPaths(cfg.dir).split(cfg.section("split").dir_name))
     return SequentialScorer(model, vocab, split.examples, mcfg.max_len, resolve_device(mcfg.device),
                             mcfg.eval_batch_size)
