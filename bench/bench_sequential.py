@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from mmrec.models.gru4rec import GRU4Rec
 from mmrec.models.sasrec import SASRec
 from mmrec.models.sequential import SequentialModel, batches, last_hidden, pad_batch, sequence_loss, windows
+from results import emit  # bench/ is sys.path[0] when a benchmark runs as a script
 
 MAX_LEN = 50
 
@@ -85,6 +86,8 @@ def main() -> None:
         torch.manual_seed(0)
         slow = prefix_rate(build(), seqs, args.seconds)
         print(f"{name:<8} {fast:>24.0f} {slow:>28.0f} {fast / slow:>6.1f}x")
+        emit("sequential", f"{name} all-position vs prefix-per-sample training, targets/s", fast / slow, "x", goal=5.0,
+             note=f"{fast:.0f} vs {slow:.0f} targets/s")
 
 
 if __name__ == "__main__":
