@@ -145,3 +145,13 @@ def test_validation_metric_hand_computed():
     assert validation_metric(scores, cands, "ndcg", 10, "pessimistic") == pytest.approx((1 + 2 / math.log2(3)) / 3)
     scores[0] = np.nan  # a NaN target is a miss
     assert validation_metric(scores, cands, "hr", 2, "pessimistic") == pytest.approx(2 / 3)
+
+
+def test_cuda_without_a_device_is_a_config_error():
+    from mmrec.errors import ConfigError
+    from mmrec.models.sequential import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device"):
+            resolve_device("cuda")
