@@ -145,3 +145,16 @@ def test_repeated_item_history_is_not_a_leak(tmp_path):
     s = make_split(tmp_path / "ds", SplitConfig(negatives=3), tmp_path / "ds" / "splits" / "loo")
     assert s.info["leakage_check"]["passed"]
     assert list(s.examples_for("test").history[0]) == ["i1", "i2", "i1", "i3"]
+
+
+def test_candidates_file_checked_by_row_group(tables, tmp_path):
+    inter, items, ex, cand, neg = tables
+    ex_t = pa.Table.from_pandas(ex, preserve_index=False)
+    table = pa.Table.from_pandas(cand, preserve_index=False)
+    whole = tmp_path / "whole.parquet"
+    pq.write_table(table, whole, row_group_size=21 * 50)  # row groups hold whole examples
+    assert check_split(inter, items, ex_t, whole)["candidates"] == len(cand)
+    torn = tmp_path / "torn.parquet"
+    pq.write_table(table, torn, row_group_size=21 * 50 + 5)  # an example's rows straddle two row groups
+    with pytest.raises(DataError, match="split across row groups"):
+        check_split(inter, items, ex_t, torn)

@@ -14,7 +14,7 @@ import numpy as np
 
 from mmrec.errors import DataError
 
-CHUNK_ROWS = 50_000   # rows per sampling chunk: fixed, because the draws depend on it
+CHUNK_ROWS = 20_000   # rows per sampling chunk: fixed, because the draws depend on it
 _MAX_ROUNDS = 64      # vectorised rounds before the exact per-row fallback (only tiny allowed sets get there)
 
 

@@ -29,7 +29,7 @@ from mmrec.data.candidates import UserItems, sorted_unique
 from mmrec.errors import DataError
 
 STAGES = ("train", "valid", "test")
-_CHUNK = 4_000_000  # history items / candidate rows per step
+_CHUNK = 2_000_000  # history items per step
 
 
 def _codes(values: pa.Array | pa.ChunkedArray, universe: pa.Array, what: str) -> np.ndarray:
