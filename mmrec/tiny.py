@@ -69,7 +69,15 @@ assistant user system
 """
 
 
-def _train_tokenizer(specials: list[str], bos: str, eos: str, vocab_size: int = 600):
+def _prompt_lines() -> list[str]:
+    """The summarize stages' own prompt texts, so prompts tokenize about as compactly as with a real tokenizer."""
+    from mmrec.summarize.templates import ITEM_TEMPLATES, USER_TEMPLATES
+
+    texts = list(ITEM_TEMPLATES.values()) + [t for parts in USER_TEMPLATES.values() for t in parts.values()]
+    return [line for t in texts for line in t.splitlines() if line.strip()]
+
+
+def _train_tokenizer(specials: list[str], bos: str, eos: str, vocab_size: int = 1000):
     """A SentencePiece-like BPE tokenizer (Metaspace "▁" word marker), trained on `_CORPUS`."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -82,7 +90,7 @@ def _train_tokenizer(specials: list[str], bos: str, eos: str, vocab_size: int = 
     alphabet = [chr(c) for c in range(33, 127)] + ["\n", "▁"]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>"], initial_alphabet=alphabet,
                                   show_progress=False)
-    lines = [line for line in _CORPUS.strip().splitlines()]
+    lines = _CORPUS.strip().splitlines() + _prompt_lines()
     # "\nYes" makes the bare (no "▁") pieces too: chat templates ending in "\n\n" are followed by them.
     answers = [f"\n{w}" for w in ("Yes", "No", "yes", "no")]
     tok.train_from_iterator(lines * 4 + answers * 8 + ["\n".join(lines)], trainer=trainer)

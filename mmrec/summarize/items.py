@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from mmrec.data.canonical import load_dataset
-from mmrec.data.images import ImageError, ImagePolicy, safe_join
+from mmrec.data.canonical import ITEMS_FILE
+from mmrec.data.images import ImageError, load_image, safe_join
 from mmrec.errors import DataError, MmrecError
 from mmrec.io import sha256_file, sha256_text, write_parquet
 from mmrec.progress import get_logger, progress
@@ -59,7 +59,7 @@ class Unit:
 
     key: str
     user_text: str
-    image: Path | None
+    image: str | None  # path relative to the dataset directory
     size: tuple[int, int]
     item_ids: list[str] = field(default_factory=list)
 
@@ -86,8 +86,7 @@ def _str(value: Any) -> str:
 
 def plan(cfg: ItemSummaryConfig, dataset_dir: Path) -> tuple[pd.DataFrame, dict[str, Unit], dict[str, Any]]:
     """Every item's prompt and cache key (no model needed). Returns items, units by key, and item -> key|None."""
-    dataset = load_dataset(dataset_dir)
-    items = dataset.items.sort_values("item_id", kind="stable").reset_index(drop=True)
+    items = _read_items(dataset_dir)
     template = item_template(cfg.template)
     text_only = FUSION_TEXT_ONLY if cfg.template == "fusion" else (template if placeholders(template) & {"title", "text"} else None)
     fp, settings = model_fingerprint(cfg.model), cfg.settings().key()
@@ -97,23 +96,37 @@ def plan(cfg: ItemSummaryConfig, dataset_dir: Path) -> tuple[pd.DataFrame, dict[
         fields = {"title": _str(row.title), "text": _str(row.text)[: cfg.max_text_chars], "item_id": row.item_id}
         rel = _str(row.image)
         if rel:
-            try:
-                path = safe_join(dataset.root, rel)
-            except ImageError as e:
-                raise DataError(f"{dataset.root / 'items.parquet'}: item {row.item_id!r}: {e}") from None
+            path = _image_path(dataset_dir, rel, row.item_id)
             sha = _str(row.image_sha256) or (sha256_file(path) if path.is_file() else f"missing:{rel}")
-            tmpl, size = template, (int(row.image_width or 0), int(row.image_height or 0))
+            tmpl, size, image = template, (int(row.image_width or 0), int(row.image_height or 0)), rel
         elif text_only is not None:
-            path, sha, tmpl, size = None, None, text_only, (0, 0)
+            image, sha, tmpl, size = None, None, text_only, (0, 0)
         else:
             key_of[row.item_id] = None  # image-only template and no image: reported as `no_image`
             continue
         user_text = tmpl.format(**fields)
         key = cache_key("item_summary", fp, tmpl, {"image": sha, "prompt": user_text}, settings)
-        unit = units.setdefault(key, Unit(key, user_text, path, size))
+        unit = units.setdefault(key, Unit(key, user_text, image, size))
         unit.item_ids.append(row.item_id)
         key_of[row.item_id] = key
     return items, units, key_of
+
+
+def _read_items(dataset_dir: Path) -> pd.DataFrame:
+    """Only the item table (a cached re-run must not pay for reading every interaction)."""
+    path = Path(dataset_dir) / ITEMS_FILE
+    if not path.is_file():
+        raise DataError(f"{dataset_dir}: not a canonical dataset ({ITEMS_FILE} missing); create it with `mmrec prep`")
+    return pd.read_parquet(path).sort_values("item_id", kind="stable").reset_index(drop=True)
+
+
+def _image_path(dataset_dir: Path, rel: str, item_id: str) -> Path:
+    """The image's path; a path that leaves the dataset is refused now, symlinks when the image is opened."""
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or ".." in parts:
+        raise DataError(f"{Path(dataset_dir) / ITEMS_FILE}: item {item_id!r}: image path {rel!r} must stay inside "
+                        "the dataset directory")
+    return Path(dataset_dir) / rel
 
 
 def batches(units: dict[str, Unit], batch_size: int) -> list[list[Unit]]:
@@ -129,7 +142,6 @@ def summarize_items(cfg: ItemSummaryConfig, dataset_dir: str | Path, out_path: s
     items, units, key_of = plan(cfg, Path(dataset_dir))
     cache = GenerationCache(cache_dir, shard.writer)
     gen = generator or TextGenerator(lambda: load_vlm(cfg.model), cfg.settings())
-    policy = ImagePolicy(cfg.image_policy)
     stats = ItemRunStats(items=len(items), units=len(units), no_image=sum(k is None for k in key_of.values()))
     mine = [b for i, b in enumerate(batches(units, cfg.batch_size)) if shard.owns(i)]
     bar = progress(total=sum(len(b) for b in mine), desc=f"summarize-items {shard}", unit="item")
@@ -137,7 +149,7 @@ def summarize_items(cfg: ItemSummaryConfig, dataset_dir: str | Path, out_path: s
         todo = [u for u in batch if cache.get(u.key) is None]
         stats.cached += len(batch) - len(todo)
         if todo:
-            stats.generated += _run_batch(gen, todo, policy, cache, stats)
+            stats.generated += _run_batch(gen, todo, Path(dataset_dir), cfg.image_policy, cache, stats)
         bar.update(len(batch))
     bar.close()
     stats.model_calls = gen.calls
@@ -148,7 +160,7 @@ def summarize_items(cfg: ItemSummaryConfig, dataset_dir: str | Path, out_path: s
     return stats
 
 
-def _run_batch(gen: TextGenerator, todo: list[Unit], policy: ImagePolicy, cache: GenerationCache,
+def _run_batch(gen: TextGenerator, todo: list[Unit], root: Path, policy: str, cache: GenerationCache,
                stats: ItemRunStats) -> int:
     """Generate one batch and append it to the cache as one durable record; failed images are recorded too."""
     records, ok, images = [], [], []
@@ -157,13 +169,18 @@ def _run_batch(gen: TextGenerator, todo: list[Unit], policy: ImagePolicy, cache:
             ok.append(u)
             images.append(None)
             continue
-        img = policy.load(u.image)
-        if img is None:
-            records.append({"key": u.key, "error": f"{policy.skipped.get(str(u.image), 'bad')} image {u.image}"})
+        try:  # safe_join also refuses a symlink that points out of the dataset
+            img = load_image(safe_join(root, u.image))
+        except ImageError as e:
+            if policy == "fail":
+                raise ImageError(e.path, e.kind, f"{e.detail} (set item_summaries.image_policy=skip to record bad "
+                                 "images as failed and go on)") from None
+            log.warning("item image failed: %s", e)
+            records.append({"key": u.key, "error": f"{e.kind}: {e}"})
             stats.failed += 1
-        else:
-            ok.append(u)
-            images.append(img)
+            continue
+        ok.append(u)
+        images.append(img)
     if ok:
         texts = gen.generate([u.user_text for u in ok], images)
         records += [{"key": u.key, "text": t} for u, t in zip(ok, texts)]
