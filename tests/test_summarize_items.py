@@ -184,3 +184,27 @@ def test_cli_runs_shards_then_merges(world, run_cli, tmp_path):
     assert code == 0 and "generated 0, cached 10" in out and "model calls 0" in out
     code, _, err = run_cli("summarize-items", config, "--shard", "2/2")
     assert code == 2 and "--shard" in err
+
+
+def test_fusion_prompt_renders_title_and_cut_text(world, tmp_path):
+    from mmrec.summarize.items import plan
+
+    dataset, items = _copy_dataset(world, tmp_path)
+    items.loc[0, "text"] = "x" * 50
+    items.to_parquet(dataset / "items.parquet", index=False)
+    _, units, key_of = plan(_cfg(world, template="fusion", max_text_chars=10), dataset)
+    unit = units[key_of[items.loc[0, "item_id"]]]
+    assert unit.user_text == (f"Here is an item titled \"{items.loc[0, 'title']}\". Its description: xxxxxxxxxx\n"
+                              "Write one concise paragraph that describes the item, combining what the title and "
+                              "description say with what the image shows.")
+    assert unit.image == items.loc[0, "image"]
+
+
+def test_image_policy_fail_stops_with_the_file_name(world, tmp_path):
+    from mmrec.data.images import ImageError
+
+    dataset, items = _copy_dataset(world, tmp_path)
+    (dataset / items.loc[2, "image"]).write_bytes(b"")
+    with pytest.raises(ImageError, match="image_policy=skip") as e:
+        _run(world, tmp_path, cfg=_cfg(world, image_policy="fail"), dataset=dataset)
+    assert items.loc[2, "image"] in str(e.value)
