@@ -105,6 +105,11 @@ def _model_kwargs(spec: ModelSpec, skip: list[str]) -> dict[str, Any]:
 def _load_config(spec: ModelSpec) -> Any:
     from transformers import AutoConfig
 
+    if os.environ.get("MMREC_NO_PROGRESS", "") not in ("", "0"):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars in tests and CI logs
+
     try:
         return AutoConfig.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
     except (OSError, ValueError) as e:
