@@ -127,7 +127,7 @@ def load_vlm(spec: ModelSpec) -> LoadedVLM:
     # transformers 5 matches skip-module names from the start of the full module name.
     skip = ["lm_head", "model.multi_modal_projector", "model.vision_tower", "multi_modal_projector", "vision_tower"]
     try:
-        processor = AutoProcessor.from_pretrained(spec.name_or_path, backend=spec.image_backend, **_common_kwargs(spec))
+        processor = _load_processor(spec)
         model = AutoModelForImageTextToText.from_pretrained(spec.name_or_path, **_model_kwargs(spec, skip))
     except (OSError, ValueError) as e:
         raise MmrecError(f"cannot load vision-language model '{spec.name_or_path}': {e}".splitlines()[0]) from None
@@ -138,6 +138,23 @@ def load_vlm(spec: ModelSpec) -> LoadedVLM:
     model.eval()
     log.debug("loaded %s (%s) from %s", type(model).__name__, family, spec.name_or_path)
     return LoadedVLM(model=model, processor=processor, tokenizer=tokenizer, family=family, spec=spec)
+
+
+def _load_processor(spec: ModelSpec) -> Any:
+    """The processor with its image processor on `spec.image_backend`. Some processors have parts that exist on one
+    backend only (LLaVA-OneVision's video processor needs torchvision): then only the image part gets the backend."""
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    kw = _common_kwargs(spec)
+    try:
+        return AutoProcessor.from_pretrained(spec.name_or_path, backend=spec.image_backend, **kw)
+    except ImportError as e:
+        if "backend" not in str(e):
+            raise
+    processor = AutoProcessor.from_pretrained(spec.name_or_path, **kw)
+    if getattr(processor, "image_processor", None) is not None:
+        processor.image_processor = AutoImageProcessor.from_pretrained(spec.name_or_path, backend=spec.image_backend, **kw)
+    return processor
 
 
 def load_llm(spec: ModelSpec) -> LoadedLM:
