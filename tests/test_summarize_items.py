@@ -145,6 +145,7 @@ def test_shards_merge_to_the_single_process_table(world, reference, tmp_path):
 def test_items_without_image_or_with_a_broken_one_are_marked(world, tmp_path):
     dataset, items = _copy_dataset(world, tmp_path)
     items.loc[0, ["image", "image_sha256", "image_width", "image_height"]] = None
+    items.loc[2, ["image_sha256", "image_width", "image_height"]] = None  # unknown: hashed here, size unknown
     (dataset / items.loc[1, "image"]).write_bytes(b"not a png")
     items.loc[1, "image_sha256"] = "changed"
     items.to_parquet(dataset / "items.parquet", index=False)

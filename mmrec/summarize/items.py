@@ -84,6 +84,11 @@ def _str(value: Any) -> str:
     return "" if value is None or (isinstance(value, float) and value != value) else str(value)
 
 
+def _int(value: Any) -> int:
+    """A nullable integer cell (None, NaN or pd.NA when unknown) as an int, 0 when unknown."""
+    return 0 if value is None or pd.isna(value) else int(value)
+
+
 def plan(cfg: ItemSummaryConfig, dataset_dir: Path) -> tuple[pd.DataFrame, dict[str, Unit], dict[str, Any]]:
     """Every item's prompt and cache key (no model needed). Returns items, units by key, and item -> key|None."""
     items = _read_items(dataset_dir)
@@ -98,7 +103,7 @@ def plan(cfg: ItemSummaryConfig, dataset_dir: Path) -> tuple[pd.DataFrame, dict[
         if rel:
             path = _image_path(dataset_dir, rel, row.item_id)
             sha = _str(row.image_sha256) or (sha256_file(path) if path.is_file() else f"missing:{rel}")
-            tmpl, size, image = template, (int(row.image_width or 0), int(row.image_height or 0)), rel
+            tmpl, size, image = template, (_int(row.image_width), _int(row.image_height)), rel
         elif text_only is not None:
             image, sha, tmpl, size = None, None, text_only, (0, 0)
         else:
