@@ -23,7 +23,7 @@ from mmrec.progress import get_logger, progress
 from mmrec.summarize.cache import GenerationCache, cache_key, model_fingerprint
 from mmrec.summarize.generation import GenerationSettings, TextGenerator
 from mmrec.summarize.shard import Shard
-from mmrec.summarize.templates import user_templates
+from mmrec.summarize.templates import placeholders, user_templates
 from mmrec.vlm import ModelSpec, load_llm
 
 log = get_logger(__name__)
@@ -133,7 +133,7 @@ class Prompter:
         items = self.items_text(block)
         text = template.format(items=items, previous=previous or "", user_id=user_id)
         inputs = {"items": items, "previous": None if previous is None else sha256_text(previous),
-                  "user": user_id if "{user_id}" in template else None}
+                  "user": user_id if "user_id" in placeholders(template) else None}
         return text, cache_key("user_preference", self.fp, template, inputs, self.settings)
 
 
