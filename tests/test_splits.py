@@ -142,6 +142,10 @@ def test_tampering_is_detected(synthetic_dataset, tmp_path):
     cand.write_bytes(cand.read_bytes() + b"x")
     with pytest.raises(DataError, match="modified since the split was made"):
         load_split(tmp_path / "s")
+    with pytest.raises(DataError, match="--force"):
+        make_split(ds, SplitConfig(negatives=5), tmp_path / "s")
+    assert make_split(ds, SplitConfig(negatives=5), tmp_path / "s", overwrite=True).candidates_sha256
+    load_split(tmp_path / "s")  # rebuilt: verifies again
     make_split(ds, SplitConfig(negatives=6), tmp_path / "t")
     inter = pd.read_parquet(ds / "interactions.parquet").iloc[:-1]
     inter.to_parquet(ds / "interactions.parquet", index=False)
@@ -201,3 +205,20 @@ def test_cli_default_out(run_cli, small):
     assert code == 0 and json.loads(stdout)["split"] == str(small / "splits" / "t")
     assert load_split(small / "splits" / "t").info["protocol"] == "temporal"
     assert np.isfinite(load_split(small / "splits" / "t").info["params"]["valid_time"])
+
+
+def test_refuses_to_replace_a_foreign_directory(small, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="not a split directory"):
+        make_split(small, SplitConfig(negatives=2), tmp_path / "mine", overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_nothing_to_split_is_an_error(tmp_path):
+    ds = _dataset(tmp_path / "ds", [("a", "i0", 1), ("b", "i1", 2)])
+    with pytest.raises(DataError, match="gives no example"):
+        make_split(ds, SplitConfig(negatives=2), tmp_path / "s")
+    empty = _dataset(tmp_path / "empty", [])
+    with pytest.raises(DataError, match="no interactions"):
+        make_split(empty, SplitConfig(protocol="temporal"), tmp_path / "e")

@@ -296,11 +296,9 @@ def _write_candidates(path: Path, c: Coded, ex: Examples, cfg: SplitConfig, seen
             chunks = cand.sample_negatives(g, users, n, seen, weights)
             for sl, neg in progress(chunks, total=-(-len(rows) // cand.CHUNK_ROWS), desc=f"{stage} candidates", unit="chunk"):
                 items = np.concatenate([c.item[ex.target[rows[sl]]][:, None], neg], axis=1)
-                labels = np.zeros(items.shape, dtype=np.int8)
-                labels[:, 0] = 1
-                # shuffle each row so a candidate's position says nothing about its label
+                # shuffle each row so a candidate's position says nothing about its label (the target is column 0)
                 perm = g.permuted(np.broadcast_to(np.arange(n + 1), items.shape), axis=1)
-                items, labels = np.take_along_axis(items, perm, 1), np.take_along_axis(labels, perm, 1)
+                items, labels = np.take_along_axis(items, perm, 1), (perm == 0).astype(np.int8)
                 writer.write_table(pa.table({
                     "user_id": c.user_ids.take(pa.array(np.repeat(users[sl], n + 1))),
                     "stage": pa.array([stage]).take(pa.array(np.zeros(items.size, dtype=np.int32))),
@@ -339,16 +337,30 @@ def make_split(dataset_dir: str | Path, cfg: SplitConfig, out_dir: str | Path, o
         old = read_json(out_dir / SPLIT_FILE)
         same = old.get("config") == to_dict(cfg) and old.get("dataset", {}).get("fingerprint") == fingerprint
         if same:
-            log.info("split %s already exists with the same config and dataset; kept", out_dir)
-            return load_split(out_dir)
-        if not overwrite:
+            try:
+                split = load_split(out_dir)
+                log.info("split %s already exists with the same config and dataset; kept", out_dir)
+                return split
+            except DataError:
+                if not overwrite:
+                    raise
+        elif not overwrite:
             raise ConfigError(f"{out_dir}: a split made with a different config or dataset exists; "
                               "choose another --out (or split name), or pass --force to replace it")
+    elif out_dir.is_dir() and any(out_dir.iterdir()):
+        raise ConfigError(f"{out_dir}: exists and is not a split directory; choose another --out or remove it")
     t0 = time.perf_counter()
     items = pq.read_table(dataset_dir / ITEMS_FILE, columns=["item_id"])["item_id"].combine_chunks()
     interactions = pq.read_table(dataset_dir / INTERACTIONS_FILE, columns=["user_id", "item_id", "timestamp"])
     c = Coded.from_table(interactions, items)
+    if not len(c.user):
+        raise DataError(f"{dataset_dir / INTERACTIONS_FILE}: no interactions to split")
     ex = PROTOCOLS[cfg.protocol](c, cfg)
+    if not len(ex.user):
+        raise DataError(f"{dataset_dir}: protocol {cfg.protocol!r} gives no example (users have too few interactions; "
+                        "loo needs 2, paper 2 distinct items, temporal one before a cut time)")
+    if not (ex.stage == 2).any():
+        log.warning("split %s: no test examples under protocol %r", out_dir, cfg.protocol)
     seen = cand.UserItems.build(c.user, c.item, len(c.user_ids), len(c.item_ids))
     weights = cand.item_weights(cfg.sampling, np.bincount(c.item, minlength=len(c.item_ids)), cfg.popularity_alpha)
     examples = _examples_table(c, ex)
@@ -360,11 +372,7 @@ def make_split(dataset_dir: str | Path, cfg: SplitConfig, out_dir: str | Path, o
         leakage = check_split(interactions, items, examples, tmp / CANDIDATES_FILE, train_neg)
         stage_counts = {s: int((ex.stage == k).sum()) for k, s in enumerate(STAGES)}
         info = {
-            "protocol": cfg.protocol,
-            "config": to_dict(cfg),
-            "seed": cfg.seed,
-            "params": ex.params,
-            "tie_break": TIE_BREAK,
+            "protocol": cfg.protocol, "config": to_dict(cfg), "seed": cfg.seed, "params": ex.params, "tie_break": TIE_BREAK,
             "dataset": {"path": _dataset_ref(dataset_dir, out_dir), "fingerprint": fingerprint},
             "files": {f: sha256_file(tmp / f) for f in (EXAMPLES_FILE, CANDIDATES_FILE, TRAIN_NEG_FILE)},
             "counts": {"users": len(c.user_ids), "items": len(c.item_ids), "interactions": len(c.user),
