@@ -15,10 +15,21 @@ from pathlib import Path
 from mmrec.config import from_dict
 from mmrec.data.splits import Split, SplitConfig, make_split
 
-_FIELDS = {  # flag -> SplitConfig field (None defaults keep the dataclass default)
-    "protocol": str, "name": str, "seed": int, "negatives": int, "valid_negatives": int, "sampling": str,
-    "popularity_alpha": float, "train_negatives": int, "max_history": int, "valid_quantile": float,
-    "test_quantile": float, "valid_time": int, "test_time": int, "top_k": int,
+_FIELDS = {  # SplitConfig field -> (type, help); an option left out keeps the dataclass default
+    "protocol": (str, "loo (leave-one-out), temporal (global cut times) or paper (MLLM-MSR)"),
+    "name": (str, "split name, the directory under DATASET/splits/ (default: the protocol)"),
+    "seed": (int, "seed of every draw"),
+    "negatives": (int, "test negatives per evaluated example"),
+    "valid_negatives": (int, "valid negatives (default: --negatives, or 1 for paper)"),
+    "sampling": (str, "negatives drawn uniformly or by popularity"),
+    "popularity_alpha": (float, "popularity sampling weight = count ** alpha"),
+    "train_negatives": (int, "training negatives per train example"),
+    "max_history": (int, "keep only the last N history items (default: all)"),
+    "valid_quantile": (float, "temporal: valid cut time as a quantile of all timestamps"),
+    "test_quantile": (float, "temporal: test cut time as a quantile of all timestamps"),
+    "valid_time": (int, "temporal: absolute valid cut timestamp"),
+    "test_time": (int, "temporal: absolute test cut timestamp"),
+    "top_k": (int, "paper: most popular items kept per user (6 MicroLens, 11 Amazon)"),
 }
 
 
@@ -27,10 +38,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="split directory (default DATASET/splits/<name or protocol>)")
     parser.add_argument("--force", action="store_true", help="replace an existing split made with other options")
     choices = {"protocol": ["loo", "temporal", "paper"], "sampling": ["uniform", "popularity"]}
-    for name, typ in _FIELDS.items():
+    for name, (typ, helptext) in _FIELDS.items():
         default = SplitConfig.__dataclass_fields__[name].default
         parser.add_argument("--" + name.replace("_", "-"), type=typ, default=None, choices=choices.get(name),
-                            help=f"(default {default})")
+                            help=helptext if default is None else f"{helptext} (default {default})")
     parser.add_argument("--user-fractions", type=float, nargs=3, metavar=("TRAIN", "VALID", "TEST"),
                         help="paper protocol: user fractions (default 0.8 0.1 0.1)")
 
