@@ -1,0 +1,278 @@
+"""LoRA / QLoRA finetuning of the VLM Yes/No recommender: `mmrec finetune CONFIG --model NAME`
+(`accelerate launch -m finetune CONFIG ...` for several processes, GPUs or nodes: DDP, or FSDP/DeepSpeed
+through an accelerate config file).
+
+Top to bottom: read the split's training rows (positives + negatives) and validation candidates, load the base
+VLM (4-bit for QLoRA), wrap it with LoRA, then loop over seeded epochs of micro-batches with gradient
+accumulation, clipping and a warm-up + cosine/linear schedule; every `eval_every` steps (or epoch) score the
+validation candidates with the same scorer `mmrec score` uses and keep the adapter with the best AUC; every
+`checkpoint_every` steps write a resumable checkpoint. A model with `finetune: false` (zero-shot baselines)
+only records its base model and its validation AUC.
+
+Checkpoint directory: adapter/ (best adapter, `PeftModel.from_pretrained`), merged/ (optional), vlm_rec.json
+(run record), train_log.jsonl + tb/ (TensorBoard), last/ (resumable state).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from finetune.vlm_data import batches_per_epoch, epoch_batches, training_rows, validation_rows
+from mmrec.config import to_dict
+from mmrec.errors import ConfigError
+from mmrec.experiment import ExperimentConfig
+from mmrec.io import atomic_dir, hash_json, read_json, write_json, write_text
+from mmrec.metrics import global_auc
+from mmrec.models.vlm_adapter import apply_lora, merge_adapter
+from mmrec.models.vlm_context import report_missing
+from mmrec.models.vlm_forward import lm_loss, model_device, train_batch, vision_dtype, yes_no_loss
+from mmrec.models.vlm_rec import resolve
+from mmrec.models.vlm_scorer import ADAPTER_DIR, RUN_FILE, VLMScorer, build_context, make_builder, open_split
+from mmrec.models.vlm_train_state import LoopState, has_state, load_state, rng_state, save_state
+from mmrec.progress import get_logger, progress
+from mmrec.seeding import derive_seed, seed_everything
+
+LOG_FILE = "train_log.jsonl"
+log = get_logger("finetune.vlm_lora")
+
+
+def _fingerprint(cfg: ExperimentConfig, mcfg: Any, candidates_sha256: str) -> str:
+    """Same run = same model settings (scoring speed knobs aside), seed and split."""
+    settings = {k: v for k, v in to_dict(mcfg).items() if k != "score"}
+    return hash_json({"model": settings, "seed": cfg.seed, "candidates": candidates_sha256})
+
+
+def _peak_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def validate(scorer: VLMScorer, valid) -> float:
+    """Global AUC of the model on the validation candidates (NaN scores count against it)."""
+    if not len(valid):
+        return float("nan")
+    return global_auc(valid["label"].to_numpy(), scorer.score(valid))
+
+
+def _scheduler(optimizer: Any, tcfg: Any, total_steps: int) -> Any:
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if tcfg.schedule == "constant" else tcfg.schedule
+    return get_scheduler(name, optimizer, num_warmup_steps=tcfg.warmup_steps, num_training_steps=total_steps)
+
+
+class RunLog:
+    """train_log.jsonl plus TensorBoard events; a resumed run first drops what came after its checkpoint."""
+
+    def __init__(self, out_dir: Path, step: int, enabled: bool):
+        self.path, self.enabled = out_dir / LOG_FILE, enabled
+        self.writer = None
+        if not enabled:
+            return
+        kept = []
+        if self.path.is_file() and step > 0:
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        write_text("".join(line + "\n" for line in kept), self.path)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(out_dir / "tb"), purge_step=step if step > 0 else None)
+
+    def write(self, entry: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        for key, value in entry.items():
+            if key not in ("step", "epoch", "best") and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key, value, entry["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _record(out_dir: Path, info: dict[str, Any], accelerator: Any) -> None:
+    if accelerator.is_main_process:
+        write_json(info, out_dir / RUN_FILE)
+
+
+def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) -> Path:
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    from mmrec.vlm import load_vlm
+
+    mcfg, tcfg, out_dir = resolve(cfg, name), resolve(cfg, name).train, Path(out_dir)
+    split = open_split(cfg, mcfg)
+    fingerprint = _fingerprint(cfg, mcfg, split.candidates_sha256)
+    previous = read_json(out_dir / RUN_FILE) if (out_dir / RUN_FILE).is_file() else None
+    if resume and previous is not None:
+        if previous.get("fingerprint") != fingerprint:
+            raise ConfigError(f"{out_dir} holds a run of '{name}' with other settings or another split; "
+                              "re-run with --no-resume to train from scratch (it replaces that run)")
+        if previous.get("finished"):
+            log.info(f"{name}: already trained (best valid AUC {previous.get('best_auc')}), kept")
+            return out_dir
+    resuming = resume and previous is not None and has_state(out_dir)
+
+    accelerator = Accelerator(mixed_precision=tcfg.precision)
+    main, rank, nproc = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    seed_everything(cfg.seed)
+    loaded = load_vlm(mcfg.model)
+    builder = make_builder(loaded, mcfg.use_image, mcfg.prompt_order, tcfg.max_length)
+    context = build_context(cfg, mcfg, split)
+    valid = validation_rows(split, tcfg.valid_users, cfg.seed)
+    info = {"kind": "vlm", "model": name, "variant": mcfg.variant, "base": to_dict(mcfg.model), "seed": cfg.seed,
+            "fingerprint": fingerprint, "candidates_sha256": split.candidates_sha256, "finished": False,
+            "yes_id": builder.yes_id, "no_id": builder.no_id, "adapter": None, "best_auc": None}
+    if main and not resuming:
+        shutil.rmtree(out_dir, ignore_errors=True)  # never mix a fresh run with an older one's files
+        out_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    _record(out_dir, info, accelerator)
+
+    if not mcfg.finetune:  # zero-shot: record the base model and how it does on validation
+        scorer = VLMScorer(loaded.model, builder, context, loaded.family, mcfg.score.batch_size,
+                           mcfg.score.prefix_cache, desc=f"{name} valid")
+        auc = validate(scorer, valid) if main else float("nan")
+        info.update(finished=True, best_auc=auc if math.isfinite(auc) else None, valid_missing=len(scorer.missing))
+        _record(out_dir, info, accelerator)
+        log.info(f"{name}: zero-shot, base model recorded; valid AUC {auc:.4f}")
+        return out_dir
+
+    # Training rows: a row the prompt cannot be built for is reported and left out, never silently.
+    rows = training_rows(split, tcfg.negatives, cfg.seed)
+    reasons = context.check(rows)
+    skipped = report_missing(rows, reasons, f"{name} training rows")
+    rows = rows[reasons == ""].reset_index(drop=True)
+    if not len(rows):
+        raise ConfigError(f"model '{name}': no training row has a preference and an image; see the warning above")
+
+    torch.manual_seed(derive_seed(cfg.seed, name, "lora_init"))
+    model = apply_lora(loaded.model, mcfg.lora, mcfg.model.quantization is not None, tcfg.gradient_checkpointing)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    n_batches = batches_per_epoch(len(rows), tcfg.batch_size, nproc)
+    steps_per_epoch = -(-n_batches // tcfg.grad_accum)
+    total_steps = steps_per_epoch * tcfg.epochs
+    scheduler = _scheduler(optimizer, tcfg, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    plain = accelerator.unwrap_model(model)
+    torch.manual_seed(derive_seed(cfg.seed, name, "dropout", rank))  # per-process dropout streams
+    state = LoopState()
+    if resuming:
+        state, _ = load_state(out_dir, plain, optimizer, scheduler, rank)
+        log.info(f"{name}: resuming at step {state.step}/{total_steps} (epoch {state.epoch + 1}, batch {state.batch})")
+    run_log = RunLog(out_dir, state.step, enabled=main)
+    scorer = VLMScorer(plain, builder, context, loaded.family, mcfg.score.batch_size, mcfg.score.prefix_cache,
+                       desc=f"{name} valid")
+    encoder = VLMScorer(plain, builder, context, loaded.family)  # same prompts as scoring, for training rows
+    users, stages, items, labels = (rows[c].to_numpy() for c in ("user_id", "stage", "item_id", "label"))
+    device, pixel_dtype = model_device(plain), vision_dtype(plain)
+    info.update(train_rows=len(rows), skipped_rows=len(skipped), steps=total_steps, processes=nproc,
+                trainable_params=sum(p.numel() for p in trainable))
+    _record(out_dir, info, accelerator)
+    log.info(f"{name}: {len(rows)} training rows, {len(valid)} validation candidates, {total_steps} steps on "
+             f"{nproc} process(es), {info['trainable_params']} trainable parameters")
+
+    def evaluate_and_keep(epoch: int) -> None:
+        auc = float("nan")
+        if main:
+            auc = validate(scorer, valid)
+            improved = not math.isfinite(state.best_auc) or (math.isfinite(auc) and auc > state.best_auc)
+            if improved or not len(valid):
+                state.best_auc, state.best_step = (auc if math.isfinite(auc) else state.best_auc), state.step
+                with atomic_dir(out_dir / ADAPTER_DIR) as tmp:
+                    plain.save_pretrained(str(tmp))
+            run_log.write({"step": state.step, "epoch": epoch, "valid_auc": auc, "best": bool(improved)})
+            log.info(f"{name} step {state.step}: valid AUC {auc:.4f}" + (" (best)" if improved else ""))
+        accelerator.wait_for_everyone()
+
+    bar = progress(total=total_steps, desc=f"train {name}", unit="step")
+    bar.update(state.step)
+    window_loss, window_n, window_tokens, t0 = 0.0, 0, 0, time.perf_counter()
+    start_time = time.perf_counter() - state.seconds
+    model.train()
+    for epoch in range(state.epoch, tcfg.epochs):
+        start = state.batch if epoch == state.epoch else 0
+        for b, idx in epoch_batches(len(rows), tcfg.batch_size, nproc, rank, cfg.seed, epoch, start):
+            step_start = b - b % tcfg.grad_accum
+            in_step = min(tcfg.grad_accum, n_batches - step_start)
+            last = b == step_start + in_step - 1
+            enc = [encoder.encode(users[i], stages[i], items[i]) for i in idx]
+            answers = [builder.answer_ids(int(labels[i])) for i in idx]
+            prefixes = [builder.fit(p, s.ids, extra=len(a)) for (p, s), a in zip(enc, answers)]
+            batch = train_batch(prefixes, [s for _, s in enc], answers, encoder.pad_id, _image_id(loaded),
+                                mcfg.loss != "full", device, pixel_dtype)
+            sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
+            with sync:  # the prepared model runs under autocast when `precision` asks for it
+                logits = model(**batch.inputs).logits
+                loss = (yes_no_loss(logits, batch, builder.yes_id, builder.no_id) if mcfg.loss == "yes_no"
+                        else lm_loss(logits, batch.labels)[0])
+                accelerator.backward(loss / in_step)
+            window_loss, window_tokens = window_loss + float(loss.detach()) / in_step, window_tokens + batch.tokens
+            if not last:
+                continue
+            if tcfg.clip > 0:
+                accelerator.clip_grad_norm_(trainable, tcfg.clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step, state.epoch, state.batch = state.step + 1, epoch, b + 1
+            window_n += 1
+            bar.update(1)
+            if state.step % tcfg.log_every == 0 or state.step == total_steps:
+                tokens = int(accelerator.reduce(torch.tensor(window_tokens, device=device), "sum"))
+                mean_loss = float(accelerator.reduce(torch.tensor(window_loss / window_n, device=device), "mean"))
+                dt = time.perf_counter() - t0
+                state.tokens += tokens
+                run_log.write({"step": state.step, "epoch": epoch, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                               "tokens_per_s": tokens / dt, "peak_mem_mb": _peak_mb()})
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                window_loss, window_n, window_tokens, t0 = 0.0, 0, 0, time.perf_counter()
+            end_of_epoch = b + 1 == n_batches
+            if end_of_epoch:
+                state.epoch, state.batch = epoch + 1, 0
+            if (tcfg.eval_every and state.step % tcfg.eval_every == 0) or (end_of_epoch and not tcfg.eval_every):
+                evaluate_and_keep(epoch)
+            if state.step % tcfg.checkpoint_every == 0 or state.step == total_steps:
+                state.seconds = time.perf_counter() - start_time
+                checkpoint(out_dir, plain, optimizer, scheduler, state, gather_object([rng_state()]), fingerprint,
+                           main)
+                accelerator.wait_for_everyone()
+    bar.close()
+    if state.best_step < 0:  # validation never ran (eval_every beyond the last step)
+        evaluate_and_keep(tcfg.epochs - 1)
+    run_log.close()
+    if main and tcfg.merge:
+        merge_adapter(mcfg.model, out_dir / ADAPTER_DIR, out_dir / "merged")
+    info.update(finished=True, adapter=ADAPTER_DIR, best_auc=state.best_auc if math.isfinite(state.best_auc) else None,
+                best_step=state.best_step, tokens=state.tokens, seconds=time.perf_counter() - start_time,
+                peak_mem_mb=_peak_mb(), truncated_prompts=builder.truncated, merged="merged" if tcfg.merge else None)
+    _record(out_dir, info, accelerator)
+    accelerator.wait_for_everyone()
+    return out_dir
+
+
+def checkpoint(out_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: LoopState,
+               rng_states: list[torch.Tensor], fingerprint: str, main: bool) -> None:
+    """Write the resumable state (main process); a separate function so tests can interrupt right after it."""
+    if main:
+        save_state(out_dir, model, optimizer, scheduler, state, rng_states, fingerprint)
+
+
+def _image_id(loaded: Any) -> int | None:
+    tok = loaded.tokenizer
+    tid = tok.convert_tokens_to_ids(loaded.image_token)
+    return None if tid is None or tid == tok.unk_token_id else int(tid)
+

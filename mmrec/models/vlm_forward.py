@@ -1,0 +1,175 @@
+"""Batched forward passes of the VLM recommender: P(Yes) at the last prompt position, with or without a shared
+prefix key/value cache, and the padded training batch.
+
+Sequences are right-padded and the logits are read at each row's last real token, so a row's score never
+depends on the other rows of its batch (causal attention never looks right) and positions need no correction.
+With the prefix cache, the prefixes of several users are run once (right-padded, `use_cache`), the cache rows
+are gathered for each candidate, and only the suffixes are run: the attention mask then has a hole where a
+short prefix was padded, and explicit position ids continue each row's own prefix.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from mmrec.models.vlm_prompt import EncodedItem
+
+
+def model_device(model: Any) -> torch.device:
+    dev = getattr(model, "device", None)
+    return dev if isinstance(dev, torch.device) else next(model.parameters()).device
+
+
+def vision_dtype(model: Any) -> torch.dtype:
+    for name, p in model.named_parameters():
+        if "vision" in name and p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def stack_pixels(items: Sequence[EncodedItem], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """pixel_values (and image_sizes) of a batch; LLaVA-NeXT tile counts differ per image, so pad them."""
+    pix = [it.pixel_values for it in items if it.pixel_values is not None]
+    if not pix:
+        return {}
+    if pix[0].dim() == 5:  # [1, tiles, C, H, W]
+        tiles = max(p.shape[1] for p in pix)
+        pix = [torch.nn.functional.pad(p, (0, 0, 0, 0, 0, 0, 0, tiles - p.shape[1])) for p in pix]
+    out = {"pixel_values": torch.cat(pix).to(device=device, dtype=dtype)}
+    sizes = [it.image_sizes for it in items if it.image_sizes is not None]
+    if sizes:
+        out["image_sizes"] = torch.cat(sizes).to(device)
+    return out
+
+
+def _pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and their attention mask."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _p_yes(logits: torch.Tensor, last: torch.Tensor, yes_id: int, no_id: int) -> torch.Tensor:
+    """softmax over the (Yes, No) logits at each row's last real position -> P(Yes), float64."""
+    at = logits[torch.arange(logits.shape[0], device=logits.device), last.to(logits.device)]
+    pair = at[:, [yes_id, no_id]].double()
+    return torch.softmax(pair, dim=-1)[:, 0]
+
+
+@torch.no_grad()
+def plain_p_yes(model: Any, prefixes: Sequence[list[int]], items: Sequence[EncodedItem], yes_id: int, no_id: int,
+                pad_id: int) -> torch.Tensor:
+    """One forward over whole prompts (prefix + suffix per row)."""
+    dev = model_device(model)
+    ids, mask = _pad([p + it.ids for p, it in zip(prefixes, items)], pad_id)
+    out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                **stack_pixels(items, dev, vision_dtype(model)), logits_to_keep=0)
+    return _p_yes(out.logits, mask.sum(1) - 1, yes_id, no_id).cpu()
+
+
+@torch.no_grad()
+def prefix_cache(model: Any, prefixes: Sequence[list[int]], pad_id: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Run the prefixes once: (key/value cache, their attention mask, their lengths)."""
+    dev = model_device(model)
+    ids, mask = _pad(prefixes, pad_id)
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=True,
+                logits_to_keep=1)
+    return out.cache, mask, mask.sum(1)
+
+
+def select_cache(cache: Any, rows: torch.Tensor) -> Any:
+    """A new cache holding `cache`'s batch rows `rows` (repeats allowed); the original stays untouched."""
+    from transformers import DynamicCache
+
+    new = DynamicCache()
+    for layer_idx, layer in enumerate(cache.layers):
+        idx = rows.to(layer.keys.device)
+        new.update(layer.keys[idx], layer.values[idx], layer_idx)
+    return new
+
+
+@torch.no_grad()
+def cached_p_yes(model: Any, cache: Any, prefix_mask: torch.Tensor, prefix_len: torch.Tensor, owner: torch.Tensor,
+                 items: Sequence[EncodedItem], yes_id: int, no_id: int, pad_id: int) -> torch.Tensor:
+    """The suffixes of `items` after the cached prefix rows `owner` (one per item)."""
+    dev = model_device(model)
+    ids, mask = _pad([it.ids for it in items], pad_id)
+    attn = torch.cat([prefix_mask[owner], mask], dim=1)
+    pos = prefix_len[owner][:, None] + torch.arange(ids.shape[1])[None, :]
+    out = model(input_ids=ids.to(dev), attention_mask=attn.to(dev), position_ids=pos.to(dev),
+                cache=select_cache(cache, owner), **stack_pixels(items, dev, vision_dtype(model)))
+    return _p_yes(out.logits, mask.sum(1) - 1, yes_id, no_id).cpu()
+
+
+def plan_batches(owners: Sequence[int], batch_size: int) -> Iterator[list[list[int]]]:
+    """Group consecutive rows (sorted by owner) into prefix groups of whole owners with at most `batch_size`
+    rows; yields each group as a list of row chunks (one owner with more rows than a batch gets several)."""
+    group: list[int] = []
+    i, n = 0, len(owners)
+    while i < n:
+        j = i
+        while j < n and owners[j] == owners[i]:
+            j += 1
+        if group and len(group) + (j - i) > batch_size:
+            yield [group]
+            group = []
+        group.extend(range(i, j))
+        if len(group) > batch_size:
+            yield [group[k:k + batch_size] for k in range(0, len(group), batch_size)]
+            group = []
+        i = j
+    if group:
+        yield [group]
+
+
+@dataclass
+class TrainBatch:
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor  # -100 where no loss is taken
+    tokens: int  # real (non-pad) tokens, for tokens/s
+    answer_pos: torch.Tensor  # per row, the position whose logits predict the answer token (the prompt's last)
+
+
+def train_batch(prefixes: Sequence[list[int]], items: Sequence[EncodedItem], answers: Sequence[list[int]],
+                pad_id: int, image_token_id: int | None, answer_only: bool, device: torch.device,
+                pixel_dtype: torch.dtype) -> TrainBatch:
+    """Right-padded prompt + answer rows. `answer_only`: loss on the answer tokens; otherwise on every real token
+    but the image placeholders (what the reference code trains on, image ids aside)."""
+    seqs = [p + it.ids + a for p, it, a in zip(prefixes, items, answers)]
+    ids, mask = _pad(seqs, pad_id)
+    labels = torch.full_like(ids, -100)
+    for i, (p, it, a) in enumerate(zip(prefixes, items, answers)):
+        start = 0 if not answer_only else len(p) + len(it.ids)
+        labels[i, start: len(seqs[i])] = ids[i, start: len(seqs[i])]
+    if image_token_id is not None:
+        labels[ids == image_token_id] = -100
+    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+              **stack_pixels(items, device, pixel_dtype)}
+    answer_pos = torch.tensor([len(p) + len(it.ids) - 1 for p, it in zip(prefixes, items)])
+    return TrainBatch(inputs=inputs, labels=labels.to(device), tokens=int(mask.sum()), answer_pos=answer_pos)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross-entropy over labelled positions, and how many there were."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    n = int((shift_labels != -100).sum())
+    loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                                             shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+    return loss / max(n, 1), n
+
+
+def yes_no_loss(logits: torch.Tensor, batch: TrainBatch, yes_id: int, no_id: int) -> torch.Tensor:
+    """Cross-entropy over the (Yes, No) pair at the last prompt position: exactly the quantity scoring reads."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    at = logits[rows, batch.answer_pos.to(logits.device)][:, [yes_id, no_id]].float()
+    answer = batch.labels[rows, (batch.answer_pos + 1).to(logits.device)]
+    target = (answer != yes_id).long()  # 0 = Yes, 1 = No
+    return torch.nn.functional.cross_entropy(at, target)

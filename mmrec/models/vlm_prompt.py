@@ -1,0 +1,125 @@
+"""The Yes/No recommendation prompt of the VLM recommender, split into a shared prefix and a per-item suffix.
+
+With `preference_first` (the default) the prompt is
+
+    <template head> <preference section>  |  <image> <title + question> <template tail>
+    '------------ prefix (per user) -----'  '-------------- suffix (per item) --------'
+
+so every candidate of a user shares the prefix (its key/value cache is computed once) and the suffix depends only
+on the item (it is tokenized, and its image processed, once per item). `image_first` is the paper's order
+(image, then preference, then question): nothing user-specific is shared, so it is scored by plain forwards.
+
+Both halves come from one chat-template rendering split at a sentinel, and are tokenized separately; training,
+validation and scoring all use these same ids, so a model never sees one tokenization in training and another
+at test time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+PromptOrder = Literal["preference_first", "image_first"]
+
+_SPLIT = "\u0000MMREC_SPLIT\u0000"  # never produced by a tokenizer or a chat template
+
+PREFERENCE_INTRO = "Based on the user's interaction history, the user's preference can be summarized as follows: "
+QUESTION_IMAGE = ('The image shows a candidate item titled "{title}". Given the preference above, would the user '
+                  "interact with this item next? Answer with only Yes or No.")
+QUESTION_TEXT = ('A candidate item is titled "{title}". Given the preference above, would the user interact with '
+                 "this item next? Answer with only Yes or No.")
+
+
+@dataclass
+class EncodedItem:
+    """One candidate's suffix: token ids (image placeholders already expanded) and its processed image."""
+
+    ids: list[int]
+    pixel_values: torch.Tensor | None = None  # [1, ...] as the processor returns it for one image
+    image_sizes: torch.Tensor | None = None  # [1, 2] for LLaVA-NeXT (anyres), else None
+
+
+class PromptBuilder:
+    """Renders and tokenizes prompts for one model's processor/tokenizer.
+
+    `answer_ids` are the ids the model must produce after the prompt (the leading-space " Yes"/" No" token, as
+    the tokenizer really continues the prompt, then end-of-sequence); `yes_id`/`no_id` are read by the scorer.
+    """
+
+    def __init__(self, loaded: Any, yes_id: int, no_id: int, *, use_image: bool = True,
+                 order: PromptOrder = "preference_first", max_length: int = 1024):
+        self.loaded = loaded
+        self.processor = loaded.processor
+        self.tokenizer = loaded.tokenizer
+        self.yes_id, self.no_id = int(yes_id), int(no_id)
+        self.use_image = use_image
+        self.order = order
+        self.max_length = max_length
+        self.truncated = 0  # prompts whose preference had to be shortened to fit max_length
+        self.image_token = getattr(loaded, "image_token", None) or "<image>"
+
+    def texts(self, preference: str, title: str) -> tuple[str, str]:
+        """(prefix text, suffix text) of one candidate's prompt, rendered by `mmrec.vlm.render_prompt`."""
+        from mmrec.vlm.templates import render_prompt
+
+        question = (QUESTION_IMAGE if self.use_image else QUESTION_TEXT).format(title=_clean(title))
+        pref = PREFERENCE_INTRO + _clean(preference) + "\n"
+        image = f"{self.image_token}\n" if self.use_image else ""
+        if self.order == "preference_first":
+            user_text = pref + _SPLIT + image + question
+        else:
+            user_text = _SPLIT + image + pref + question
+        prefix, sep, suffix = render_prompt(self.loaded, user_text, image=False).partition(_SPLIT)
+        if not sep:
+            raise ValueError(f"the chat template of {self.loaded.spec.name_or_path} dropped part of the prompt")
+        return prefix, suffix
+
+    def prefix_text(self, preference: str) -> str:
+        return self.texts(preference, "")[0]
+
+    def item_suffix_text(self, title: str) -> str:
+        """The suffix of a `preference_first` prompt (independent of the user)."""
+        return self.texts("", title)[1]
+
+    def encode_prefix(self, text: str) -> list[int]:
+        """Prefix ids, with the BOS token the tokenizer adds (rendered prompts never contain it)."""
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def encode_suffix(self, text: str, image: Any | None) -> EncodedItem:
+        """Tokenize a suffix; with an image, the processor expands its placeholder into the image's tokens."""
+        if not self.use_image:
+            return EncodedItem(ids=self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if image is None:
+            raise ValueError("this prompt needs an image")
+        out = self.processor(text=[text], images=[image], add_special_tokens=False, return_tensors="pt")
+        sizes = out.get("image_sizes")
+        return EncodedItem(ids=out["input_ids"][0].tolist(), pixel_values=out["pixel_values"],
+                           image_sizes=sizes if isinstance(sizes, torch.Tensor) else None)
+
+    def answer_ids(self, label: int) -> list[int]:
+        ids = [self.yes_id if label else self.no_id]
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(int(self.tokenizer.eos_token_id))
+        return ids
+
+    def fit(self, prefix: list[int], suffix: list[int], extra: int = 0) -> list[int]:
+        """The prefix cut (from its end, i.e. the preference's tail) so prefix+suffix+extra fit `max_length`.
+
+        The suffix is never cut: it holds the image tokens, and a prompt cut inside them crashes the model
+        (the reference code's MAX_LENGTH failure).
+        """
+        room = self.max_length - len(suffix) - extra
+        if len(prefix) <= room:
+            return prefix
+        if room < 1:
+            raise ValueError(f"max_length {self.max_length} is shorter than one item's image + question "
+                             f"({len(suffix) + extra} tokens); raise train.max_length")
+        self.truncated += 1
+        return prefix[:room]
+
+
+def _clean(text: Any) -> str:
+    """Text without the sentinel, runs of spaces or blank lines (user data is never trusted to be tidy)."""
+    lines = (" ".join(line.split()) for line in str(text).replace(_SPLIT, " ").splitlines())
+    return "\n".join(line for line in lines if line)

@@ -1,0 +1,193 @@
+"""The VLM recommender's Scorer: P(Yes) for every (user, stage, candidate) row, batched across candidates and
+users, with each user's prompt prefix computed once and its key/value cache reused for all its candidates.
+
+Prefix reuse needs the preference first in the prompt (`prompt_order: preference_first`) and a model whose
+positions are plain 1-D token positions: the LLaVA families (llava, llava_next). Other families (e.g. Qwen2-VL's
+3-D rotary positions over image grids) and the paper's image-first order are scored by plain batched forwards,
+which give the same numbers, only slower.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mmrec.errors import ConfigError, MmrecError
+from mmrec.models.vlm_context import VLMContext, report_missing
+from mmrec.models.vlm_forward import cached_p_yes, plain_p_yes, plan_batches, prefix_cache
+from mmrec.models.vlm_prompt import EncodedItem, PromptBuilder
+from mmrec.progress import get_logger, progress
+
+log = get_logger("mmrec.models.vlm")
+
+CACHE_FAMILIES = ("llava", "llava_next")
+RUN_FILE = "vlm_rec.json"
+ADAPTER_DIR = "adapter"
+
+
+def make_builder(loaded: Any, use_image: bool, order: str, max_length: int) -> PromptBuilder:
+    """A prompt builder with the Yes/No ids read from the tokenizer after a real rendered prompt."""
+    from mmrec.vlm.tokens import answer_token_ids
+
+    probe = PromptBuilder(loaded, 0, 0, use_image=use_image, order=order, max_length=max_length)
+    yes_id, no_id = answer_token_ids(loaded.tokenizer, "".join(probe.texts("a preference", "a title")))
+    return PromptBuilder(loaded, yes_id, no_id, use_image=use_image, order=order, max_length=max_length)
+
+
+class VLMScorer:
+    """Scores candidate rows with a (possibly LoRA-adapted) VLM; rows it cannot prompt get NaN and are listed in
+    `self.missing` (user_id, stage, item_id, reason) and logged."""
+
+    def __init__(self, model: Any, builder: PromptBuilder, context: VLMContext, family: str, batch_size: int = 32,
+                 use_prefix_cache: bool = True, desc: str = "score"):
+        self.model = model
+        self.builder = builder
+        self.context = context
+        self.batch_size = batch_size
+        self.prefix_cache = use_prefix_cache and builder.order == "preference_first" and family in CACHE_FAMILIES
+        if use_prefix_cache and not self.prefix_cache:
+            log.info(f"prefix cache off ({family}, {builder.order}): scoring with plain batched forwards")
+        self.desc = desc
+        self.missing = pd.DataFrame(columns=["user_id", "stage", "item_id", "reason"])
+        self._items: dict[str, EncodedItem] = {}
+        pad = builder.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else builder.tokenizer.eos_token_id)
+
+    # -- encoding -----------------------------------------------------------------------------------------
+    def item(self, item_id: str) -> EncodedItem:
+        """The user-independent suffix of a preference-first prompt, encoded once per item."""
+        if item_id not in self._items:
+            ctx, b = self.context, self.builder
+            image = ctx.image(item_id) if b.use_image else None
+            self._items[item_id] = b.encode_suffix(b.item_suffix_text(ctx.title(item_id)), image)
+        return self._items[item_id]
+
+    def encode(self, user: str, stage: str, item_id: str) -> tuple[list[int], EncodedItem]:
+        """(prefix ids, suffix) of one row's prompt, the prefix cut to fit `max_length` if it must."""
+        ctx, b = self.context, self.builder
+        pref = ctx.preference(user, stage)
+        if b.order == "preference_first":
+            suffix = self.item(item_id)
+            prefix_text = b.prefix_text(pref)
+        else:
+            prefix_text, suffix_text = b.texts(pref, ctx.title(item_id))
+            suffix = b.encode_suffix(suffix_text, ctx.image(item_id) if b.use_image else None)
+        return b.fit(b.encode_prefix(prefix_text), suffix.ids, extra=0), suffix
+
+    # -- scoring ------------------------------------------------------------------------------------------
+    def score(self, candidates: pd.DataFrame) -> np.ndarray:
+        """P(Yes) per row of (user_id, stage, item_id), aligned with the rows; NaN for rows that lack a
+        preference or an image (see `missing`)."""
+        rows = candidates[["user_id", "stage", "item_id"]].astype(str).reset_index(drop=True)
+        scores = np.full(len(rows), np.nan)
+        reasons = self.context.check(rows)
+        self.missing = report_missing(rows, reasons, self.desc)
+        ok = np.flatnonzero(reasons == "")
+        if not len(ok):
+            return scores
+        keys = rows["user_id"].to_numpy()[ok] + "\0" + rows["stage"].to_numpy()[ok]
+        order = ok[np.argsort(keys, kind="stable")]  # a user's candidates side by side
+        owners = pd.factorize(rows["user_id"].to_numpy()[order] + "\0" + rows["stage"].to_numpy()[order])[0]
+        was_training = self.model.training
+        self.model.eval()
+        bar = progress(total=len(order), desc=self.desc, unit="cand")
+        try:
+            for chunks in plan_batches(owners.tolist(), self.batch_size):
+                for idx, p in self._score_group(rows, order, owners, chunks):
+                    scores[idx] = p
+                bar.update(sum(len(c) for c in chunks))
+        finally:
+            bar.close()
+            self.model.train(was_training)
+        return scores
+
+    def _score_group(self, rows: pd.DataFrame, order: np.ndarray, owners: np.ndarray, chunks: list[list[int]]):
+        encoded = {}
+        for chunk in chunks:
+            for pos in chunk:
+                r = rows.iloc[order[pos]]
+                encoded[pos] = self.encode(r.user_id, r.stage, r.item_id)
+        b = self.builder
+        if not self.prefix_cache:
+            for chunk in chunks:
+                p = plain_p_yes(self.model, [encoded[i][0] for i in chunk], [encoded[i][1] for i in chunk],
+                                b.yes_id, b.no_id, self.pad_id)
+                yield order[chunk], p.numpy()
+            return
+        group = [pos for chunk in chunks for pos in chunk]
+        first: dict[int, int] = {}  # owner -> its row in the prefix batch
+        for pos in group:
+            first.setdefault(int(owners[pos]), pos)
+        slot = {o: k for k, o in enumerate(first)}
+        # A shared prefix is cut once, to fit the owner's longest suffix.
+        longest = {o: max(len(encoded[p][1].ids) for p in group if owners[p] == o) for o in first}
+        prefixes = [b.fit(encoded[first[o]][0], [0] * longest[o]) for o in first]
+        cache, pmask, plen = prefix_cache(self.model, prefixes, self.pad_id)
+        for chunk in chunks:
+            owner = torch.tensor([slot[int(owners[pos])] for pos in chunk])
+            p = cached_p_yes(self.model, cache, pmask, plen, owner, [encoded[i][1] for i in chunk],
+                             b.yes_id, b.no_id, self.pad_id)
+            yield order[chunk], p.numpy()
+
+    # -- loading ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, cfg: Any, name: str, ckpt_dir: Path | None) -> "VLMScorer":
+        """Base model (+ the run's best LoRA adapter when the model is finetuned) and the experiment's split.
+
+        A model with `finetune: false` (zero-shot, Rec-GPT4V) needs no checkpoint: `ckpt_dir` may be None.
+        """
+        from mmrec.io import read_json
+        from mmrec.models.vlm_rec import resolve
+
+        mcfg = resolve(cfg, name)
+        adapter = None
+        if mcfg.finetune:
+            if ckpt_dir is None or not (Path(ckpt_dir) / RUN_FILE).is_file():
+                raise MmrecError(f"model '{name}' is finetuned but {ckpt_dir} holds no finished run; "
+                                 f"run `mmrec finetune {cfg.source} --model {name}` first")
+            info = read_json(Path(ckpt_dir) / RUN_FILE)
+            if not info.get("finished"):
+                raise MmrecError(f"{ckpt_dir}: the training run of '{name}' has not finished; re-run `mmrec finetune`")
+            adapter = Path(ckpt_dir) / ADAPTER_DIR
+        return build_scorer(cfg, name, adapter=adapter, desc=f"score {name}")
+
+
+def open_split(cfg: Any, mcfg: Any) -> Any:
+    from mmrec.data.splits import load_split
+    from mmrec.experiment import ExperimentPaths
+
+    return load_split(ExperimentPaths(cfg.dir).split(mcfg.split or cfg.section("split").dir_name))
+
+
+def build_context(cfg: Any, mcfg: Any, split: Any) -> VLMContext:
+    from mmrec.experiment import ExperimentPaths
+
+    paths = ExperimentPaths(cfg.dir)
+    return VLMContext.build(split, mcfg.preference_source, mcfg.use_image, paths.user_summaries,
+                            paths.item_summaries, mcfg.history_items)
+
+
+def build_scorer(cfg: Any, name: str, adapter: Path | None = None, desc: str = "score") -> VLMScorer:
+    """A scorer for model `name` of experiment `cfg`: the base model, plus `adapter` (a peft directory) if given.
+    This is also the Python API for zero-shot scoring without any checkpoint."""
+    from mmrec.models.vlm_rec import resolve
+    from mmrec.vlm import load_vlm
+
+    mcfg = resolve(cfg, name)
+    split = open_split(cfg, mcfg)
+    loaded = load_vlm(mcfg.model)
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not (adapter / "adapter_config.json").is_file():
+            raise MmrecError(f"{adapter}: no LoRA adapter (adapter_config.json missing); re-run `mmrec finetune`")
+        loaded.model = PeftModel.from_pretrained(loaded.model, str(adapter)).eval()
+    if mcfg.use_image and loaded.processor is None:
+        raise ConfigError(f"model '{name}' shows images but {mcfg.model.name_or_path} has no image processor")
+    builder = make_builder(loaded, mcfg.use_image, mcfg.prompt_order, mcfg.train.max_length)
+    context = build_context(cfg, mcfg, split)
+    return VLMScorer(loaded.model, builder, context, loaded.family, mcfg.score.batch_size, mcfg.score.prefix_cache,
+                     desc=desc)
