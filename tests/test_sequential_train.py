@@ -157,6 +157,10 @@ def test_finetune_cli_then_score(tmp_path, synthetic_split, run_cli):
     for run in ("sasrec", "pop"):
         scores = pd.read_parquet(ExperimentPaths(root).scores(run))
         assert len(scores) > 0 and np.isfinite(scores["score"]).all()
+    code, out, err = run_cli("eval", config, "models.sasrec.epochs=1")
+    assert code == 0, err
+    metrics = {run: json.loads(ExperimentPaths(root).metrics(run).read_text()) for run in ("sasrec", "pop")}
+    assert all("hr@10" in json.dumps(m) for m in metrics.values())
 
 
 # --- sanity on the synthetic benchmark ----------------------------------------------------------------------

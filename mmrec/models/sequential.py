@@ -37,6 +37,7 @@ class SequentialConfig:
     """Fields every sequential baseline shares: loss, training loop, early stopping, device.
     Sizes follow RecBole's benchmark settings (hidden 64, max length 50, CE loss over the whole catalogue)."""
 
+    kind: str = "sequential"  # each model's config narrows this to its own Literal
     hidden_size: int = 64
     dropout: float = 0.3
     max_len: int = 50
