@@ -13,8 +13,9 @@ probability `--noise`, by popularity alone. Timestamps increase per user with a 
 
 Besides the canonical tables the directory holds the truth, for testing recommenders in isolation:
 `user_preferences.parquet` (user_id, preference sentence at the end of the sequence, colour, shape,
-pattern, initial_colour, initial_shape, initial_pattern) and `item_attributes.parquet` (item_id, colour,
-shape, pattern).
+pattern, initial_colour, initial_shape, initial_pattern), `item_attributes.parquet` (item_id, colour,
+shape, pattern) and `interaction_truth.parquet` (each interaction in sequence order with the user's preferred
+colour, shape and pattern at that step, and `by_popularity` when the step ignored the preference).
 """
 from __future__ import annotations
 
@@ -164,7 +165,7 @@ def generate(args: argparse.Namespace, images_dir: Path | None = None) -> dict[s
     init = (pref_c.copy(), pref_s.copy(), pref_p.copy())
     seen = np.zeros((n_users, n_items), dtype=bool)
     clock = BASE_TIME + g.integers(0, 30 * 86400, n_users)
-    users, items, times = [], [], []
+    users, items, times, truth = [], [], [], []
     for t in range(int(lengths.max())):
         active = np.flatnonzero(lengths > t)
         if t > 0:  # slow drift to a neighbouring colour / pattern
@@ -187,7 +188,9 @@ def generate(args: argparse.Namespace, images_dir: Path | None = None) -> dict[s
         users.append(active)
         items.append(pick)
         times.append(clock[active].copy())
+        truth.append(np.stack([pref_c[active], pref_s[active], pref_p[active], noisy], axis=1))
     u, i, ts = np.concatenate(users), np.concatenate(items), np.concatenate(times)
+    tr = np.concatenate(truth)
     order = np.argsort(u, kind="stable")  # generation order within a user = sequence order (ties included)
     user_ids = np.array([f"u{k:05d}" for k in range(n_users)], dtype=object)
     item_ids = np.array([f"i{k:04d}" for k in range(n_items)], dtype=object)
@@ -205,7 +208,13 @@ def generate(args: argparse.Namespace, images_dir: Path | None = None) -> dict[s
     })
     item_attrs = pd.DataFrame({"item_id": item_ids, "colour": [names[0][c] for c in colour],
                                "shape": [names[1][s] for s in shape], "pattern": [names[2][p] for p in pattern]})
-    tables = {"interactions": interactions, "user_preferences": prefs, "item_attributes": item_attrs}
+    tr = tr[order]
+    steps = pd.DataFrame({"user_id": interactions.user_id, "item_id": interactions.item_id,
+                          "timestamp": interactions.timestamp, "colour": np.array(names[0], dtype=object)[tr[:, 0]],
+                          "shape": np.array(names[1], dtype=object)[tr[:, 1]],
+                          "pattern": np.array(names[2], dtype=object)[tr[:, 2]], "by_popularity": tr[:, 3].astype(bool)})
+    tables = {"interactions": interactions, "user_preferences": prefs, "item_attributes": item_attrs,
+              "interaction_truth": steps}
     if images_dir is not None:
         tables["items"] = _items_table(attrs, args.image_size, seed, images_dir)
     return tables
@@ -237,6 +246,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tables = generate(args, images_dir=tmp / "images")
         write_parquet(tables["user_preferences"], tmp / "user_preferences.parquet")
         write_parquet(tables["item_attributes"], tmp / "item_attributes.parquet")
+        write_parquet(tables["interaction_truth"], tmp / "interaction_truth.parquet")
         prep_info = {"source": "synthetic", "arguments": arguments, "mmrec_version": version("mmrec")}
         stats = write_tables(tmp, tables["items"], tables["interactions"], prep_info,
                              extra_stats={"source": "synthetic"})

@@ -119,3 +119,20 @@ def test_cli_prep_and_split(run_cli, tmp_path):
     assert code == 0 and '"users": 20' in stdout
     code, _, _ = run_cli("split", out, "--protocol", "loo", "--negatives", 5)
     assert code == 0 and load_split(out / "splits" / "loo").info["counts"]["examples"]["test"] == 20
+
+
+def test_interaction_truth_tracks_drift(synthetic_dataset):
+    truth = pd.read_parquet(synthetic_dataset / "interaction_truth.parquet")
+    inter = load_dataset(synthetic_dataset).interactions
+    assert truth[["user_id", "item_id", "timestamp"]].equals(inter[["user_id", "item_id", "timestamp"]])
+    prefs = pd.read_parquet(synthetic_dataset / "user_preferences.parquet").set_index("user_id")
+    last = truth.groupby("user_id").tail(1).set_index("user_id")
+    first = truth.groupby("user_id").head(1).set_index("user_id")
+    assert (last.colour == prefs.colour).all() and (first.colour == prefs.initial_colour).all()
+    assert 0.05 < truth.by_popularity.mean() < 0.3  # --noise 0.15
+    attrs = pd.read_parquet(synthetic_dataset / "item_attributes.parquet").set_index("item_id")
+    steps = truth.merge(attrs, left_on="item_id", right_index=True, suffixes=("", "_item"))
+    chosen = steps[~steps.by_popularity]
+    by_pop = steps[steps.by_popularity]
+    # preference-driven steps match the current preferred colour far more often than popularity-driven ones
+    assert (chosen.colour == chosen.colour_item).mean() > (by_pop.colour == by_pop.colour_item).mean() + 0.2
