@@ -190,29 +190,26 @@ def generate(args: argparse.Namespace, images_dir: Path | None = None) -> dict[s
         times.append(clock[active].copy())
         truth.append(np.stack([pref_c[active], pref_s[active], pref_p[active], noisy], axis=1))
     u, i, ts = np.concatenate(users), np.concatenate(items), np.concatenate(times)
-    tr = np.concatenate(truth)
     order = np.argsort(u, kind="stable")  # generation order within a user = sequence order (ties included)
     user_ids = np.array([f"u{k:05d}" for k in range(n_users)], dtype=object)
     item_ids = np.array([f"i{k:04d}" for k in range(n_items)], dtype=object)
     interactions = pd.DataFrame({"user_id": user_ids[u[order]], "item_id": item_ids[i[order]],
                                  "timestamp": ts[order], "rating": np.full(len(u), np.nan)})
-    names = (list(COLOURS), SHAPES, PATTERNS)
+    col = lambda codes, vocab: np.array(list(vocab), dtype=object)[codes]  # noqa: E731  codes -> names
     prefs = pd.DataFrame({
         "user_id": user_ids,
-        "preference": [f"The user likes {PATTERNS[p]} {list(COLOURS)[c]} {SHAPES[s]} items."
-                       for c, s, p in zip(pref_c, pref_s, pref_p)],
-        "colour": [names[0][c] for c in pref_c], "shape": [names[1][s] for s in pref_s],
-        "pattern": [names[2][p] for p in pref_p],
-        "initial_colour": [names[0][c] for c in init[0]], "initial_shape": [names[1][s] for s in init[1]],
-        "initial_pattern": [names[2][p] for p in init[2]],
+        "preference": [f"The user likes {p} {c} {s} items." for c, s, p in
+                       zip(col(pref_c, COLOURS), col(pref_s, SHAPES), col(pref_p, PATTERNS))],
+        "colour": col(pref_c, COLOURS), "shape": col(pref_s, SHAPES), "pattern": col(pref_p, PATTERNS),
+        "initial_colour": col(init[0], COLOURS), "initial_shape": col(init[1], SHAPES),
+        "initial_pattern": col(init[2], PATTERNS),
     })
-    item_attrs = pd.DataFrame({"item_id": item_ids, "colour": [names[0][c] for c in colour],
-                               "shape": [names[1][s] for s in shape], "pattern": [names[2][p] for p in pattern]})
-    tr = tr[order]
-    steps = pd.DataFrame({"user_id": interactions.user_id, "item_id": interactions.item_id,
-                          "timestamp": interactions.timestamp, "colour": np.array(names[0], dtype=object)[tr[:, 0]],
-                          "shape": np.array(names[1], dtype=object)[tr[:, 1]],
-                          "pattern": np.array(names[2], dtype=object)[tr[:, 2]], "by_popularity": tr[:, 3].astype(bool)})
+    item_attrs = pd.DataFrame({"item_id": item_ids, "colour": col(colour, COLOURS), "shape": col(shape, SHAPES),
+                               "pattern": col(pattern, PATTERNS)})
+    tr = np.concatenate(truth)[order]
+    steps = interactions[["user_id", "item_id", "timestamp"]].assign(
+        colour=col(tr[:, 0], COLOURS), shape=col(tr[:, 1], SHAPES), pattern=col(tr[:, 2], PATTERNS),
+        by_popularity=tr[:, 3].astype(bool))
     tables = {"interactions": interactions, "user_preferences": prefs, "item_attributes": item_attrs,
               "interaction_truth": steps}
     if images_dir is not None:
