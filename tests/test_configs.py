@@ -169,6 +169,30 @@ def test_paper_protocol_and_models(dataset):
     assert replace(loo_mllm, train=replace(loo_mllm.train, valid_users=mllm.train.valid_users)) == mllm
 
 
+@pytest.mark.parametrize("dataset", sorted(PAPER))
+def test_paper_split_runs_on_real_data(dataset, synthetic_dataset, tmp_path, run_cli):
+    """The shipped split section, run for real through `mmrec run` on the synthetic dataset: history at most
+    top_k - 1 items, users split by the configured fractions, 21 test and 2 validation candidates each."""
+    from mmrec.data.splits import load_split
+
+    path = CONFIGS / "mllm_msr" / f"{dataset}_paper.yaml"
+    code, out, err = run_cli("run", path, f"data.path={synthetic_dataset}", f"experiment.dir={tmp_path}",
+                             "--only", "prep", "--only", "split")
+    assert code == 0, err
+    top_k, fractions, _ = PAPER[dataset]
+    split = load_split(tmp_path / "splits" / "paper")
+    examples, candidates = split.examples, split.candidates
+    assert examples["user_id"].is_unique and examples["history"].map(len).max() == top_k - 1
+    shares = examples["stage"].value_counts(normalize=True)
+    for stage, share in zip(("train", "valid", "test"), fractions):
+        assert abs(shares[stage] - share) < 0.02
+    per_example = candidates.groupby(["user_id", "stage"]).agg(n=("label", "size"), pos=("label", "sum"))
+    assert set(per_example.loc[(slice(None), "test"), "n"]) == {21}
+    assert set(per_example.loc[(slice(None), "valid"), "n"]) == {2}
+    assert set(per_example["pos"]) == {1}
+    assert len(split.train_negatives) == (examples["stage"] == "train").sum()
+
+
 def test_qlora_config_quantizes_only_the_recommender():
     cfg = ExperimentConfig.load(CONFIGS / "mllm_msr" / "qlora_single_gpu.yaml")
     assert cfg.model("mllm_msr").model.quantization == "4bit"
