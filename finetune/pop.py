@@ -1,6 +1,7 @@
 """Popularity "training": count items in the split's training sequences and write the counts atomically."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from mmrec.config import to_dict
@@ -14,6 +15,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     from mmrec.data.splits import load_split
 
     log = get_logger("finetune.pop")
+    if int(os.environ.get("RANK", "0")) != 0:  # under a multi-process launcher only rank 0 counts and writes
+        return Path(out_dir)
     mcfg = cfg.model(name)
     split_dir = ExperimentPaths(cfg.dir).split(cfg.section("split").dir_name)
     split = load_split(split_dir)

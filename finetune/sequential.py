@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,10 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     from mmrec.data.splits import load_split
 
     log = get_logger("finetune.sequential")
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:  # under `accelerate launch`/torchrun: these small models train on one device, rank 0 writes
+        log.info(f"{name}: sequential baselines train in one process; rank {rank} leaves it to rank 0")
+        return Path(out_dir)
     mcfg: SequentialConfig = cfg.model(name)
     module = importlib.import_module(MODEL_KINDS[mcfg.kind].split(":")[0])
     metric, k = parse_metric(mcfg.valid_metric)

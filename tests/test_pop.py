@@ -45,3 +45,31 @@ def test_scores_by_stage_and_unseen_items():
 def test_no_train_rows_is_a_clear_error():
     with pytest.raises(DataError, match="no train rows"):
         item_counts(EXAMPLES[EXAMPLES["stage"] == "test"])
+
+
+def test_recipe_writes_counts_and_recounts_when_settings_change(tmp_path, synthetic_split):
+    import finetune.pop
+    from mmrec.data.splits import load_split
+    from mmrec.errors import MmrecError
+    from mmrec.experiment import ExperimentConfig
+    from mmrec.models.base import load_scorer
+
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "loo").symlink_to(synthetic_split, target_is_directory=True)
+    cfg = ExperimentConfig.from_mapping({"experiment": {"dir": str(tmp_path)}, "split": {"name": "loo"},
+                                         "models": {"pop": {"kind": "pop"}}})
+    with pytest.raises(MmrecError, match="mmrec finetune"):
+        load_scorer(cfg, "pop", tmp_path / "ckpt")
+    out = finetune.pop.train(cfg, "pop", tmp_path / "ckpt")
+    counts = pd.read_parquet(out / "counts.parquet")
+    train = load_split(synthetic_split).examples_for("train")
+    assert counts["train"].sum() == train["history"].map(len).sum() + len(train)
+    stamp = (out / "counts.parquet").stat().st_mtime_ns
+    finetune.pop.train(cfg, "pop", tmp_path / "ckpt")
+    assert (out / "counts.parquet").stat().st_mtime_ns == stamp  # finished and unchanged: kept
+    changed = cfg.with_overrides(["models.pop.include_valid=true"])
+    finetune.pop.train(changed, "pop", tmp_path / "ckpt")
+    scorer = load_scorer(changed, "pop", tmp_path / "ckpt")
+    test = load_split(synthetic_split).candidates_for("test")
+    # recounted: test scores now include the validation targets, validation scores still do not
+    assert scorer.score(test).sum() > scorer.score(test.assign(stage="valid")).sum()

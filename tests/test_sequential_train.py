@@ -208,3 +208,13 @@ def test_sequential_models_beat_popularity_which_beats_random(benchmark):
         assert result["pop"][key] > result["random"][key] + 0.05, result
         assert result["gru4rec"][key] > result["pop"][key] + 0.02, result
         assert result["sasrec"][key] > result["pop"][key] + 0.02, result
+
+
+def test_only_rank_zero_trains_under_a_multi_process_launcher(tmp_path, synthetic_split, monkeypatch):
+    import finetune.pop
+
+    cfg = experiment(tmp_path, synthetic_split, MODELS)
+    monkeypatch.setenv("RANK", "1")
+    assert recipe.train(cfg, "gru", tmp_path / "gru") == tmp_path / "gru"
+    assert finetune.pop.train(cfg, "pop", tmp_path / "pop") == tmp_path / "pop"
+    assert not (tmp_path / "gru").exists() and not (tmp_path / "pop").exists()
