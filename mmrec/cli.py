@@ -40,7 +40,8 @@ def build_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
     """The argument parser of one subcommand and its module."""
     module_name, helptext = COMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"mmrec {name}", description=(module.__doc__ or helptext).strip())
+    parser = argparse.ArgumentParser(prog=f"mmrec {name}", description=(module.__doc__ or helptext).strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     module.configure(parser)
     return parser, module
 
