@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmrec.errors import DataError
@@ -62,32 +63,53 @@ def _conform(df: pd.DataFrame, schema: pa.Schema, name: str) -> pa.Table:
     return pa.table(cols, schema=schema)
 
 
-def sort_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
-    """Sequence order: user, then timestamp; equal timestamps keep their input order (documented tie-break)."""
-    return interactions.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+def sort_interactions(interactions: pa.Table) -> pa.Table:
+    """Sequence order: user, then timestamp; equal timestamps keep their input order (documented tie-break).
+
+    Arrow's sort is stable, so the tie-break is the input order; it is columnar and several times faster than
+    pandas' multi-key sort on string ids."""
+    order = pc.sort_indices(interactions, sort_keys=[("user_id", "ascending"), ("timestamp", "ascending")])
+    return interactions.take(order)
 
 
-def compute_stats(items: pd.DataFrame, interactions: pd.DataFrame, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Dataset statistics written to stats.json and shown by `mmrec prep` and the report."""
-    n_users = int(interactions["user_id"].nunique())
+def _user_codes(interactions: pa.Table) -> np.ndarray:
+    """Dense integer user codes (first appearance order): increasing along a table in sequence order."""
+    encoded = pc.dictionary_encode(interactions["user_id"]).combine_chunks()
+    return encoded.indices.to_numpy(zero_copy_only=False)
+
+
+def compute_stats(items: pd.DataFrame, interactions: pa.Table, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Dataset statistics written to stats.json and shown by `mmrec prep` and the report.
+
+    `interactions` must be in sequence order (`sort_interactions`)."""
+    n_inter = interactions.num_rows
+    codes = _user_codes(interactions) if n_inter else np.zeros(0, dtype=np.int64)
+    lengths = np.bincount(codes) if n_inter else np.zeros(0, dtype=np.int64)
+    n_users = int(len(lengths))
     n_items = int(len(items))
-    n_inter = int(len(interactions))
-    lengths = interactions.groupby("user_id", sort=False).size() if n_inter else pd.Series(dtype=int)
-    ties = int(interactions.duplicated(["user_id", "timestamp"], keep=False).sum()) if n_inter else 0
+    if n_inter > 1:
+        ts = interactions["timestamp"].to_numpy()
+        same = (codes[1:] == codes[:-1]) & (ts[1:] == ts[:-1])
+        in_tie = np.zeros(n_inter, dtype=bool)
+        in_tie[1:] |= same
+        in_tie[:-1] |= same
+        ties = int(in_tie.sum())
+    else:
+        ties = 0
     has_image = items["image"].notna() if "image" in items else pd.Series(False, index=items.index)
     stats: dict[str, Any] = {
         "users": n_users,
         "items": n_items,
-        "interactions": n_inter,
+        "interactions": int(n_inter),
         "sparsity": float(1.0 - n_inter / (n_users * n_items)) if n_users and n_items else 1.0,
-        "seq_len_mean": float(lengths.mean()) if len(lengths) else 0.0,
-        "seq_len_median": float(lengths.median()) if len(lengths) else 0.0,
-        "seq_len_min": int(lengths.min()) if len(lengths) else 0,
-        "seq_len_max": int(lengths.max()) if len(lengths) else 0,
+        "seq_len_mean": float(lengths.mean()) if n_users else 0.0,
+        "seq_len_median": float(np.median(lengths)) if n_users else 0.0,
+        "seq_len_min": int(lengths.min()) if n_users else 0,
+        "seq_len_max": int(lengths.max()) if n_users else 0,
         "image_coverage": float(has_image.mean()) if n_items else 0.0,
         "items_with_image": int(has_image.sum()),
         "timestamp_ties": ties,
-        "has_rating": bool(interactions["rating"].notna().any()) if "rating" in interactions and n_inter else False,
+        "has_rating": bool(n_inter and interactions["rating"].null_count < n_inter),
     }
     if extra:
         stats.update(extra)
@@ -102,20 +124,21 @@ def write_tables(out_dir: str | Path, items: pd.DataFrame, interactions: pd.Data
     Returns the stats that were written.
     """
     out_dir = Path(out_dir)
-    unknown = ~interactions["item_id"].isin(items["item_id"])
-    if unknown.any():
-        example = interactions.loc[unknown, "item_id"].iloc[0]
-        raise DataError(f"{int(unknown.sum())} interactions refer to items missing from the item table (e.g. {example!r})")
     if items["item_id"].duplicated().any():
         dup = items.loc[items["item_id"].duplicated(), "item_id"].iloc[0]
         raise DataError(f"item table has duplicate item_id {dup!r}")
-    interactions = sort_interactions(interactions)
     items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
     items_t = _conform(items, ITEMS_SCHEMA, "items")
     inter_t = _conform(interactions, INTERACTIONS_SCHEMA, "interactions")
+    known = pc.is_in(inter_t["item_id"], value_set=items_t["item_id"].combine_chunks())
+    n_unknown = inter_t.num_rows - int(pc.sum(known).as_py() or 0)
+    if n_unknown:
+        example = inter_t.filter(pc.invert(known))["item_id"][0].as_py()
+        raise DataError(f"{n_unknown} interactions refer to items missing from the item table (e.g. {example!r})")
+    inter_t = sort_interactions(inter_t)
     write_parquet(items_t, out_dir / ITEMS_FILE)
     write_parquet(inter_t, out_dir / INTERACTIONS_FILE)
-    stats = compute_stats(items, interactions, extra_stats)
+    stats = compute_stats(items, inter_t, extra_stats)
     write_json(stats, out_dir / STATS_FILE)
     write_json(prep_info or {}, out_dir / PREP_FILE)
     return stats
