@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmrec.config import to_dict
-from mmrec.errors import ConfigError
+from mmrec.errors import ConfigError, DataError
 from mmrec.experiment import MODEL_KINDS, ExperimentConfig, ExperimentPaths
 from mmrec.metrics import DEFAULT_TIE_POLICY, evaluate_long, metric_name
 from mmrec.io import atomic_dir, atomic_path, hash_json, read_json, write_json, write_parquet, write_text
@@ -164,6 +164,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     sequences = training_sequences(split.examples)
     vocab = ItemVocab.from_sequences(sequences.tolist())
     samples = [w for seq in sequences for w in windows(vocab.encode(seq), mcfg.max_len)]
+    if not samples:
+        raise DataError(f"{split.root}: no training sequence has two items, so there is no next item to learn")
     valid = split.candidates[split.candidates["stage"] == "valid"].reset_index(drop=True)
     device = resolve_device(mcfg.device)
 

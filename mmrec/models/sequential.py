@@ -214,33 +214,39 @@ class SequentialScorer:
         self.histories = {(u, s): h for u, s, h in zip(evaluated["user_id"], evaluated["stage"], evaluated["history"])}
 
     @torch.no_grad()
-    def _catalogue_scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
-        out = np.empty((len(histories), len(self.vocab)), dtype=np.float64)
+    def user_states(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
+        """[len(histories), hidden] model state after each history (its last max_len known items), on device."""
         encoded = [self.vocab.encode(list(h))[-self.max_len:] for h in histories]
-        for sl in batches(len(encoded), self.batch_size):
-            batch = pad_batch(encoded[sl], self.max_len).to(self.device)
-            scores = self.model.item_scores(last_hidden(self.model, batch))
-            out[sl] = scores.double().cpu().numpy()
-        return out
+        out = [last_hidden(self.model, pad_batch(encoded[sl], self.max_len).to(self.device))
+               for sl in batches(len(encoded), self.batch_size)]
+        return torch.cat(out) if out else torch.empty(0, self.model.item_embedding.embedding_dim, device=self.device)
 
+    @torch.no_grad()
     def score_catalogue(self, examples: pd.DataFrame) -> np.ndarray:
-        """[len(examples), len(item_ids)] raw scores; history items are not masked (the evaluation decides)."""
-        return self._catalogue_scores(list(examples["history"]))
+        """[len(examples), len(item_ids)] raw scores; history items are not masked (the evaluation decides).
+        The caller bounds memory by passing examples in batches."""
+        return self.model.item_scores(self.user_states(list(examples["history"]))).double().cpu().numpy()
 
+    @torch.no_grad()
     def score(self, candidates: pd.DataFrame) -> np.ndarray:
+        """One dot product per candidate row (never a catalogue-wide matrix), UNSEEN_SCORE for unseen items."""
         keys = list(zip(candidates["user_id"], candidates["stage"]))
-        missing = [k for k in dict.fromkeys(keys) if k not in self.histories]
+        order = list(dict.fromkeys(keys))
+        missing = [k for k in order if k not in self.histories]
         if missing:
             raise DataError(f"{len(missing)} candidate (user_id, stage) pair(s) have no example in the split, "
                             f"e.g. {missing[0]}; score candidates of the split the model was trained on")
-        order = list(dict.fromkeys(keys))
-        catalogue = self._catalogue_scores([self.histories[k] for k in order])
+        states = self.user_states([self.histories[k] for k in order])
         row_of = {k: i for i, k in enumerate(order)}
-        item_idx = self.vocab.lookup(list(candidates["item_id"]))
-        rows = np.fromiter((row_of[k] for k in keys), dtype=np.int64, count=len(keys))
-        scores = catalogue[rows, np.maximum(item_idx - 1, 0)]
-        scores[item_idx == PAD] = UNSEEN_SCORE
-        return scores
+        rows = torch.as_tensor(np.fromiter((row_of[k] for k in keys), dtype=np.int64, count=len(keys)))
+        items = torch.as_tensor(self.vocab.lookup(list(candidates["item_id"])))
+        out = np.full(len(keys), UNSEEN_SCORE, dtype=np.float64)
+        chunk = max(1, self.batch_size * 64)
+        for sl in batches(len(keys), chunk):
+            r, i = rows[sl].to(self.device), items[sl].to(self.device)
+            values = (states[r] * self.model.item_embedding(i)).sum(-1).double().cpu().numpy()
+            out[sl] = np.where(items[sl].numpy() == PAD, UNSEEN_SCORE, values)
+        return out
 
 
 # Files of a sequential run's checkpoint directory (written by finetune/sequential.py).
