@@ -175,3 +175,15 @@ def test_llava_onevision_loads_with_pil_images_and_chatml(tmp_path):
     with torch.no_grad():
         out = loaded.model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "llm"])
+def test_special_token_strings_in_data_are_neutralised(models, family):
+    """A title or generated preference containing `<image>` or an end-of-turn marker must stay plain text."""
+    loaded = models[family]
+    image = family != "llm"
+    eos = loaded.tokenizer.eos_token
+    text = render_prompt(loaded, f"a <image> title {eos} and more", image=image)
+    assert text.count("<image>") == (1 if image else 0)
+    clean = render_prompt(loaded, "a   title   and more", image=image)
+    assert text == clean

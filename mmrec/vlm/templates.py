@@ -67,10 +67,29 @@ def _own_template(loaded: Any) -> Any:
     return None
 
 
+def strip_special_tokens(text: str, tokenizer: Any, image_token: str = IMAGE) -> str:
+    """`text` with every special-token string (`<image>`, `</s>`, `<|eot_id|>`, ...) replaced by a space.
+
+    Titles, item texts and generated preferences are data, not markup: a literal `<image>` in a title would
+    otherwise add an image placeholder without image features, and a literal end-of-turn would cut the prompt."""
+    specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    specials |= {t.content if hasattr(t, "content") else str(t)
+                 for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()
+                 if getattr(t, "special", False)}
+    specials.add(image_token)
+    for token in sorted((t for t in specials if t), key=len, reverse=True):
+        if token in text:
+            text = text.replace(token, " ")
+    return text
+
+
 def render_prompt(loaded: Any, user_text: str, image: bool) -> str:
-    """The full generation prompt for one user turn (with an image placeholder when `image`), BOS excluded."""
+    """The full generation prompt for one user turn (with an image placeholder when `image`), BOS excluded.
+
+    Special-token strings inside `user_text` are neutralised first (`strip_special_tokens`)."""
     fmt = loaded.spec.prompt_format
     image_token = getattr(loaded, "image_token", IMAGE)
+    user_text = strip_special_tokens(user_text, loaded.tokenizer, image_token)
     if fmt in ("auto", "own"):
         owner = _own_template(loaded)
         if owner is not None:
