@@ -107,7 +107,7 @@ def load_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.opti
         opt_state.setdefault(int(idx), {})[name] = value
     optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
     torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    cuda = [tensors[f"rng.cuda.{i}"] for i in range(sum(k.startswith("rng.cuda.") for k in tensors))]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
     return TrainState(**meta["loop"])
