@@ -125,7 +125,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
             return out_dir
     resuming = resume and previous is not None and has_state(out_dir)
 
-    accelerator = Accelerator(mixed_precision=tcfg.precision)
+    # cpu=True lets accelerate see a multi-process CPU launch (gloo) when there is no GPU
+    accelerator = Accelerator(mixed_precision=tcfg.precision, cpu=not torch.cuda.is_available())
     main, rank, nproc = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     seed_everything(cfg.seed)
     loaded = load_vlm(mcfg.model)
@@ -185,7 +186,10 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     log.info(f"{name}: {len(rows)} training rows, {len(valid)} validation candidates, {total_steps} steps on "
              f"{nproc} process(es), {info['trainable_params']} trainable parameters")
 
+    evaluated: list[int] = []  # steps validated at, known to every process (only the main one scores)
+
     def evaluate_and_keep(epoch: int) -> None:
+        evaluated.append(state.step)
         auc = float("nan")
         if main:
             auc = validate(scorer, valid)
@@ -251,7 +255,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
                            main)
                 accelerator.wait_for_everyone()
     bar.close()
-    if state.best_step < 0:  # validation never ran (eval_every beyond the last step)
+    if not evaluated and state.best_step < 0:  # validation never ran (eval_every beyond the last step)
         evaluate_and_keep(tcfg.epochs - 1)
     run_log.close()
     if main and tcfg.merge:

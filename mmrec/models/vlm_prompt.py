@@ -23,6 +23,9 @@ import torch
 PromptOrder = Literal["preference_first", "image_first"]
 
 _SPLIT = "\u0000MMREC_SPLIT\u0000"  # never produced by a tokenizer or a chat template
+# Where the image goes; replaced by the processor's image token after rendering, because some chat templates drop
+# special-token text (such as "<image>") that appears inside a text part.
+_IMAGE = "\u0000MMREC_IMAGE\u0000"
 
 PREFERENCE_INTRO = "Based on the user's interaction history, the user's preference can be summarized as follows: "
 QUESTION_IMAGE = ('The image shows a candidate item titled "{title}". Given the preference above, would the user '
@@ -65,13 +68,14 @@ class PromptBuilder:
 
         question = (QUESTION_IMAGE if self.use_image else QUESTION_TEXT).format(title=_clean(title))
         pref = PREFERENCE_INTRO + _clean(preference) + "\n"
-        image = f"{self.image_token}\n" if self.use_image else ""
+        image = f"{_IMAGE}\n" if self.use_image else ""
         if self.order == "preference_first":
             user_text = pref + _SPLIT + image + question
         else:
             user_text = _SPLIT + image + pref + question
-        prefix, sep, suffix = render_prompt(self.loaded, user_text, image=False).partition(_SPLIT)
-        if not sep:
+        rendered = render_prompt(self.loaded, user_text, image=False)
+        prefix, sep, suffix = rendered.replace(_IMAGE, self.image_token).partition(_SPLIT)
+        if not sep or (self.use_image and self.image_token not in prefix + suffix):
             raise ValueError(f"the chat template of {self.loaded.spec.name_or_path} dropped part of the prompt")
         return prefix, suffix
 
@@ -121,5 +125,5 @@ class PromptBuilder:
 
 def _clean(text: Any) -> str:
     """Text without the sentinel, runs of spaces or blank lines (user data is never trusted to be tidy)."""
-    lines = (" ".join(line.split()) for line in str(text).replace(_SPLIT, " ").splitlines())
+    lines = (" ".join(line.split()) for line in str(text).replace(_SPLIT, " ").replace(_IMAGE, " ").splitlines())
     return "\n".join(line for line in lines if line)
