@@ -52,7 +52,7 @@ def make_experiment(root: Path, split_dir: Path, models: dict, **sections) -> Pa
 
 
 def vlm_model(model_dir: Path, **fields) -> dict:
-    return {"kind": "vlm", "model": {"name_or_path": str(model_dir)}, "preference_source": "true", **fields}
+    return {"kind": "vlm", "model": {"name_or_path": str(model_dir)}, "preference_source": "truth", **fields}
 
 
 def test_variants_set_defaults_and_flags_override():
@@ -141,7 +141,7 @@ def test_missing_image_and_preference_are_reported_not_dropped(tmp_path, tiny_mo
 
 def test_text_only_and_history_prompts(tmp_path, tiny_models, synthetic_split):
     cfg = make_experiment(tmp_path, synthetic_split, {
-        "tallrec": vlm_model(tiny_models["llava"], variant="tallrec", preference_source="true"),
+        "tallrec": vlm_model(tiny_models["llava"], variant="tallrec", preference_source="truth"),
         "rec": vlm_model(tiny_models["llava"], variant="recgpt4v", preference_source="history",
                             history_items=3)})
     tallrec, rec = _scorer(cfg, "tallrec"), _scorer(cfg, "rec")

@@ -2,7 +2,7 @@
 
 Preference sources:
 - `summaries`: `summaries/users.parquet` (the recurrent preference of `mmrec summarize-users`), by (user, stage);
-- `true`: the synthetic benchmark's `user_preferences.parquet` (the generator's own sentence), by user;
+- `truth`: the synthetic benchmark's `user_preferences.parquet` (the generator's own sentence), by user;
 - `history`: the Rec-GPT4V prompt, built from the last N history items' titles and image summaries
   (`summaries/items.parquet`; an item without a summary is listed by its title alone).
 
@@ -43,7 +43,7 @@ class VLMContext:
     source: str
     use_image: bool
     preferences: dict[tuple[str, str], str] = field(default_factory=dict)
-    by_user: dict[str, str] = field(default_factory=dict)  # `true` preferences are per user, any stage
+    by_user: dict[str, str] = field(default_factory=dict)  # `truth` preferences are per user, any stage
     _images: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -52,7 +52,7 @@ class VLMContext:
         ctx = cls(split=split, source=source, use_image=use_image)
         if source == "summaries":
             ctx.preferences = _read_summaries(users_parquet)
-        elif source == "true":
+        elif source == "truth":
             ctx.by_user = _read_true(Path(split.dataset.root) / TRUE_PREFERENCES)
         elif source == "history":
             ctx.preferences = _history_texts(split, items_parquet, history_items)
@@ -112,7 +112,7 @@ def report_missing(rows: pd.DataFrame, reasons: np.ndarray, what: str) -> pd.Dat
 def _read_summaries(path: Path) -> dict[tuple[str, str], str]:
     if not path.is_file():
         raise DataError(f"{path}: user preferences not found; run `mmrec summarize-users CONFIG` first, or set "
-                        "preference_source: true (synthetic benchmark) or history")
+                        "preference_source: truth (synthetic benchmark) or history")
     df = pd.read_parquet(path, columns=["user_id", "stage", "preference"])
     df = df[df["preference"].notna()]
     return {_key(u, s): str(p) for u, s, p in zip(df["user_id"], df["stage"], df["preference"])}
@@ -120,7 +120,7 @@ def _read_summaries(path: Path) -> dict[tuple[str, str], str]:
 
 def _read_true(path: Path) -> dict[str, str]:
     if not path.is_file():
-        raise DataError(f"{path}: no true-preference sentences; preference_source 'true' only works on the "
+        raise DataError(f"{path}: no true-preference sentences; preference_source 'truth' only works on the "
                         "synthetic benchmark (`mmrec prep synthetic`)")
     df = pd.read_parquet(path, columns=["user_id", "preference"])
     return {str(u): str(p) for u, p in zip(df["user_id"], df["preference"]) if p is not None}

@@ -11,7 +11,7 @@ the defaults, every flag can still be set on its own:
 | recgpt4v   | yes   | history (titles + image summaries) | no        | Rec-GPT4V (VST)  |
 | zero_shot  | yes   | summaries                          | no        | "LLaVA"          |
 
-`preference_source: true` reads the synthetic benchmark's true-preference sentences (`user_preferences.parquet`).
+`preference_source: truth` reads the synthetic benchmark's true-preference sentences (`user_preferences.parquet`).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from mmrec.models.vlm_scorer import VLMScorer
 
 Variant = Literal["mllm_msr", "tallrec", "recgpt4v", "zero_shot"]
-PreferenceSource = Literal["summaries", "true", "history"]
+PreferenceSource = Literal["summaries", "truth", "history"]
 
 # variant -> (use_image, preference_source, finetune)
 VARIANTS: dict[str, tuple[bool, str, bool]] = {
