@@ -77,6 +77,8 @@ class VLMContext:
                 self._images[item] = UNKNOWN_ITEM
             else:
                 path = self.split.dataset.image_path(item)
+                if len(self._images) >= 4096:  # bounded: the scorer keeps the processed pixels it needs
+                    self._images.pop(next(iter(self._images)))
                 try:
                     self._images[item] = MISSING_IMAGE if path is None else load_image(path)
                 except ImageError as e:

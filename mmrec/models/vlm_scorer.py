@@ -24,6 +24,7 @@ from mmrec.progress import get_logger, progress
 log = get_logger("mmrec.models.vlm")
 
 CACHE_FAMILIES = ("llava", "llava_next")
+MAX_CACHED = 4096  # encoded items / prefixes kept in memory (an item's pixels can be megabytes)
 RUN_FILE = "vlm_rec.json"
 ADAPTER_DIR = "adapter"
 
@@ -53,6 +54,7 @@ class VLMScorer:
         self.desc = desc
         self.missing = pd.DataFrame(columns=["user_id", "stage", "item_id", "reason"])
         self._items: dict[str, EncodedItem] = {}
+        self._prefixes: dict[str, list[int]] = {}
         pad = builder.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else builder.tokenizer.eos_token_id)
 
@@ -62,7 +64,7 @@ class VLMScorer:
         if item_id not in self._items:
             ctx, b = self.context, self.builder
             image = ctx.image(item_id) if b.use_image else None
-            self._items[item_id] = b.encode_suffix(b.item_suffix_text(ctx.title(item_id)), image)
+            _bounded(self._items)[item_id] = b.encode_suffix(b.item_suffix_text(ctx.title(item_id)), image)
         return self._items[item_id]
 
     def encode(self, user: str, stage: str, item_id: str) -> tuple[list[int], EncodedItem]:
@@ -71,16 +73,20 @@ class VLMScorer:
         pref = ctx.preference(user, stage)
         if b.order == "preference_first":
             suffix = self.item(item_id)
-            prefix_text = b.prefix_text(pref)
+            key = f"{user}\0{stage}"
+            if key not in self._prefixes:
+                _bounded(self._prefixes)[key] = b.encode_prefix(b.prefix_text(pref))
+            prefix = self._prefixes[key]
         else:
             prefix_text, suffix_text = b.texts(pref, ctx.title(item_id))
             suffix = b.encode_suffix(suffix_text, ctx.image(item_id) if b.use_image else None)
-        return b.fit(b.encode_prefix(prefix_text), suffix.ids, extra=0), suffix
+            prefix = b.encode_prefix(prefix_text)
+        return b.fit(prefix, suffix.ids, extra=0), suffix
 
     # -- scoring ------------------------------------------------------------------------------------------
     def score(self, candidates: pd.DataFrame) -> np.ndarray:
         """P(Yes) per row of (user_id, stage, item_id), aligned with the rows; NaN for rows that lack a
-        preference or an image (see `missing`)."""
+        preference or an image (listed in `missing`, for the rows of this call)."""
         rows = candidates[["user_id", "stage", "item_id"]].astype(str).reset_index(drop=True)
         scores = np.full(len(rows), np.nan)
         reasons = self.context.check(rows)
@@ -95,8 +101,9 @@ class VLMScorer:
         self.model.eval()
         bar = progress(total=len(order), desc=self.desc, unit="cand")
         try:
+            cols = tuple(rows[c].to_numpy()[order] for c in ("user_id", "stage", "item_id"))
             for chunks in plan_batches(owners.tolist(), self.batch_size):
-                for idx, p in self._score_group(rows, order, owners, chunks):
+                for idx, p in self._score_group(cols, order, owners, chunks):
                     scores[idx] = p
                 bar.update(sum(len(c) for c in chunks))
         finally:
@@ -104,12 +111,11 @@ class VLMScorer:
             self.model.train(was_training)
         return scores
 
-    def _score_group(self, rows: pd.DataFrame, order: np.ndarray, owners: np.ndarray, chunks: list[list[int]]):
-        encoded = {}
-        for chunk in chunks:
-            for pos in chunk:
-                r = rows.iloc[order[pos]]
-                encoded[pos] = self.encode(r.user_id, r.stage, r.item_id)
+    def _score_group(self, cols: tuple[np.ndarray, ...], order: np.ndarray, owners: np.ndarray,
+                     chunks: list[list[int]]):
+        """Scores of one group of whole users (positions into the owner-sorted rows), chunk by chunk."""
+        users, stages, items = cols
+        encoded = {pos: self.encode(users[pos], stages[pos], items[pos]) for chunk in chunks for pos in chunk}
         b = self.builder
         if not self.prefix_cache:
             for chunk in chunks:
@@ -153,6 +159,13 @@ class VLMScorer:
                 raise MmrecError(f"{ckpt_dir}: the training run of '{name}' has not finished; re-run `mmrec finetune`")
             adapter = Path(ckpt_dir) / ADAPTER_DIR
         return build_scorer(cfg, name, adapter=adapter, desc=f"score {name}")
+
+
+def _bounded(cache: dict) -> dict:
+    """`cache`, its oldest entry dropped when full (dicts keep insertion order)."""
+    if len(cache) >= MAX_CACHED:
+        cache.pop(next(iter(cache)))
+    return cache
 
 
 def open_split(cfg: Any, mcfg: Any) -> Any:
