@@ -24,7 +24,8 @@ MAX_SHARDS = 32  # above this many shards, the next load merges them into one
 
 
 class EmbeddingCache:
-    """Vectors of one encoder, keyed by input content hash. `hits`/`misses` count lookups since creation."""
+    """Vectors of one encoder, keyed by input content hash. `misses` counts inputs encoded since creation,
+    `hits` every other lookup (a repeat of an input encoded in the same call included)."""
 
     def __init__(self, root: str | Path, encoder_identity: str, dim: int) -> None:
         self.dir = Path(root) / encoder_identity[:16]
@@ -79,8 +80,8 @@ class EmbeddingCache:
         for i, k in enumerate(keys):
             if k not in self._vectors and k not in first:
                 first[k] = i
-        self.misses += len(first)
-        self.hits += len(keys) - sum(1 for k in keys if k in first)
+        self.misses += len(first)  # inputs encoded; every other lookup (repeats included) is a hit
+        self.hits += len(keys) - len(first)
         todo = list(first.values())
         for start in range(0, len(todo), flush_every):
             idx = todo[start:start + flush_every]
