@@ -100,20 +100,25 @@ def test_sampled_negatives_avoid_the_users_training_items():
     assert not (negs[50:] == 6).any() and negs.min() >= 1
 
 
-def test_dlrm_ignores_padding_and_scores_every_variant_shape():
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_dlrm_ignores_padding_and_grouped_scoring_matches(pooling):
     torch.manual_seed(0)
     for dense in (0, 7):
-        model = build_model(CTRConfig(embed_dim=8, bottom_mlp=[16], top_mlp=[16], dropout=0.0), 3, 5,
-                            torch.arange(6), dense).eval()
+        model = build_model(CTRConfig(embed_dim=8, bottom_mlp=[16], top_mlp=[16], dropout=0.0, history_pooling=pooling),
+                            3, 5, torch.arange(6), dense).eval()
         model.features = torch.randn(6, dense)
         hist = torch.tensor([[0, 0, 2, 3], [0, 1, 2, 3]])
         out = model(torch.tensor([1, 1]), torch.tensor([4, 4]), hist)
         short = model(torch.tensor([1]), torch.tensor([4]), torch.tensor([[2, 3]]))
         assert out.shape == (2,) and torch.allclose(out[0], short[0], atol=1e-6)
         assert not torch.allclose(out[0], out[1])  # the extra history item counts
-        if dense:  # the precomputed content table (what the scorer uses) gives the same logits
-            model.content_table = model.build_content_table(model.features)
-            assert torch.allclose(model(torch.tensor([1, 1]), torch.tensor([4, 4]), hist), out, atol=1e-5)
+        # Scoring path: each history once for several candidates, content vectors from the precomputed table.
+        model.content_table = model.build_content_table(model.features) if dense else None
+        cands, group = torch.tensor([4, 5, 4]), torch.tensor([0, 0, 1])
+        grouped = model(torch.tensor([1, 2]), cands, hist, group)
+        one_by_one = model(torch.tensor([1, 1, 2]), cands, hist[group])
+        assert torch.allclose(grouped, one_by_one, atol=1e-5)
+        assert torch.allclose(grouped[0], out[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -110,12 +110,18 @@ class CTRScorer:
         return self.user_index.get_indexer(pd.Index(user_ids)).astype(np.int64) + 1
 
     @torch.no_grad()
-    def _forward(self, users: np.ndarray, cands: np.ndarray, hists: np.ndarray) -> np.ndarray:
-        out = np.empty(len(users), dtype=np.float64)
-        for sl in batches(len(users), self.batch_size):
-            logits = self.model(torch.from_numpy(users[sl]).to(self.device), torch.from_numpy(cands[sl]).to(self.device),
-                                torch.from_numpy(hists[sl]).to(self.device))
-            out[sl] = logits.double().cpu().numpy()
+    def _forward(self, users: np.ndarray, hists: np.ndarray, cands: np.ndarray, group: np.ndarray) -> np.ndarray:
+        """Logits of candidates `cands` of examples `group` (index into `users`/`hists`), in batches of whole
+        examples so each history is summarised once."""
+        out = np.empty(len(cands), dtype=np.float64)
+        order = np.argsort(group, kind="stable")
+        bounds = np.searchsorted(group[order], np.arange(len(users) + 1))
+        per_batch = max(1, self.batch_size // max(1, int(np.diff(bounds).max(initial=1))))
+        dev = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
+        for sl in batches(len(users), per_batch):
+            rows = order[bounds[sl.start]:bounds[sl.stop]]
+            logits = self.model(dev(users[sl]), dev(cands[rows]), dev(hists[sl]), dev(group[rows] - sl.start))
+            out[rows] = logits.double().cpu().numpy()
         return out
 
     def score(self, candidates: pd.DataFrame) -> np.ndarray:
@@ -126,11 +132,11 @@ class CTRScorer:
             bad = keys[pos < 0][0]
             raise DataError(f"{int((pos < 0).sum())} candidate rows have no (user_id, stage) example in the split, "
                             f"e.g. {bad}; score candidates of the split the model was trained on")
-        uniq, inverse = np.unique(pos, return_inverse=True)
-        hists = self.catalogue.history_rows([self.histories[i] for i in uniq], self.history_len)[inverse]
-        users = self._users(candidates["user_id"])
+        uniq, group = np.unique(pos, return_inverse=True)
+        hists = self.catalogue.history_rows([self.histories[i] for i in uniq], self.history_len)
+        users = self._users(self.keys.get_level_values(0)[uniq])
         cands = self.catalogue.rows(list(candidates["item_id"]), what="candidate items")
-        return self._forward(users, cands, hists)
+        return self._forward(users, hists, cands, group.astype(np.int64))
 
     def score_catalogue(self, examples: pd.DataFrame) -> np.ndarray:
         """[len(examples), len(item_ids)] logits; history items are not masked (the evaluation decides)."""
@@ -138,12 +144,12 @@ class CTRScorer:
         hists = self.catalogue.history_rows(list(examples["history"]), self.history_len)
         users = self._users(examples["user_id"])
         out = np.empty((len(examples), n), dtype=np.float64)
-        per_chunk = max(1, self.batch_size // max(n, 1))
-        rows = np.arange(1, n + 1, dtype=np.int64)
+        per_chunk = max(1, self.batch_size // max(n, 1))  # bounded memory on large catalogues
         for sl in batches(len(examples), per_chunk):
             k = sl.stop - sl.start
-            out[sl] = self._forward(np.repeat(users[sl], n), np.tile(rows, k),
-                                    np.repeat(hists[sl], n, axis=0)).reshape(k, n)
+            cands = np.tile(np.arange(1, n + 1, dtype=np.int64), k)
+            group = np.repeat(np.arange(k, dtype=np.int64), n)
+            out[sl] = self._forward(users[sl], hists[sl], cands, group).reshape(k, n)
         return out
 
 

@@ -85,24 +85,39 @@ class DLRM(nn.Module):
         """Replace ids by 0 ("unknown") at random, so that row learns to stand for users/items unseen in training."""
         return ids.masked_fill(torch.rand(ids.shape, device=ids.device) < self.id_dropout, 0)
 
-    def forward(self, user: torch.Tensor, cand: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
-        """user [B] id index; cand [B] catalogue row; hist [B, N] catalogue rows (0 = padding) -> logits [B]."""
+    def forward(self, user: torch.Tensor, cand: torch.Tensor, hist: torch.Tensor,
+                group: torch.Tensor | None = None) -> torch.Tensor:
+        """user [E] id index and hist [E, N] catalogue rows (0 = padding), one row per example; cand [B]
+        catalogue rows with `group` [B] naming each candidate's example (default: candidate i of example i).
+        Grouping lets a scorer summarise each user's history once for all of their candidates."""
+        take = (lambda t: t) if group is None else (lambda t: t[group])
         mask = hist > 0
         cand_id, hist_id = self.id_of_row[cand], self.id_of_row[hist]
         if self.training and self.id_dropout > 0:
             user, cand_id, hist_id = (self._drop_ids(t) for t in (user, cand_id, hist_id))
-        u = self.user_emb(user)
-        c_id = self.item_emb(cand_id)
-        h_ids = self.item_emb(hist_id)
+        u, c_id, h_ids = self.user_emb(user), self.item_emb(cand_id), self.item_emb(hist_id)
+        c_ct = h_ct = None
         if self.bottom is not None:
-            both = self.content(torch.cat([cand.unsqueeze(1), hist], dim=1))
-            c_ct, h_ct = both[:, 0], both[:, 1:]
-            w, h_ct_pooled = self._pool(h_ct, mask, c_ct)
+            if group is None:  # training: one bottom-MLP pass over candidates and histories together
+                both = self.content(torch.cat([cand.unsqueeze(1), hist], dim=1))
+                c_ct, h_ct = both[:, 0], both[:, 1:]
+            else:
+                c_ct, h_ct = self.content(cand), self.content(hist)
+        if self.query is None:  # mean pooling: per example, then shared by its candidates
+            w, _ = self._pool(h_ids, mask, None)
+            h_id = take((w.unsqueeze(-1) * h_ids).sum(1))
+            h_ct_pooled = take((w.unsqueeze(-1) * h_ct).sum(1)) if h_ct is not None else None
+        else:  # attention depends on the candidate: histories go to every candidate
+            h_ids, mask = take(h_ids), take(mask)
+            w, h_ct_pooled = self._pool(take(h_ct), mask, c_ct) if h_ct is not None else (None, None)
+            if w is None:
+                w, _ = self._pool(h_ids, mask, c_id)
             h_id = (w.unsqueeze(-1) * h_ids).sum(1)
+        u = take(u)
+        if c_ct is not None:
             vecs = torch.stack([u, c_id, h_id, c_ct, h_ct_pooled], dim=1)
             primary = [c_ct, h_ct_pooled]
         else:
-            _, h_id = self._pool(h_ids, mask, c_id)
             vecs = torch.stack([u, c_id, h_id], dim=1)
             primary = [c_id, h_id]
         dots = torch.bmm(vecs, vecs.transpose(1, 2))[:, self.pair_rows, self.pair_cols]
