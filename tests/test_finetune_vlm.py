@@ -20,7 +20,7 @@ from test_vlm_rec import make_experiment, one_thread, tiny_models, vlm_model  # 
 # Small but learnable: the synthetic benchmark's colour (seen only in the image) and shape (title) decide.
 LEARN_TRAIN = {"lr": 3e-3, "epochs": 1, "batch_size": 32, "negatives": 1, "eval_every": 0, "valid_users": 60,
                "checkpoint_every": 1000, "log_every": 10}
-QUICK_TRAIN = {"lr": 3e-3, "epochs": 1, "batch_size": 8, "valid_users": 4, "checkpoint_every": 2, "log_every": 1}
+QUICK_TRAIN = {"lr": 3e-3, "epochs": 1, "batch_size": 16, "valid_users": 4, "checkpoint_every": 5, "log_every": 1}
 
 
 def _run_info(ckpt: Path) -> dict:
