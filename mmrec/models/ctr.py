@@ -2,7 +2,7 @@
 
 A DLRM-style network (`ctr_net.DLRM`) over user/item id embeddings and dense item features chosen by
 `variant` (`ctr_features`), trained with binary cross-entropy by `finetune/ctr.py`. The scorer reads the
-best weights and the per-item content vectors saved beside them, so scoring needs no encoder at all.
+best weights and the per-item content vectors saved with them, so scoring needs no encoder at all.
 """
 from __future__ import annotations
 
