@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("mmrec.pipeline_cli", "run every stage of an experiment config, skipping finished ones"),
     "demo": ("mmrec.demo", "the whole pipeline on the synthetic benchmark with tiny models (CPU, no downloads)"),
     "validate": ("mmrec.validate_cli", "load and validate an experiment config without running anything"),
-    "tiny": ("mmrec.tiny_cli", "build tiny random models (LLaVA, LLaVA-NeXT, text LLM) for tests and dry runs"),
+    "tiny": ("mmrec.tiny_cli", "build tiny random models (LLaVA, LLaVA-NeXT, text LLM, CLIP) for tests and dry runs"),
     "export": ("eval.export_cli", "export a split to other toolkits' formats (RecBole atomic files)"),
 }
 

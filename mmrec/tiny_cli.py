@@ -1,6 +1,8 @@
-"""Build a tiny random model (LLaVA, LLaVA-NeXT or a text-only LLM) in a local directory, for tests and dry runs.
+"""Build a tiny random model (LLaVA, LLaVA-NeXT, a text-only LLM, or an open_clip CLIP image encoder) in a local
+directory, for tests and dry runs.
 
-The directory loads like any checkpoint (`model.name_or_path: DIR` in a config). Its weights are random:
+The directory loads like any checkpoint (`model.name_or_path: DIR` in a config; for `clip`,
+`image_encoder.model: DIR` with `pretrained: null`). Its weights are random:
 the text it generates is meaningless; it exists to run the real code paths quickly without downloads.
 """
 from __future__ import annotations
@@ -10,7 +12,7 @@ from pathlib import Path
 
 from mmrec.errors import MmrecError
 
-FAMILIES = ("llava", "llava_next", "llm")
+FAMILIES = ("llava", "llava_next", "llm", "clip")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +33,11 @@ def main(args: argparse.Namespace) -> int:
     if args.hidden % 4 or args.hidden < 8:
         raise MmrecError(f"--hidden must be a multiple of 4 and at least 8 (4 attention heads), got {args.hidden}")
     sizes = {"hidden": args.hidden, "layers": args.layers}
-    if args.family == "llm":
+    if args.family == "clip":
+        from mmrec.encoders.image import build_tiny_open_clip
+
+        build_tiny_open_clip(out, seed=args.seed)  # fixed tiny shape: --hidden/--layers do not apply
+    elif args.family == "llm":
         build_tiny_llm(out, seed=args.seed, **sizes)
     else:
         build_tiny_llava(out, family=args.family, seed=args.seed, **sizes)

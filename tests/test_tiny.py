@@ -87,3 +87,14 @@ def test_tiny_cli_builds_each_family(run_cli, tmp_path):
     assert code == 2 and "--force" in err
     code, _, err = run_cli("tiny", "--family", "llm", "--out", tmp_path / "llm", "--force", "--hidden", "30")
     assert code == 2 and "--hidden" in err
+
+
+def test_tiny_cli_builds_a_clip_image_encoder_that_embeds(run_cli, tmp_path):
+    from mmrec.encoders.image import ImageEncoderConfig, ImageEncoder
+
+    code, out, err = run_cli("tiny", "--family", "clip", "--out", tmp_path / "clip")
+    assert code == 0, err
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(image)
+    vectors = ImageEncoder(ImageEncoderConfig(model=str(tmp_path / "clip"), pretrained=None)).encode([image])
+    assert vectors.shape[0] == 1 and abs(float((vectors[0] ** 2).sum()) - 1.0) < 1e-4
