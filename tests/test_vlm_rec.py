@@ -38,14 +38,14 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {fam: build_tiny_llava(root / name, fam, seed=0) for fam, name in TINY.items()}
 
 
-def make_experiment(root: Path, split_dir: Path, models: dict, **sections) -> Path:
-    """An experiment directory whose splits/loo is the shared synthetic split (linked, never modified)."""
+def make_experiment(root: Path, split_dir: Path, models: dict, split: dict | None = None, **sections) -> Path:
+    """An experiment directory whose splits/<protocol> is the given split (linked, never modified)."""
+    split = split or {"protocol": "loo"}
     (root / "splits").mkdir(parents=True, exist_ok=True)
-    link = root / "splits" / "loo"
+    link = root / "splits" / split["protocol"]
     if not link.exists():
         os.symlink(split_dir, link)
-    cfg = {"experiment": {"dir": str(root), "seed": 0}, "split": {"protocol": "loo", "negatives": 20},
-           "models": models, **sections}
+    cfg = {"experiment": {"dir": str(root), "seed": 0}, "split": split, "models": models, **sections}
     path = root / "experiment.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
