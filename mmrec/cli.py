@@ -46,6 +46,13 @@ def build_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
     return parser, module
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Options and `key=value` overrides in any order (`mmrec finetune C --model m lr=1`); sub-commands as usual."""
+    if any(isinstance(a, argparse._SubParsersAction) for a in parser._actions):
+        return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     from mmrec.errors import MmrecError
 
@@ -67,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmrec: unknown command '{name}'{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     parser, module = build_parser(name)
-    args = parser.parse_args(argv[1:])
+    args = parse(parser, argv[1:])
     try:
         return int(module.main(args) or 0)
     except MmrecError as e:

@@ -90,3 +90,12 @@ def test_validate_command_reports_bad_config(tmp_path, run_cli):
     f.write_text("experiment:\n  seed: many\n")
     code, _, err = run_cli("validate", f)
     assert code == 2 and "experiment.seed' must be an integer" in err and str(f) in err
+
+
+def test_overrides_may_follow_options(tmp_path, run_cli):
+    f = tmp_path / "e.yaml"
+    f.write_text("experiment:\n  seed: 1\n")
+    code, out, _ = run_cli("validate", f, "--quiet", "experiment.seed=2")
+    assert code == 0 and "OK" in out
+    code, _, err = run_cli("validate", f, "--quiet", "experiment.seed=x")
+    assert code == 2 and "experiment.seed' must be an integer" in err
