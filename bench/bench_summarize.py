@@ -24,6 +24,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("MMREC_NO_PROGRESS", "1")
 
+from results import emit  # noqa: E402  (bench/ is sys.path[0] when a benchmark runs as a script)
+
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,6 +96,10 @@ def main() -> None:
     same = tables["one user at a time"]["steps"].map(list).tolist() == tables[f"batched x{args.batch_size}"]["steps"].map(list).tolist()
     print(f"RATIO preference summarization, batched / one at a time: {batched / one:.1f}x users/s "
           f"(goal >= 4x); identical texts: {same}")
+    where = "GPU" if torch.cuda.is_available() else "CPU"
+    emit("summarize", f"preferences batched x{args.batch_size} vs one user at a time, users/s", batched / one, "x",
+         goal=4.0, note=f"{batched:.1f} vs {one:.1f} users/s; identical texts: {same}")
+    emit("summarize", f"preferences batched, users/s ({args.hidden}x{args.layers} LM, {where})", batched, "users/s")
 
     # -- 2. items: first run vs a re-run over the cached dataset ---------------------------------------
     icfg = ItemSummaryConfig(model=ModelSpec(name_or_path=str(vlm_dir), dtype=args.dtype),
@@ -105,6 +111,13 @@ def main() -> None:
     print(f"  items, first run  {first.line()} in {t_first:.2f}s (model load included)")
     print(f"  items, re-runs    {second.line()} in {t_second:.3f}s (median of 3)")
     print(f"RATIO item summarization, first / cached re-run time: {t_first / t_second:.0f}x (goal >= 100x)")
+    emit("summarize", "items: first run vs cached re-run, time", t_first / t_second, "x", goal=100.0,
+         note=f"{t_first:.2f}s vs {t_second:.3f}s")
+    emit("summarize", f"items first run, items/s ({where}, model load included)", first.items / t_first, "items/s")
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        print(f"GPU peak memory allocated: {peak:.0f} MiB")
+        emit("summarize", "peak GPU memory allocated, MiB", peak, "MiB", higher_is_better=False)
 
 
 if __name__ == "__main__":

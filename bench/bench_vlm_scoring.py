@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmrec.models.vlm_forward import cached_p_yes, plain_p_yes, prefix_cache  # noqa: E402
 from mmrec.models.vlm_prompt import PromptBuilder  # noqa: E402
+from results import emit  # noqa: E402  (bench/ is sys.path[0] when a benchmark runs as a script)
 
 WORDS = ("striped dotted solid red orange yellow green blue purple circle square triangle diamond items colourful "
          "bright small large sticker badge tile coaster magnet patch paper vinyl ceramic metal fabric").split()
@@ -161,6 +162,8 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's peak dense FLOP/s in TFLOP/s")
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit(f"--device {args.device} needs a CUDA GPU and torch sees none; run without --device (CPU sizes)")
     torch.manual_seed(0)
     g = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,10 +188,18 @@ def main() -> None:
         print(f"ratio prefix cache / plain batched:   {cache_cps / plain_cps:9.2f}x  (at {args.candidates} candidates/user)")
         print(f"max |P(Yes)| difference cache vs plain: {np.abs(p_cache - p_plain).max():.2e}; "
               f"vs reference (image-first prompt, so not equal): mean {np.abs(p_ref.mean() - p_cache.mean()):.3f}")
+        shape = f"{n_params / 1e6:.1f}M params, {args.device}"
+        emit("scoring", f"batched+prefix cache vs generate per candidate, cand/s ({shape})", cache_cps / ref_cps, "x",
+             goal=5.0, note=f"{cache_cps:.1f} vs {ref_cps:.1f} candidates/s")
+        emit("scoring", f"prefix cache vs plain batched forward, cand/s ({args.candidates} cand/user)",
+             cache_cps / plain_cps, "x", note=f"{cache_cps:.1f} vs {plain_cps:.1f} candidates/s")
+        emit("scoring", f"mmrec score, candidates/s ({shape})", cache_cps, "cand/s")
         if args.device == "cuda":
             flops = 2 * n_params * (pref_tokens / args.candidates + suffix_tokens) * cache_cps
             print(f"GPU: {cache_cps:.1f} candidates/s = {flops / 1e12:.2f} TFLOP/s, "
                   f"{flops / (args.peak_tflops * 1e12):.2%} of {args.peak_tflops:.0f} TFLOP/s peak")
+            emit("scoring", f"scoring, % of {args.peak_tflops:.0f} TFLOP/s peak (GPU)",
+                 100 * flops / (args.peak_tflops * 1e12), "%", note=f"{flops / 1e12:.2f} TFLOP/s")
         if args.skip_train:
             return
         lora = train_speed(spec, builder, users, images, titles, False, args.train_steps, args.train_batch)
@@ -197,6 +208,14 @@ def main() -> None:
         print(f"train QLoRA: {qlora[0]:9.0f} tokens/s, peak memory {qlora[1]:8.0f} MiB")
         print(f"ratio QLoRA / LoRA tokens/s: {qlora[0] / lora[0]:.2f}x; peak memory {qlora[1] / lora[1]:.2f}x "
               "(CPU peak is the process's max RSS, which includes everything loaded so far)")
+        mem = "GPU allocated" if args.device.startswith("cuda") else "CPU max RSS"
+        emit("scoring", "train QLoRA vs LoRA, tokens/s", qlora[0] / lora[0], "x",
+             note=f"{qlora[0]:.0f} vs {lora[0]:.0f} tokens/s")
+        emit("scoring", f"train QLoRA vs LoRA, peak memory ({mem})", qlora[1] / lora[1], "x", higher_is_better=False,
+             note=f"{qlora[1]:.0f} vs {lora[1]:.0f} MiB")
+        emit("scoring", f"train LoRA, tokens/s ({shape})", lora[0], "tok/s")
+        emit("scoring", f"train LoRA, peak memory MiB ({mem})", lora[1], "MiB", higher_is_better=False)
+        emit("scoring", f"train QLoRA, peak memory MiB ({mem})", qlora[1], "MiB", higher_is_better=False)
 
 
 if __name__ == "__main__":

@@ -22,15 +22,20 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# name -> (script, CPU arguments, GPU arguments)
+# name -> (script, CPU arguments, GPU arguments). CPU sizes keep the whole run near 10 minutes on 2 cores; GPU sizes
+# use larger model shapes in bf16 (random weights: speed does not depend on them) and more users.
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
-    "scoring": ("bench_vlm_scoring.py", [], ["--gpu"]),
-    "summarize": ("bench_summarize.py", [], ["--hidden", "1024", "--layers", "8", "--users", "256",
-                                             "--batch-size", "64", "--dtype", "bfloat16"]),
-    "data_prep": ("bench_data_prep.py", ["--rows", "1e7"], ["--rows", "1e7"]),
+    "scoring": ("bench_vlm_scoring.py", [],
+                ["--device", "cuda", "--hidden", "2048", "--layers", "16", "--heads", "16", "--vision-hidden", "256",
+                 "--image-size", "224", "--patch-size", "14", "--users", "32", "--candidates", "101", "--batch", "101", "--reference-users", "1",
+                 "--train-steps", "10", "--train-batch", "16"]),
+    "summarize": ("bench_summarize.py", [],
+                  ["--hidden", "1024", "--layers", "8", "--users", "256", "--items", "500", "--batch-size", "64",
+                   "--dtype", "bfloat16"]),
+    "data_prep": ("bench_data_prep.py", ["--rows", "1e7"], ["--rows", "1e6", "1e7"]),
     "metrics": ("bench_metrics.py", ["--users", "1000000"], ["--users", "1000000"]),
-    "sequential": ("bench_sequential.py", ["--seconds", "10"], ["--seconds", "10"]),
-    "ctr": ("bench_ctr.py", [], []),
+    "sequential": ("bench_sequential.py", ["--seconds", "10"], ["--seconds", "20"]),
+    "ctr": ("bench_ctr.py", [], ["--texts", "4096", "--images", "2048", "--big-images", "1024"]),
 }
 
 
@@ -66,6 +71,13 @@ def main() -> int:
     parser.add_argument("--logs", type=Path, default=None, help="keep each benchmark's output here")
     args = parser.parse_args()
     names = args.only or list(BENCHMARKS)
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("--gpu runs the GPU sizes (bf16 models, --device cuda) and needs a CUDA GPU, but torch sees none; "
+                  "run without --gpu for the CPU sizes", file=sys.stderr)
+            return 2
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp) / "results.jsonl"
         log_dir = args.logs or Path(tmp)
