@@ -60,7 +60,7 @@ def scoring(n_candidates: int, n_items: int, per_user: int = 21, history: int = 
     print(f"  content table (shipped): {t_table:6.2f} s  {rate:12,.0f} candidates/s")
     print(f"  bottom MLP per item     : {t_mlp:6.2f} s  {len(candidates) / t_mlp:12,.0f} candidates/s (extrapolated from 10%)")
     print(f"  ratio: {t_mlp / t_table:.1f}x")
-    emit("ctr", f"scoring {len(candidates) / 1e6:g}M candidates, cached content vectors, cand/s", rate, "cand/s",
+    emit("ctr", f"scoring {len(candidates):,} candidates, cached content vectors, cand/s", rate, "cand/s",
          note=f"{t_table:.2f}s")
     emit("ctr", "content table vs bottom MLP per candidate, time", t_mlp / t_table, "x")
 

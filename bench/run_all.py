@@ -53,14 +53,14 @@ def run_one(name: str, gpu: bool, results: Path, log_dir: Path) -> tuple[int, fl
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'benchmark':<11} {'figure':<66} {'value':>12} {'goal':>10} {'met':>4}"
+    head = f"{'benchmark':<11} {'figure':<66} {'value':>18} {'goal':>10} {'met':>4}  note"
     lines = [head, "-" * len(head)]
     for r in rows:
         unit = r["unit"]
         value = f"{r['value']:.2f}{unit}" if unit in ("x", "s") else f"{r['value']:,.1f} {unit}"
-        goal = "" if r["goal"] is None else (">=" if r["higher_is_better"] else "<=") + f"{r['goal']:g}{unit if unit in ('x', 's') else ''}"
+        goal = "" if r["goal"] is None else (">=" if r["higher_is_better"] else "<=") + (f"{r['goal']:g}{unit}" if unit in ("x", "s") else f"{r['goal']:g} {unit}")
         met = {True: "yes", False: "NO", None: ""}[r["met"]]
-        lines.append(f"{r['bench']:<11} {r['measure'][:66]:<66} {value:>12} {goal:>10} {met:>4}")
+        lines.append(f"{r['bench']:<11} {r['measure'][:66]:<66} {value:>18} {goal:>10} {met:>4}  {r.get('note', '')}".rstrip())
     return "\n".join(lines)
 
 
