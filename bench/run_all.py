@@ -27,8 +27,8 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "scoring": ("bench_vlm_scoring.py", [],
                 ["--device", "cuda", "--hidden", "2048", "--layers", "16", "--heads", "16", "--vision-hidden", "256",
-                 "--image-size", "224", "--patch-size", "14", "--users", "32", "--candidates", "101", "--batch", "101", "--reference-users", "1",
-                 "--train-steps", "10", "--train-batch", "16"]),
+                 "--image-size", "224", "--patch-size", "14", "--users", "32", "--candidates", "101", "--batch", "101",
+                 "--reference-users", "1", "--train-steps", "10", "--train-batch", "16"]),
     "summarize": ("bench_summarize.py", [],
                   ["--hidden", "1024", "--layers", "8", "--users", "256", "--items", "500", "--batch-size", "64",
                    "--dtype", "bfloat16"]),
@@ -58,9 +58,13 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         unit = r["unit"]
         value = f"{r['value']:.2f}{unit}" if unit in ("x", "s") else f"{r['value']:,.1f} {unit}"
-        goal = "" if r["goal"] is None else (">=" if r["higher_is_better"] else "<=") + (f"{r['goal']:g}{unit}" if unit in ("x", "s") else f"{r['goal']:g} {unit}")
+        goal = ""
+        if r["goal"] is not None:
+            sign = ">=" if r["higher_is_better"] else "<="
+            goal = f"{sign}{r['goal']:g}" + (unit if unit in ("x", "s") else f" {unit}")
         met = {True: "yes", False: "NO", None: ""}[r["met"]]
-        lines.append(f"{r['bench']:<11} {r['measure'][:66]:<66} {value:>18} {goal:>10} {met:>4}  {r.get('note', '')}".rstrip())
+        row = f"{r['bench']:<11} {r['measure'][:66]:<66} {value:>18} {goal:>10} {met:>4}  {r.get('note', '')}"
+        lines.append(row.rstrip())
     return "\n".join(lines)
 
 
