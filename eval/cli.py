@@ -213,7 +213,7 @@ def main(args: argparse.Namespace) -> int:
     ev = cfg.section("eval")
     names, seeds, stages = selected(cfg, args.model, args.seeds, args.stage)
     paths = ExperimentPaths(cfg.dir)
-    split_dir = paths.split(cfg.section("split").dir_name)
+    split_dir = cfg.split_dir
     split = load_split(split_dir)
     cands_sha = check_candidates(split, split_dir)
     results = []

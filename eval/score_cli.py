@@ -244,7 +244,7 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_experiment(args)
     names, seeds, stages = selected(cfg, args.model, args.seeds, args.stage)
-    split_dir = ExperimentPaths(cfg.dir).split(cfg.section("split").dir_name)
+    split_dir = cfg.split_dir
     split = load_split(split_dir)
     for name, run, run_cfg in runs_of(cfg, names, seeds):
         score_run(cfg, run_cfg, name, run, split, split_dir, stages, force=args.force)

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from mmrec.config import to_dict
-from mmrec.experiment import ExperimentConfig, ExperimentPaths
+from mmrec.experiment import ExperimentConfig
 from mmrec.io import atomic_dir, read_json, write_json, write_parquet
 from mmrec.models.pop import COUNTS_FILE, RUN_FILE, item_counts
 from mmrec.progress import get_logger
@@ -18,7 +18,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     if int(os.environ.get("RANK", "0")) != 0:  # under a multi-process launcher only rank 0 counts and writes
         return Path(out_dir)
     mcfg = cfg.model(name)
-    split_dir = ExperimentPaths(cfg.dir).split(cfg.section("split").dir_name)
+    split_dir = cfg.split_dir
     split = load_split(split_dir)
     fingerprint = cfg.fingerprint(f"models.{name}")
     run_file = Path(out_dir) / RUN_FILE

@@ -112,6 +112,11 @@ class ExperimentConfig:
     def seed(self) -> int:
         return self.experiment.seed
 
+    @property
+    def split_dir(self) -> Path:
+        """The directory of the split that the `split` section names, inside the experiment directory."""
+        return ExperimentPaths(self.dir).split(self.section("split").dir_name)
+
     def model_names(self) -> list[str]:
         models = self.raw.get("models") or {}
         if not isinstance(models, dict):

@@ -158,7 +158,6 @@ def load_scorer(cfg: "ExperimentConfig", name: str, ckpt_dir: Path) -> CTRScorer
     from safetensors.torch import load_file
 
     from mmrec.data.splits import load_split
-    from mmrec.experiment import ExperimentPaths
 
     ckpt_dir = Path(ckpt_dir)
     mcfg: CTRConfig = cfg.model(name)
@@ -174,7 +173,7 @@ def load_scorer(cfg: "ExperimentConfig", name: str, ckpt_dir: Path) -> CTRScorer
     model = build_model(mcfg, len(users), run["n_id_items"], weights["id_of_row"], run["dense_dim"])
     model.load_state_dict(weights)
     model.content_table = content
-    split = load_split(ExperimentPaths(cfg.dir).split(cfg.section("split").dir_name))
+    split = load_split(cfg.split_dir)
     device = resolve_device(mcfg.device)
     if model.content_table is not None:
         model.content_table = model.content_table.to(device)

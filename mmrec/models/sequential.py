@@ -261,7 +261,6 @@ def load_sequential_scorer(cfg: "ExperimentConfig", name: str, ckpt_dir: Path,
     from safetensors.torch import load_file
 
     from mmrec.data.splits import load_split
-    from mmrec.experiment import ExperimentPaths
 
     mcfg = cfg.model(name)
     run_file = ckpt_dir / RUN_FILE
@@ -271,6 +270,6 @@ def load_sequential_scorer(cfg: "ExperimentConfig", name: str, ckpt_dir: Path,
     vocab = ItemVocab(pd.read_parquet(ckpt_dir / ITEMS_FILE)["item_id"].tolist())
     model = build(mcfg, len(vocab))
     model.load_state_dict(load_file(ckpt_dir / WEIGHTS_FILE))
-    split = load_split(ExperimentPaths(cfg.dir).split(cfg.section("split").dir_name))
+    split = load_split(cfg.split_dir)
     return SequentialScorer(model, vocab, split.examples, mcfg.max_len, resolve_device(mcfg.device),
                             mcfg.eval_batch_size)

@@ -30,7 +30,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_experiment(args)
     section = cfg.section("user_summaries")
     paths = ExperimentPaths(cfg.dir)
-    split = load_split(paths.split(cfg.section("split").dir_name))
+    split = load_split(cfg.split_dir)
     cache_dir = paths.cache / "user_summaries"
     if args.merge:
         out = merge_user_summaries(section, split, paths.item_summaries, paths.user_summaries, cache_dir)
