@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,12 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from finetune.sequential import LOG_FILE, STATE_DIR, TrainState, load_checkpoint, save_checkpoint
+from finetune.checkpoint import check_previous_run, clear_stale, load_checkpoint, save_checkpoint
+from finetune.sequential import LOG_FILE, STATE_DIR, TrainState
 from mmrec.config import to_dict
-from mmrec.errors import ConfigError, DataError
+from mmrec.errors import DataError
 from mmrec.experiment import ExperimentConfig, ExperimentPaths
-from mmrec.io import atomic_path, hash_json, read_json, write_json, write_parquet, write_text
+from mmrec.io import atomic_path, hash_json, write_json, write_parquet, write_text
 from mmrec.metrics import global_auc
 from mmrec.models.ctr import (CONTENT_KEY, ITEMS_FILE, RUN_FILE, USERS_FILE, WEIGHTS_FILE, CTRConfig, CTRScorer,
                               build_model)
@@ -149,20 +149,15 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     mcfg: CTRConfig = cfg.model(name)
     paths = ExperimentPaths(cfg.dir)
     out_dir = Path(out_dir)
-    split = load_split(paths.split(cfg.section("split").dir_name))
+    split = load_split(cfg.split_dir)
     tie_policy = cfg.section("eval").tie_policy
     fingerprint = _fingerprint(cfg, name, split.candidates_sha256, split.dataset.fingerprint())
 
     run_file = out_dir / RUN_FILE
-    previous = read_json(run_file) if run_file.is_file() else None
-    if resume and previous is not None:
-        if previous.get("fingerprint") != fingerprint:
-            raise ConfigError(f"{out_dir} holds a run of '{name}' with other settings or another split; "
-                              f"re-run with --no-resume to train from scratch (it replaces that run)")
-        if previous.get("finished"):
-            log.info(f"{name}: already trained (best valid AUC {previous['best']}), kept")
-            return out_dir
-    resuming = resume and previous is not None and (out_dir / STATE_DIR / "state.json").is_file()
+    previous = check_previous_run(run_file, out_dir / STATE_DIR, name, fingerprint, resume)
+    if previous.finished:
+        log.info(f"{name}: already trained (best valid AUC {previous.record['best']}), kept")
+        return out_dir
 
     # Data: catalogue rows, dense features of the variant (cached), training positives, validation candidates.
     seed_everything(cfg.seed)
@@ -184,15 +179,14 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     features = torch.from_numpy(feats).to(device) if feats.shape[1] else None
     model.features = features
     optimizer = torch.optim.Adam(model.parameters(), lr=mcfg.lr, weight_decay=mcfg.weight_decay)
-    if resuming:
-        state = load_checkpoint(out_dir, model, optimizer)
+    if previous.resuming:
+        saved = load_checkpoint(out_dir / STATE_DIR, optimizer)
+        model.load_state_dict(saved.model)
+        state = TrainState(**saved.loop)
         log.info(f"{name}: resuming after epoch {state.epoch} (best valid AUC {state.best:.4f})")
     else:
         state = TrainState()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(out_dir / STATE_DIR, ignore_errors=True)  # an older run's state must never be resumed
-        for stale in (WEIGHTS_FILE, LOG_FILE):
-            (out_dir / stale).unlink(missing_ok=True)
+        clear_stale(out_dir, STATE_DIR, WEIGHTS_FILE, LOG_FILE)
         write_parquet(pd.DataFrame({"item_id": catalogue.item_ids}), out_dir / ITEMS_FILE)
         write_parquet(pd.DataFrame({"user_id": list(users)}), out_dir / USERS_FILE)
     info: dict[str, Any] = {"kind": mcfg.kind, "variant": mcfg.variant, "config": to_dict(mcfg),
@@ -220,7 +214,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         state.stopped_early = bool(len(valid)) and state.bad_epochs >= mcfg.patience
         state.history.append({"epoch": epoch + 1, "loss": loss, "valid_auc": auc if math.isfinite(auc) else None,
                               "best": improved})
-        save_checkpoint(out_dir, model, optimizer, state)
+        save_checkpoint(out_dir / STATE_DIR, model, optimizer, state)
         write_text("".join(json.dumps(h) + "\n" for h in state.history), out_dir / LOG_FILE)
         log.info(f"{name} epoch {epoch + 1}: loss {loss:.4f}, valid AUC {auc:.4f}"
                  + (" (best)" if improved else f" ({state.bad_epochs}/{mcfg.patience} without improvement)"))

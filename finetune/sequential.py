@@ -15,7 +15,6 @@ import importlib
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +22,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from finetune.checkpoint import check_previous_run, clear_stale, load_checkpoint, save_checkpoint
 from mmrec.config import to_dict
-from mmrec.errors import ConfigError, DataError
-from mmrec.experiment import MODEL_KINDS, ExperimentConfig, ExperimentPaths
+from mmrec.errors import DataError
+from mmrec.experiment import MODEL_KINDS, ExperimentConfig
 from mmrec.metrics import DEFAULT_TIE_POLICY, evaluate_long, metric_name
-from mmrec.io import atomic_dir, atomic_path, hash_json, read_json, write_json, write_parquet, write_text
+from mmrec.io import atomic_path, hash_json, write_json, write_parquet, write_text
 from mmrec.models.sequential import (ITEMS_FILE, RUN_FILE, WEIGHTS_FILE, ItemVocab, SequentialConfig,
                                      SequentialModel, SequentialScorer, batches, pad_batch, parse_metric,
                                      resolve_device, sequence_loss, training_sequences, windows)
@@ -72,47 +72,6 @@ def _fingerprint(cfg: ExperimentConfig, name: str, candidates_sha256: str) -> st
     return hash_json({"model": settings, "seed": cfg.seed, "candidates": candidates_sha256})
 
 
-def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
-    """Model, optimizer and RNG state as safetensors plus the loop state as JSON, replaced atomically together."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
-    scalars: dict[str, Any] = {}
-    for idx, pstate in opt["state"].items():
-        for key, value in pstate.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{idx}.{key}"] = value
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    meta = {"loop": to_dict(state), "param_groups": opt["param_groups"], "optim_scalars": scalars}
-    with atomic_dir(out_dir / STATE_DIR) as tmp:
-        save_file(tensors, str(tmp / "state.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(meta, indent=2, default=str))
-
-
-def load_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
-    tensors = load_file(str(out_dir / STATE_DIR / "state.safetensors"))
-    meta = json.loads((out_dir / STATE_DIR / "state.json").read_text())
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    opt_state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            opt_state.setdefault(int(idx), {})[name] = value
-    for key, value in meta["optim_scalars"].items():
-        idx, name = key.split(".", 1)
-        opt_state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[f"rng.cuda.{i}"] for i in range(sum(k.startswith("rng.cuda.") for k in tensors))]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-    return TrainState(**meta["loop"])
-
-
 def run_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, samples: list[list[int]], mcfg: SequentialConfig,
               order: np.ndarray, device: torch.device, desc: str) -> float:
     """One pass over the training windows in `order`; returns the mean batch loss."""
@@ -145,19 +104,14 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     metric, k = parse_metric(mcfg.valid_metric)
     tie_policy = cfg.section("eval").tie_policy
     out_dir = Path(out_dir)
-    split = load_split(ExperimentPaths(cfg.dir).split(cfg.section("split").dir_name))
+    split = load_split(cfg.split_dir)
     fingerprint = _fingerprint(cfg, name, split.candidates_sha256)
 
     run_file = out_dir / RUN_FILE
-    previous = read_json(run_file) if run_file.is_file() else None
-    if resume and previous is not None:
-        if previous.get("fingerprint") != fingerprint:
-            raise ConfigError(f"{out_dir} holds a run of '{name}' with other settings or another split; "
-                              f"re-run with --no-resume to train from scratch (it replaces that run)")
-        if previous.get("finished"):
-            log.info(f"{name}: already trained (best {mcfg.valid_metric} {previous['best']}), kept")
-            return out_dir
-    resuming = resume and previous is not None and (out_dir / STATE_DIR / "state.json").is_file()
+    previous = check_previous_run(run_file, out_dir / STATE_DIR, name, fingerprint, resume)
+    if previous.finished:
+        log.info(f"{name}: already trained (best {mcfg.valid_metric} {previous.record['best']}), kept")
+        return out_dir
 
     # Data: item indices from the training sequences, windows of at most max_len targets.
     seed_everything(cfg.seed)
@@ -172,15 +126,14 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     torch.manual_seed(derive_seed(cfg.seed, name, "init"))
     model = module.build_model(mcfg, len(vocab)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=mcfg.lr, weight_decay=mcfg.weight_decay)
-    if resuming:
-        state = load_checkpoint(out_dir, model, optimizer)
+    if previous.resuming:
+        saved = load_checkpoint(out_dir / STATE_DIR, optimizer)
+        model.load_state_dict(saved.model)
+        state = TrainState(**saved.loop)
         log.info(f"{name}: resuming after epoch {state.epoch} (best {mcfg.valid_metric} {state.best:.4f})")
     else:
         state = TrainState()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(out_dir / STATE_DIR, ignore_errors=True)  # an older run's state must never be resumed
-        for stale in (WEIGHTS_FILE, LOG_FILE):
-            (out_dir / stale).unlink(missing_ok=True)
+        clear_stale(out_dir, STATE_DIR, WEIGHTS_FILE, LOG_FILE)
         write_parquet(pd.DataFrame({"item_id": vocab.item_ids}), out_dir / ITEMS_FILE)
     info = {"kind": mcfg.kind, "config": to_dict(mcfg), "fingerprint": fingerprint, "finished": False,
             "n_items": len(vocab), "train_sequences": len(sequences), "train_windows": len(samples),
@@ -206,7 +159,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         state.epoch = epoch + 1
         state.stopped_early = bool(len(valid)) and state.bad_epochs >= mcfg.patience
         state.history.append({"epoch": epoch + 1, "loss": loss, mcfg.valid_metric: _finite(score), "best": improved})
-        save_checkpoint(out_dir, model, optimizer, state)
+        save_checkpoint(out_dir / STATE_DIR, model, optimizer, state)
         write_text("".join(json.dumps(h) + "\n" for h in state.history), out_dir / LOG_FILE)
         log.info(f"{name} epoch {epoch + 1}: loss {loss:.4f}, valid {mcfg.valid_metric} {score:.4f}"
                  + (" (best)" if improved else f" ({state.bad_epochs}/{mcfg.patience} without improvement)"))

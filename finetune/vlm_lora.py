@@ -20,28 +20,43 @@ import math
 import resource
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from finetune.checkpoint import capture_rng, check_previous_run, load_checkpoint, save_checkpoint
 from finetune.vlm_data import batches_per_epoch, epoch_batches, training_rows, validation_rows
 from mmrec.config import to_dict
 from mmrec.errors import ConfigError
 from mmrec.experiment import ExperimentConfig
-from mmrec.io import atomic_dir, hash_json, read_json, write_json, write_text
+from mmrec.io import atomic_dir, hash_json, write_json, write_text
 from mmrec.metrics import global_auc
-from mmrec.models.vlm_adapter import apply_lora, merge_adapter
+from mmrec.models.vlm_adapter import apply_lora, load_trainable_state, merge_adapter, trainable_state
 from mmrec.models.vlm_context import report_missing
 from mmrec.models.vlm_forward import lm_loss, model_device, train_batch, vision_dtype, yes_no_loss
 from mmrec.models.vlm_rec import resolve
 from mmrec.models.vlm_scorer import ADAPTER_DIR, RUN_FILE, VLMScorer, build_context, make_builder, open_split
-from mmrec.models.vlm_train_state import LoopState, has_state, load_state, rng_state, save_state
 from mmrec.progress import get_logger, progress
 from mmrec.seeding import derive_seed, seed_everything
 
 LOG_FILE = "train_log.jsonl"
+STATE_DIR = "last"
 log = get_logger("finetune.vlm_lora")
+
+
+@dataclass
+class LoopState:
+    """Where the loop stands, saved in every checkpoint: the next micro-batch to run is (`epoch`, `batch`)."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0  # optimizer steps done
+    best_auc: float = -math.inf
+    best_step: int = -1
+    tokens: int = 0  # tokens trained on, all processes
+    seconds: float = 0.0  # training time before this (re)start
 
 
 def _fingerprint(cfg: ExperimentConfig, mcfg: Any, candidates_sha256: str) -> str:
@@ -115,15 +130,10 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     mcfg, tcfg, out_dir = resolve(cfg, name), resolve(cfg, name).train, Path(out_dir)
     split = open_split(cfg, mcfg)
     fingerprint = _fingerprint(cfg, mcfg, split.candidates_sha256)
-    previous = read_json(out_dir / RUN_FILE) if (out_dir / RUN_FILE).is_file() else None
-    if resume and previous is not None:
-        if previous.get("fingerprint") != fingerprint:
-            raise ConfigError(f"{out_dir} holds a run of '{name}' with other settings or another split; "
-                              "re-run with --no-resume to train from scratch (it replaces that run)")
-        if previous.get("finished"):
-            log.info(f"{name}: already trained (best valid AUC {previous.get('best_auc')}), kept")
-            return out_dir
-    resuming = resume and previous is not None and has_state(out_dir)
+    previous = check_previous_run(out_dir / RUN_FILE, out_dir / STATE_DIR, name, fingerprint, resume)
+    if previous.finished:
+        log.info(f"{name}: already trained (best valid AUC {previous.record.get('best_auc')}), kept")
+        return out_dir
 
     # cpu=True lets accelerate see a multi-process CPU launch (gloo) when there is no GPU
     accelerator = Accelerator(mixed_precision=tcfg.precision, cpu=not torch.cuda.is_available())
@@ -136,7 +146,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     info = {"kind": "vlm", "model": name, "variant": mcfg.variant, "base": to_dict(mcfg.model), "seed": cfg.seed,
             "fingerprint": fingerprint, "candidates_sha256": split.candidates_sha256, "finished": False,
             "yes_id": builder.yes_id, "no_id": builder.no_id, "adapter": None, "best_auc": None}
-    if main and not resuming:
+    if main and not previous.resuming:
         shutil.rmtree(out_dir, ignore_errors=True)  # never mix a fresh run with an older one's files
         out_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
@@ -171,8 +181,11 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     plain = accelerator.unwrap_model(model)
     torch.manual_seed(derive_seed(cfg.seed, name, "dropout", rank))  # per-process dropout streams
     state = LoopState()
-    if resuming:
-        state, _ = load_state(out_dir, plain, optimizer, scheduler, rank)
+    if previous.resuming:
+        saved = load_checkpoint(out_dir / STATE_DIR, optimizer, rank)
+        load_trainable_state(plain, saved.model)
+        scheduler.load_state_dict(saved.meta["scheduler"])
+        state = LoopState(**saved.loop)
         log.info(f"{name}: resuming at step {state.step}/{total_steps} (epoch {state.epoch + 1}, batch {state.batch})")
     run_log = RunLog(out_dir, state.step, enabled=main)
     scorer = VLMScorer(plain, builder, context, loaded.family, mcfg.score.batch_size, mcfg.score.prefix_cache,
@@ -251,8 +264,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
                 evaluate_and_keep(epoch)
             if state.step % tcfg.checkpoint_every == 0 or state.step == total_steps:
                 state.seconds = time.perf_counter() - start_time
-                checkpoint(out_dir, plain, optimizer, scheduler, state, gather_object([rng_state()]), fingerprint,
-                           main)
+                rng_states = gather_object([capture_rng(all_devices=False)])  # every process's RNG
+                checkpoint(out_dir, plain, optimizer, scheduler, state, rng_states, fingerprint, main)
                 accelerator.wait_for_everyone()
     bar.close()
     if not evaluated and state.best_step < 0:  # validation never ran (eval_every beyond the last step)
@@ -269,10 +282,12 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
 
 
 def checkpoint(out_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: LoopState,
-               rng_states: list[torch.Tensor], fingerprint: str, main: bool) -> None:
-    """Write the resumable state (main process); a separate function so tests can interrupt right after it."""
+               rng_states: list[dict[str, torch.Tensor]], fingerprint: str, main: bool) -> None:
+    """Write the resumable state `last/` (main process): trainable tensors, optimizer, scheduler, every process's
+    RNG, the loop state; a separate function so tests can interrupt right after it."""
     if main:
-        save_state(out_dir, model, optimizer, scheduler, state, rng_states, fingerprint)
+        save_checkpoint(out_dir / STATE_DIR, trainable_state(model), optimizer, state, rng_states,
+                        scheduler=scheduler.state_dict(), fingerprint=fingerprint)
 
 
 def _image_id(loaded: Any) -> int | None:

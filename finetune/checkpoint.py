@@ -1,0 +1,188 @@
+"""Resumable training state and the run guard that every training recipe shares.
+
+A recipe's output directory holds a run record (`run.json`, `vlm_rec.json`: the settings' fingerprint and a
+`finished` flag) and a state directory, replaced atomically after an epoch or every few steps:
+
+- `state.safetensors`: model tensors `model.<name>`, optimizer tensors `optim.<param index>.<key>`, torch RNG
+  states `rng.<key>` (one process) or `rng.<rank>.<key>` (several), `<key>` being `torch` or `cuda.<device>`;
+- `state.json`: `loop` (the recipe's loop position), `param_groups` and `optim_scalars` (the optimizer's
+  non-tensor state), `processes`, and whatever else the recipe adds (a scheduler's state, a fingerprint).
+
+Nothing is pickled: a checkpoint is read back with safetensors and json only.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mmrec.config import to_dict
+from mmrec.errors import ConfigError
+from mmrec.io import atomic_dir, read_json
+
+TENSORS_FILE = "state.safetensors"
+META_FILE = "state.json"
+
+
+# --- the run guard ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PreviousRun:
+    """What an output directory already holds, and what the recipe does about it."""
+
+    record: dict[str, Any] | None  # the run record found there, if any
+    finished: bool  # the same run already finished: keep it, train nothing
+    resuming: bool  # the same run was interrupted: continue from its saved state
+
+
+def check_previous_run(run_file: Path, state_dir: Path, name: str, fingerprint: str, resume: bool) -> PreviousRun:
+    """The guard at the top of every recipe. With `resume`, a run with another fingerprint in the same directory
+    is refused (replacing it is what `--no-resume` is for), a finished run with the same one is kept, and an
+    unfinished one resumes when `state_dir` holds a checkpoint. Without `resume` everything starts over."""
+    record = read_json(run_file) if run_file.is_file() else None
+    if not resume or record is None:
+        return PreviousRun(record, finished=False, resuming=False)
+    if record.get("fingerprint") != fingerprint:
+        raise ConfigError(f"{run_file.parent} holds a run of '{name}' with other settings or another split; "
+                          "re-run with --no-resume to train from scratch (it replaces that run)")
+    if record.get("finished"):
+        return PreviousRun(record, finished=True, resuming=False)
+    return PreviousRun(record, finished=False, resuming=has_checkpoint(state_dir))
+
+
+def clear_stale(out_dir: Path, *names: str) -> None:
+    """Delete files or directories an older run left in `out_dir`: a fresh run must never resume or keep them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+# --- optimizer state <-> safetensors ---------------------------------------------------------------------------
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The optimizer's state split into tensors (`optim.<param index>.<key>`) and JSON (`param_groups`,
+    `optim_scalars` such as a non-tensor step count), since safetensors holds tensors only."""
+    opt = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, pstate in opt["state"].items():
+        for key, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": opt["param_groups"], "optim_scalars": scalars}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor],
+                         meta: Mapping[str, Any]) -> None:
+    """Inverse of `optimizer_state`."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for key, value in meta["optim_scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# --- RNG -------------------------------------------------------------------------------------------------------
+
+def capture_rng(all_devices: bool = True) -> dict[str, torch.Tensor]:
+    """This process's torch RNG: `torch` (CPU) and `cuda.<i>` for every visible GPU, or with `all_devices=False`
+    for the current one only (one process per GPU, as under DDP: touching the others would put a context there)."""
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        devices = range(torch.cuda.device_count()) if all_devices else [torch.cuda.current_device()]
+        for i in devices:
+            states[f"cuda.{i}"] = torch.cuda.get_rng_state(i)
+    return states
+
+
+def restore_rng(states: Mapping[str, torch.Tensor]) -> None:
+    """Inverse of `capture_rng`; GPU states are set by device index, for the devices this machine has."""
+    torch.set_rng_state(states["torch"].clone())
+    if torch.cuda.is_available():
+        for key, value in states.items():
+            if key.startswith("cuda.") and int(key[5:]) < torch.cuda.device_count():
+                torch.cuda.set_rng_state(value.clone(), int(key[5:]))
+
+
+def process_rng(tensors: Mapping[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    """The RNG states saved for process `rank` (`rng.*` stripped); process 0's when the run had fewer processes."""
+    if "rng.torch" in tensors:  # written by a single process
+        return _strip(tensors, "rng.")
+    for r in (rank, 0):
+        if f"rng.{r}" in tensors:  # states written before RNG states were keyed: one packed tensor per process
+            return _unpack_rng(tensors[f"rng.{r}"])
+        if f"rng.{r}.torch" in tensors:
+            return _strip(tensors, f"rng.{r}.")
+    raise ConfigError("the checkpoint holds no RNG state; re-run with --no-resume to train from scratch")
+
+
+def _unpack_rng(packed: torch.Tensor) -> dict[str, torch.Tensor]:
+    """[int64 CPU-state length as 8 bytes, CPU state, the then-current GPU's state (may be empty)]."""
+    n = int(packed[:8].view(torch.int64)[0])
+    states = {"torch": packed[8:8 + n]}
+    if packed.numel() > 8 + n and torch.cuda.is_available():
+        states[f"cuda.{torch.cuda.current_device()}"] = packed[8 + n:]
+    return states
+
+
+def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+# --- the checkpoint directory ----------------------------------------------------------------------------------
+
+@dataclass
+class Checkpoint:
+    """What `load_checkpoint` hands back besides the optimizer and RNG it restored."""
+
+    model: dict[str, torch.Tensor]  # the saved model tensors, by name
+    loop: dict[str, Any]  # the recipe's loop state, as saved
+    meta: dict[str, Any]  # all of state.json (extra keys the recipe saved included)
+
+
+def has_checkpoint(state_dir: Path) -> bool:
+    return (state_dir / META_FILE).is_file()
+
+
+def save_checkpoint(state_dir: Path, model: torch.nn.Module | Mapping[str, torch.Tensor],
+                    optimizer: torch.optim.Optimizer, loop: Any,
+                    rng_states: list[Mapping[str, torch.Tensor]] | None = None, **extra: Any) -> None:
+    """Write `state_dir` atomically: model tensors (a module's whole state, or just the given tensors), optimizer,
+    RNG (`rng_states`: one `capture_rng()` per process, default this process's) and the loop state (a dataclass)."""
+    weights = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in weights.items()}
+    opt_tensors, opt_meta = optimizer_state(optimizer)
+    tensors.update(opt_tensors)
+    rng_states = [capture_rng()] if rng_states is None else rng_states
+    for rank, states in enumerate(rng_states):
+        prefix = "rng." if len(rng_states) == 1 else f"rng.{rank}."
+        tensors.update({prefix + k: v.cpu() for k, v in states.items()})
+    meta = {"loop": to_dict(loop), **opt_meta, "processes": len(rng_states), **extra}
+    with atomic_dir(state_dir) as tmp:
+        save_file(tensors, str(tmp / TENSORS_FILE))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+
+
+def load_checkpoint(state_dir: Path, optimizer: torch.optim.Optimizer, rank: int = 0) -> Checkpoint:
+    """Restore the optimizer and process `rank`'s RNG from `state_dir`; the model tensors come back to the caller,
+    who knows how to load them (a whole state dict, or only the trainable ones)."""
+    tensors = load_file(str(state_dir / TENSORS_FILE))
+    meta = json.loads((state_dir / META_FILE).read_text())
+    load_optimizer_state(optimizer, tensors, meta)
+    restore_rng(process_rng(tensors, rank))
+    return Checkpoint(model=_strip(tensors, "model."), loop=meta["loop"], meta=meta)
