@@ -204,16 +204,10 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         order = rng(cfg.seed, name, "shuffle", epoch).permutation(len(samples[0]))
         loss = run_epoch(model, optimizer, samples, order, mcfg, device, desc=f"{name} epoch {epoch + 1}/{mcfg.epochs}")
         auc = validation_auc(model, features, catalogue, list(users), split.examples, valid, mcfg, device, tie_policy)
-        improved = (not len(valid)) or auc > state.best
+        improved = state.end_epoch(auc, bool(len(valid)), mcfg.patience, loss=loss,
+                                   valid_auc=auc if math.isfinite(auc) else None)
         if improved:
-            state.best, state.best_epoch, state.bad_epochs = (auc if len(valid) else state.best), epoch, 0
             _save_best(out_dir, model, features)
-        else:
-            state.bad_epochs += 1
-        state.epoch = epoch + 1
-        state.stopped_early = bool(len(valid)) and state.bad_epochs >= mcfg.patience
-        state.history.append({"epoch": epoch + 1, "loss": loss, "valid_auc": auc if math.isfinite(auc) else None,
-                              "best": improved})
         save_checkpoint(out_dir / STATE_DIR, model, optimizer, state)
         write_text("".join(json.dumps(h) + "\n" for h in state.history), out_dir / LOG_FILE)
         log.info(f"{name} epoch {epoch + 1}: loss {loss:.4f}, valid AUC {auc:.4f}"

@@ -51,6 +51,19 @@ class TrainState:
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    def end_epoch(self, score: float, validated: bool, patience: int, **logged: Any) -> bool:
+        """Book a finished epoch and return whether its weights are the new best: a higher validation score
+        (every epoch is, without validation), while `patience` epochs without one stop the run."""
+        improved = not validated or score > self.best
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = (score if validated else self.best), self.epoch, 0
+        else:
+            self.bad_epochs += 1
+        self.epoch += 1
+        self.stopped_early = validated and self.bad_epochs >= patience
+        self.history.append({"epoch": self.epoch, **logged, "best": improved})
+        return improved
+
 
 def validation_metric(scores: np.ndarray, candidates: pd.DataFrame, metric: str, k: int,
                       tie_policy: str = DEFAULT_TIE_POLICY) -> float:
@@ -149,16 +162,11 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         if len(valid):
             scorer = SequentialScorer(model, vocab, split.examples, mcfg.max_len, device, mcfg.eval_batch_size)
             score = validation_metric(scorer.score(valid), valid, metric, k, tie_policy)
-        improved = (not len(valid)) or score > state.best
+        improved = state.end_epoch(score, bool(len(valid)), mcfg.patience,
+                                   **{"loss": loss, mcfg.valid_metric: _finite(score)})
         if improved:
-            state.best, state.best_epoch, state.bad_epochs = (score if len(valid) else state.best), epoch, 0
             with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
                 save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        else:
-            state.bad_epochs += 1
-        state.epoch = epoch + 1
-        state.stopped_early = bool(len(valid)) and state.bad_epochs >= mcfg.patience
-        state.history.append({"epoch": epoch + 1, "loss": loss, mcfg.valid_metric: _finite(score), "best": improved})
         save_checkpoint(out_dir / STATE_DIR, model, optimizer, state)
         write_text("".join(json.dumps(h) + "\n" for h in state.history), out_dir / LOG_FILE)
         log.info(f"{name} epoch {epoch + 1}: loss {loss:.4f}, valid {mcfg.valid_metric} {score:.4f}"

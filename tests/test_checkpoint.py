@@ -138,3 +138,16 @@ def test_clear_stale_removes_an_older_runs_files_and_nothing_else(tmp_path):
 def test_split_dir_is_the_named_split_inside_the_experiment(tmp_path):
     cfg = ExperimentConfig.from_mapping({"experiment": {"dir": str(tmp_path)}, "split": {"name": "loo"}})
     assert cfg.split_dir == tmp_path / "splits" / "loo"
+
+
+def test_epoch_bookkeeping_keeps_the_best_and_stops_after_patience():
+    from finetune.sequential import TrainState
+
+    state = TrainState()
+    marks = [state.end_epoch(s, validated=True, patience=2, loss=1.0) for s in (0.5, 0.7, 0.6, float("nan"))]
+    assert marks == [True, True, False, False] and state.stopped_early
+    assert (state.epoch, state.best, state.best_epoch, state.bad_epochs) == (4, 0.7, 1, 2)
+    assert state.history[1] == {"epoch": 2, "loss": 1.0, "best": True}
+    unvalidated = TrainState()
+    assert all(unvalidated.end_epoch(float("nan"), validated=False, patience=1) for _ in range(3))
+    assert unvalidated.best_epoch == 2 and unvalidated.best == -math.inf and not unvalidated.stopped_early
