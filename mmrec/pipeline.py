@@ -68,7 +68,7 @@ class Pipeline:
         return Path(data.path) if data.path else self.paths.dataset
 
     def split_dir(self) -> Path:
-        return self.paths.split(self.cfg.section("split").dir_name)
+        return self.cfg.split_dir
 
     def _build(self) -> list[Stage]:
         cfg = self.cfg
