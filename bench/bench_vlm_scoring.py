@@ -189,7 +189,7 @@ def main() -> None:
         print(f"max |P(Yes)| difference cache vs plain: {np.abs(p_cache - p_plain).max():.2e}; "
               f"vs reference (image-first prompt, so not equal): mean {np.abs(p_ref.mean() - p_cache.mean()):.3f}")
         shape = f"{n_params / 1e6:.1f}M params, {args.device}"
-        emit("scoring", f"batched+prefix-cache score vs generate per candidate ({shape})", cache_cps / ref_cps, "x",
+        emit("scoring", f"batched prefix-cache score vs generate per cand., {shape}", cache_cps / ref_cps, "x",
              goal=5.0, note=f"{cache_cps:.1f} vs {ref_cps:.1f} candidates/s")
         emit("scoring", f"prefix cache vs plain batched forward, cand/s ({args.candidates} cand/user)",
              cache_cps / plain_cps, "x", note=f"{cache_cps:.1f} vs {plain_cps:.1f} candidates/s")
