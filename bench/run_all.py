@@ -1,7 +1,7 @@
 """Every benchmark of mmrec in one run, printed as one table of figures with their goals.
 
-    python bench/run_all.py            # CPU sizes (a few minutes on 2 cores)
-    python bench/run_all.py --gpu      # the same scripts at GPU sizes (larger models, random weights)
+    python bench/run_all.py            # CPU sizes (about 9 minutes on 2 shared cores)
+    python bench/run_all.py --gpu      # the same scripts at GPU sizes (larger models, bf16, random weights; needs CUDA)
     python bench/run_all.py --only scoring metrics
 
 Each benchmark is a standalone script in bench/ that measures mmrec and the reference approach side by side in
