@@ -23,7 +23,8 @@ from mmrec.experiment import ExperimentConfig, ExperimentPaths
 
 REAL_RUN = """\
 For real checkpoints, prepare a dataset and run a paper config, e.g.:
-  mmrec prep amazon2023 --reviews Baby_Products.jsonl.gz --meta meta_Baby_Products.jsonl.gz --images imgs/ --out data/baby
+  mmrec prep amazon2023 --reviews Baby_Products.jsonl.gz --meta meta_Baby_Products.jsonl.gz --images imgs/ \\
+      --min-user 6 --min-item 5 --require-image --out data/amazon_baby
   mmrec run configs/mllm_msr/amazon_baby_paper.yaml
 (llava-hf/llava-v1.6-mistral-7b-hf and meta-llama/Meta-Llama-3-8B-Instruct need a GPU with about 24 GB for bf16
 LoRA, or 12 GB with configs/mllm_msr/qlora_single_gpu.yaml; see docs/vlm.md)."""
