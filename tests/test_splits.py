@@ -224,12 +224,13 @@ def test_nothing_to_split_is_an_error(tmp_path):
         make_split(empty, SplitConfig(protocol="temporal"), tmp_path / "e")
 
 
-def test_benchmark_script_runs_at_tiny_size():
+def test_benchmark_script_runs_at_tiny_size(monkeypatch):
     """Not a timing test: keeps bench/bench_data_prep.py working (generator, k-core, import, split)."""
     import importlib.util
     from pathlib import Path
 
     path = Path(__file__).parents[1] / "bench" / "bench_data_prep.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # as when the script runs: bench/ is sys.path[0]
     spec = importlib.util.spec_from_file_location("bench_data_prep", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
