@@ -99,3 +99,10 @@ def test_overrides_may_follow_options(tmp_path, run_cli):
     assert code == 0 and "OK" in out
     code, _, err = run_cli("validate", f, "--quiet", "experiment.seed=x")
     assert code == 2 and "experiment.seed' must be an integer" in err
+
+
+def test_tests_run_tiny_models_on_one_thread():
+    """conftest sets OMP_NUM_THREADS=1 before torch loads; tiny models are 10-40x slower with spinning threads."""
+    import torch
+
+    assert torch.get_num_threads() == 1

@@ -22,15 +22,6 @@ VARIANTS = ("id_only", "text", "text_image", "mmrec")
 FAST = {"epochs": 8, "patience": 8, "batch_size": 512}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on 2 shared cores: one torch thread avoids spin-waiting between busy threads (10-40x faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory, synthetic_split):
     """An experiment directory over the shared synthetic split, a tiny CLIP, and item summaries that say what a

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from mmrec.encoders import (EmbeddingCache, ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig,
@@ -11,15 +10,6 @@ from mmrec.encoders import (EmbeddingCache, ImageEncoder, ImageEncoderConfig, Te
 from mmrec.errors import ConfigError, DataError
 
 TEXTS = ["a red striped circle sticker", "a crimson striped round sticker", "quantum field theory lecture notes"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on 2 shared cores: one torch thread avoids spin-waiting between busy threads (10-40x faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

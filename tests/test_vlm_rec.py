@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from mmrec.config import from_dict
@@ -19,15 +18,6 @@ from mmrec.experiment import ExperimentConfig
 from mmrec.models.vlm_rec import VLMRecConfig
 
 TINY = {"llava": "tiny_llava", "llava_next": "tiny_llava_next"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on shared cores: one BLAS/OpenMP thread avoids spin-wait slowdowns of 10x or more."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
