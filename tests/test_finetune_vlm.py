@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_vlm_rec import make_experiment, one_thread, tiny_models, vlm_model  # noqa: F401  (fixtures)
+from test_vlm_rec import make_experiment, tiny_models, vlm_model  # noqa: F401  (fixture)
 
 # Learnable at tiny scale: yes/no loss, LoRA also on lm_head (the random head's tiny weights otherwise cap how
 # far the Yes/No logits can move), a constant lr of 1e-3 (3e-3 and above oscillate on this model).
