@@ -35,7 +35,8 @@ from mmrec.io import atomic_dir, hash_json, write_json, write_text
 from mmrec.metrics import global_auc
 from mmrec.models.vlm_adapter import apply_lora, load_trainable_state, merge_adapter, trainable_state
 from mmrec.models.vlm_context import report_missing
-from mmrec.models.vlm_forward import lm_loss, model_device, train_batch, vision_dtype, yes_no_loss
+from mmrec.models.vlm_forward import (answer_logits, lm_loss, model_device, train_batch, vision_dtype,
+                                      yes_no_loss)
 from mmrec.models.vlm_rec import resolve
 from mmrec.models.vlm_scorer import ADAPTER_DIR, RUN_FILE, VLMScorer, build_context, make_builder, open_split
 from mmrec.progress import get_logger, progress
@@ -233,9 +234,10 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
                                 mcfg.loss != "full", device, pixel_dtype)
             sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
             with sync:  # the prepared model runs under autocast when `precision` asks for it
-                logits = model(**batch.inputs).logits
-                loss = (yes_no_loss(logits, batch, builder.yes_id, builder.no_id) if mcfg.loss == "yes_no"
-                        else lm_loss(logits, batch.labels)[0])
+                if mcfg.loss == "yes_no":
+                    loss = yes_no_loss(answer_logits(model, batch), batch, builder.yes_id, builder.no_id)
+                else:
+                    loss = lm_loss(model(**batch.inputs).logits, batch.labels)[0]
                 accelerator.backward(loss / in_step)
             window_loss, window_tokens = window_loss + float(loss.detach()) / in_step, window_tokens + batch.tokens
             if not last:

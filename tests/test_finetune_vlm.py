@@ -161,3 +161,19 @@ def test_two_processes_with_gloo(tmp_path, tiny_models, synthetic_split):
     losses = [json.loads(x)["loss"] for x in (ckpt / "train_log.jsonl").read_text().splitlines() if '"loss"' in x]
     assert len(losses) >= 2 and losses[-1] < losses[0]
     PeftModel.from_pretrained(load_vlm(ModelSpec(name_or_path=str(tiny_models["llava"]))).model, str(ckpt / "adapter"))
+
+
+def test_answer_logits_are_the_full_logits_at_the_answer_positions(tiny_models):
+    """The yes/no loss projects only each row's last prompt position onto the vocabulary; it must read the same
+    logits as the full forward (rows of different lengths, right-padded)."""
+    from mmrec.models.vlm_forward import EncodedItem, answer_logits, train_batch, yes_no_loss
+    from mmrec.vlm import ModelSpec, load_vlm
+
+    model = load_vlm(ModelSpec(name_or_path=str(tiny_models["llava"]))).model
+    prefixes, items = [[1, 5, 6, 7], [1, 8]], [EncodedItem(ids=[9, 10]), EncodedItem(ids=[11, 12, 13])]
+    batch = train_batch(prefixes, items, [[20, 2], [21, 2]], 0, None, True, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        full = model(**batch.inputs).logits
+        kept = answer_logits(model, batch)
+    torch.testing.assert_close(kept, full[torch.arange(2), torch.tensor([5, 4])])
+    torch.testing.assert_close(yes_no_loss(kept, batch, 20, 21), yes_no_loss(full, batch, 20, 21))
