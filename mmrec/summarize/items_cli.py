@@ -33,7 +33,7 @@ def main(args: argparse.Namespace) -> int:
     from mmrec.experiment import ExperimentPaths
     from mmrec.progress import get_logger
     from mmrec.summarize.items import merge_item_summaries, summarize_items
-    from mmrec.summarize.shard import parse_shard
+    from mmrec.summarize.shard import finish_message, parse_shard
 
     log = get_logger("summarize-items")
     cfg = load_experiment(args)
@@ -47,9 +47,5 @@ def main(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard)
     stats = summarize_items(section, dataset_dir(cfg), paths.item_summaries, cache_dir, shard=shard)
     log.info("summarize-items %s: %s", shard, stats.line())
-    if stats.complete:
-        print(f"wrote {paths.item_summaries} ({stats.line()})")
-    else:
-        print(f"shard {shard} done ({stats.line()}); other shards are still missing: the last one to finish "
-              "writes the table, or run with --merge once all are done")
+    print(finish_message(shard, stats.line(), paths.item_summaries, stats.complete))
     return 0

@@ -37,3 +37,11 @@ def parse_shard(text: str | None) -> Shard:
     if n < 1 or not 0 <= i < n:
         raise ConfigError(f"--shard {text}: need 0 <= i < n")
     return Shard(i, n)
+
+
+def finish_message(shard: Shard, stats_line: str, table: object, complete: bool) -> str:
+    """What a summarize command prints when its shard is done: the table it wrote, or what is still missing."""
+    if complete:
+        return f"wrote {table} ({stats_line})"
+    return (f"shard {shard} done ({stats_line}); other shards are still missing: the last one to finish "
+            "writes the table, or run with --merge once all are done")

@@ -23,7 +23,7 @@ def main(args: argparse.Namespace) -> int:
     from mmrec.data.splits import load_split
     from mmrec.experiment import ExperimentPaths
     from mmrec.progress import get_logger
-    from mmrec.summarize.shard import parse_shard
+    from mmrec.summarize.shard import finish_message, parse_shard
     from mmrec.summarize.users import merge_user_summaries, summarize_users
 
     log = get_logger("summarize-users")
@@ -39,9 +39,5 @@ def main(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard)
     stats = summarize_users(section, split, paths.item_summaries, paths.user_summaries, cache_dir, shard=shard)
     log.info("summarize-users %s: %s", shard, stats.line())
-    if stats.complete:
-        print(f"wrote {paths.user_summaries} ({stats.line()})")
-    else:
-        print(f"shard {shard} done ({stats.line()}); other shards are still missing: the last one to finish "
-              "writes the table, or run with --merge once all are done")
+    print(finish_message(shard, stats.line(), paths.user_summaries, stats.complete))
     return 0
