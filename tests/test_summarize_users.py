@@ -18,6 +18,7 @@ from mmrec.summarize.users import (LeakageError, UserSummaryConfig, guard_prompt
                                    summarize_users)
 from mmrec.tiny import build_tiny_llm
 from mmrec.vlm import ModelSpec, load_llm
+from test_summarize_items import CrashAfter
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -55,17 +56,6 @@ class Recording(TextGenerator):
     def generate(self, user_texts, images=None):
         self.texts += user_texts
         return super().generate(user_texts, images)
-
-
-class CrashAfter(TextGenerator):
-    def __init__(self, load, settings, after):
-        super().__init__(load, settings)
-        self.after = after
-
-    def generate(self, *args, **kwargs):
-        if self.calls >= self.after:
-            raise KeyboardInterrupt("simulated crash")
-        return super().generate(*args, **kwargs)
 
 
 def _cfg(world, **kw) -> UserSummaryConfig:
