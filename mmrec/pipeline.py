@@ -8,6 +8,7 @@ changes with it. A stage that was interrupted is simply run again: every stage r
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,18 +139,24 @@ class Pipeline:
             content["deps"] = {d: by_name[d].fingerprint for d in stage.deps if d in by_name}
             stage.fingerprint = hash_json(content)
 
-    def _prep_inputs(self) -> list:
-        """Size and mtime of every file the data section names, so a changed raw file re-runs prep."""
+    def _prep_inputs(self) -> str:
+        """Hash of the size and mtime of every input file, so a changed raw file (or dataset) re-runs prep.
+
+        A prepared dataset (`data.path`) is its two canonical tables; raw inputs are every file under each path
+        the options name (all of them: a changed image deep in a folder must count too)."""
         data = self.cfg.section("data")
-        found = []
-        values = [data.path] if data.path else list(data.options.values())
-        for v in values:
-            for p in (v if isinstance(v, list) else [v]):
-                if isinstance(p, str) and Path(p).exists():
-                    q = Path(p)
-                    files = sorted(q.rglob("*")) if q.is_dir() else [q]
-                    found += [[str(f), f.stat().st_size, int(f.stat().st_mtime)] for f in files if f.is_file()][:10000]
-        return found
+        if data.path:
+            roots = [Path(data.path) / "items.parquet", Path(data.path) / "interactions.parquet"]
+        else:
+            values = [p for v in data.options.values() for p in (v if isinstance(v, list) else [v])]
+            roots = [Path(p) for p in values if isinstance(p, str) and Path(p).exists()]
+        digest = hashlib.sha256()
+        for root in roots:
+            for f in (sorted(root.rglob("*")) if root.is_dir() else [root]):
+                if f.is_file():
+                    st = f.stat()
+                    digest.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
 
     # -- state -------------------------------------------------------------------------------------
     def _stamp(self, stage: Stage, suffix: str = "") -> Path:

@@ -109,3 +109,23 @@ def test_training_restarts_fresh_when_its_config_changed(tmp_path):
     pipeline.run()
     # Only the changed model re-runs; its training starts over instead of resuming the old config's checkpoint.
     assert set(seen) == {"finetune:pop", "score:pop", "eval", "report"} and seen["finetune:pop"] is True
+
+
+def test_a_changed_input_file_reruns_prep_and_what_follows(tmp_path, run_cli, synthetic_dataset):
+    import os
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dataset, data, ignore=shutil.ignore_patterns("splits"))
+    config = write_config(tmp_path)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"] = {"path": str(data)}
+    config.write_text(yaml.safe_dump(cfg))
+    assert run_cli("run", config, "--only", "prep")[0] == 0
+    code, out, _ = run_cli("run", config, "--dry-run")
+    assert plan_lines(out)["prep"] == "skip"
+    table = data / "interactions.parquet"
+    stat = table.stat()
+    os.utime(table, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the dataset was re-prepared
+    code, out, _ = run_cli("run", config, "--dry-run")
+    assert code == 0 and plan_lines(out)["prep"] == "would run" and plan_lines(out)["split"] == "would run"
