@@ -10,7 +10,6 @@ import dataclasses
 import difflib
 import re
 import types
-import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -189,4 +188,4 @@ def load_section(cls: type[T], path: str | Path, overrides: list[str] | None = N
     return from_dict(cls, data, where=str(path))
 
 
-__all__ = ["apply_overrides", "from_dict", "load_section", "load_yaml", "to_dict", "typing"]
+__all__ = ["apply_overrides", "from_dict", "load_section", "load_yaml", "to_dict"]

@@ -7,7 +7,6 @@ to a mapping with a `kind` key, validated by the dataclass registered for that k
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,8 +219,3 @@ def runs_of(cfg: ExperimentConfig, names: list[str], seeds: list[int] | None) ->
     if not seeds:
         return [(n, ExperimentPaths.run_id(n), cfg) for n in names]
     return [(n, ExperimentPaths.run_id(n, s), cfg.with_overrides([f"experiment.seed={s}"])) for n in names for s in seeds]
-
-
-def dataclass_defaults(cls: type) -> dict[str, Any]:
-    """A dataclass's defaults as a plain mapping (used to print a commented default config)."""
-    return to_dict(cls()) if dataclasses.is_dataclass(cls) else {}
