@@ -16,7 +16,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Union
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -68,10 +68,14 @@ def clear_stale(out_dir: Path, *names: str) -> None:
 
 # --- optimizer state <-> safetensors ---------------------------------------------------------------------------
 
-def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+OptimizerOrState = Union[torch.optim.Optimizer, Mapping[str, Any]]
+
+
+def optimizer_state(optimizer: OptimizerOrState) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The optimizer's state split into tensors (`optim.<param index>.<key>`) and JSON (`param_groups`,
-    `optim_scalars` such as a non-tensor step count), since safetensors holds tensors only."""
-    opt = optimizer.state_dict()
+    `optim_scalars` such as a non-tensor step count), since safetensors holds tensors only. `optimizer` may also be
+    a state dict in `Optimizer.state_dict()`'s layout (e.g. the full state gathered from FSDP shards)."""
+    opt = optimizer.state_dict() if isinstance(optimizer, torch.optim.Optimizer) else optimizer
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
     for idx, pstate in opt["state"].items():
@@ -83,9 +87,8 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
     return tensors, {"param_groups": opt["param_groups"], "optim_scalars": scalars}
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor],
-                         meta: Mapping[str, Any]) -> None:
-    """Inverse of `optimizer_state`."""
+def optimizer_state_dict(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of `optimizer_state`: a state dict in `Optimizer.state_dict()`'s layout."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -94,7 +97,13 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: Mapping[str,
     for key, value in meta["optim_scalars"].items():
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor],
+                         meta: Mapping[str, Any]) -> None:
+    """Load what `optimizer_state` split into `optimizer`."""
+    optimizer.load_state_dict(optimizer_state_dict(tensors, meta))
 
 
 # --- RNG -------------------------------------------------------------------------------------------------------
@@ -148,9 +157,10 @@ def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.
 
 @dataclass
 class Checkpoint:
-    """What `load_checkpoint` hands back besides the optimizer and RNG it restored."""
+    """What `load_checkpoint` hands back besides the RNG it restored."""
 
     model: dict[str, torch.Tensor]  # the saved model tensors, by name
+    optimizer: dict[str, Any]  # the saved optimizer state, in `Optimizer.state_dict()`'s layout
     loop: dict[str, Any]  # the recipe's loop state, as saved
     meta: dict[str, Any]  # all of state.json (extra keys the recipe saved included)
 
@@ -160,10 +170,10 @@ def has_checkpoint(state_dir: Path) -> bool:
 
 
 def save_checkpoint(state_dir: Path, model: torch.nn.Module | Mapping[str, torch.Tensor],
-                    optimizer: torch.optim.Optimizer, loop: Any,
+                    optimizer: OptimizerOrState, loop: Any,
                     rng_states: list[Mapping[str, torch.Tensor]] | None = None, **extra: Any) -> None:
-    """Write `state_dir` atomically: model tensors (a module's whole state, or just the given tensors), optimizer,
-    RNG (`rng_states`: one `capture_rng()` per process, default this process's) and the loop state (a dataclass)."""
+    """Write `state_dir` atomically: model tensors (a module's whole state, or just the given tensors), optimizer
+    (or its state dict), RNG (`rng_states`: one `capture_rng()` per process, default this process's) and the loop state (a dataclass)."""
     weights = model.state_dict() if isinstance(model, torch.nn.Module) else model
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in weights.items()}
     opt_tensors, opt_meta = optimizer_state(optimizer)
@@ -178,11 +188,14 @@ def save_checkpoint(state_dir: Path, model: torch.nn.Module | Mapping[str, torch
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
 
 
-def load_checkpoint(state_dir: Path, optimizer: torch.optim.Optimizer, rank: int = 0) -> Checkpoint:
-    """Restore the optimizer and process `rank`'s RNG from `state_dir`; the model tensors come back to the caller,
-    who knows how to load them (a whole state dict, or only the trainable ones)."""
+def load_checkpoint(state_dir: Path, optimizer: torch.optim.Optimizer | None, rank: int = 0) -> Checkpoint:
+    """Restore process `rank`'s RNG and, when given, the optimizer from `state_dir`; the model tensors (and the
+    optimizer state) come back to the caller, who knows how to load them (a whole state dict, only the trainable
+    ones, or scattered over FSDP shards)."""
     tensors = load_file(str(state_dir / TENSORS_FILE))
     meta = json.loads((state_dir / META_FILE).read_text())
-    load_optimizer_state(optimizer, tensors, meta)
+    optim = optimizer_state_dict(tensors, meta)
+    if optimizer is not None:
+        optimizer.load_state_dict(optim)
     restore_rng(process_rng(tensors, rank))
-    return Checkpoint(model=_strip(tensors, "model."), loop=meta["loop"], meta=meta)
+    return Checkpoint(model=_strip(tensors, "model."), optimizer=optim, loop=meta["loop"], meta=meta)

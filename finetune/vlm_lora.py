@@ -1,11 +1,12 @@
 """LoRA / QLoRA finetuning of the VLM Yes/No recommender: `mmrec finetune CONFIG --model NAME`
-(`accelerate launch -m finetune CONFIG ...` for several processes, GPUs or nodes: DDP, or FSDP/DeepSpeed
-through an accelerate config file).
+(`accelerate launch -m finetune CONFIG ...` for several processes, GPUs or nodes: DDP, or FSDP2 through an
+accelerate config file; `finetune/distributed.py` says what is supported and why).
 
 Top to bottom: read the split's training rows (positives + negatives) and validation candidates, load the base
 VLM (4-bit for QLoRA), wrap it with LoRA, then loop over seeded epochs of micro-batches with gradient
 accumulation, clipping and a warm-up + cosine/linear schedule; every `eval_every` steps (or epoch) score the
-validation candidates with the same scorer `mmrec score` uses and keep the adapter with the best AUC; every
+validation candidates (every process its share of the users) with the same scorer `mmrec score` uses and keep
+the adapter with the best AUC; every
 `checkpoint_every` steps write a resumable checkpoint. A model with `finetune: false` (zero-shot baselines)
 only records its base model and its validation AUC.
 
@@ -27,13 +28,13 @@ from typing import Any
 import torch
 
 from finetune.checkpoint import capture_rng, check_previous_run, load_checkpoint, save_checkpoint
+from finetune.distributed import full_state, is_sharded, load_full_state, make_accelerator, save_adapter, validate
 from finetune.vlm_data import batches_per_epoch, epoch_batches, training_rows, validation_rows
 from mmrec.config import to_dict
 from mmrec.errors import ConfigError
 from mmrec.experiment import ExperimentConfig
-from mmrec.io import atomic_dir, hash_json, write_json, write_text
-from mmrec.metrics import global_auc
-from mmrec.models.vlm_adapter import apply_lora, load_trainable_state, merge_adapter, trainable_state
+from mmrec.io import hash_json, write_json, write_text
+from mmrec.models.vlm_adapter import apply_lora, merge_adapter
 from mmrec.models.vlm_context import report_missing
 from mmrec.models.vlm_forward import (answer_logits, lm_loss, model_device, train_batch, vision_dtype,
                                       yes_no_loss)
@@ -70,13 +71,6 @@ def _peak_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def validate(scorer: VLMScorer, valid) -> float:
-    """Global AUC of the model on the validation candidates (NaN scores count against it)."""
-    if not len(valid):
-        return float("nan")
-    return global_auc(valid["label"].to_numpy(), scorer.score(valid))
 
 
 def _scheduler(optimizer: Any, tcfg: Any, total_steps: int) -> Any:
@@ -123,7 +117,6 @@ def _record(out_dir: Path, info: dict[str, Any], accelerator: Any) -> None:
 
 
 def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) -> Path:
-    from accelerate import Accelerator
     from accelerate.utils import gather_object
 
     from mmrec.vlm import load_vlm
@@ -136,9 +129,9 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         log.info(f"{name}: already trained (best valid AUC {previous.record.get('best_auc')}), kept")
         return out_dir
 
-    # cpu=True lets accelerate see a multi-process CPU launch (gloo) when there is no GPU
-    accelerator = Accelerator(mixed_precision=tcfg.precision, cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(tcfg.precision, quantized=mcfg.model.quantization is not None)
     main, rank, nproc = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    sharded = is_sharded(accelerator)  # FSDP2: every process takes part in every forward and state gather
     seed_everything(cfg.seed)
     loaded = load_vlm(mcfg.model)
     builder = make_builder(loaded, mcfg.use_image, mcfg.prompt_order, tcfg.max_length)
@@ -156,8 +149,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     if not mcfg.finetune:  # zero-shot: record the base model and how it does on validation
         scorer = VLMScorer(loaded.model, builder, context, loaded.family, mcfg.score.batch_size,
                            mcfg.score.prefix_cache, desc=f"{name} valid")
-        auc = validate(scorer, valid) if main else float("nan")
-        info.update(finished=True, best_auc=auc if math.isfinite(auc) else None, valid_missing=len(scorer.missing))
+        auc, missing = validate(scorer, valid, accelerator, sharded=False)  # the base model is not sharded
+        info.update(finished=True, best_auc=auc if math.isfinite(auc) else None, valid_missing=missing)
         _record(out_dir, info, accelerator)
         log.info(f"{name}: zero-shot, base model recorded; valid AUC {auc:.4f}")
         return out_dir
@@ -172,19 +165,20 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
 
     torch.manual_seed(derive_seed(cfg.seed, name, "lora_init"))
     model = apply_lora(loaded.model, mcfg.lora, mcfg.model.quantization is not None, tcfg.gradient_checkpointing)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.lr,
+                                  weight_decay=tcfg.weight_decay)
     n_batches = batches_per_epoch(len(rows), tcfg.batch_size, nproc)
     steps_per_epoch = -(-n_batches // tcfg.grad_accum)
     total_steps = steps_per_epoch * tcfg.epochs
     scheduler = _scheduler(optimizer, tcfg, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    plain = accelerator.unwrap_model(model)
+    plain = accelerator.unwrap_model(model)  # the FSDP2 model itself (fully_shard keeps the module object)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # FSDP2 replaced them with sharded ones
     torch.manual_seed(derive_seed(cfg.seed, name, "dropout", rank))  # per-process dropout streams
     state = LoopState()
     if previous.resuming:
-        saved = load_checkpoint(out_dir / STATE_DIR, optimizer, rank)
-        load_trainable_state(plain, saved.model)
+        saved = load_checkpoint(out_dir / STATE_DIR, None, rank)
+        load_full_state(plain, optimizer, saved.model, saved.optimizer, sharded)
         scheduler.load_state_dict(saved.meta["scheduler"])
         state = LoopState(**saved.loop)
         log.info(f"{name}: resuming at step {state.step}/{total_steps} (epoch {state.epoch + 1}, batch {state.batch})")
@@ -200,19 +194,18 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     log.info(f"{name}: {len(rows)} training rows, {len(valid)} validation candidates, {total_steps} steps on "
              f"{nproc} process(es), {info['trainable_params']} trainable parameters")
 
-    evaluated: list[int] = []  # steps validated at, known to every process (only the main one scores)
+    evaluated: list[int] = []  # steps validated at
 
     def evaluate_and_keep(epoch: int) -> None:
+        """Every process scores its share and gets the same AUC, so all agree on saving (a collective on FSDP)."""
         evaluated.append(state.step)
-        auc = float("nan")
+        auc, _ = validate(scorer, valid, accelerator, sharded)
+        improved = not math.isfinite(state.best_auc) or (math.isfinite(auc) and auc > state.best_auc)
+        if improved or not len(valid):
+            state.best_auc, state.best_step = (auc if math.isfinite(auc) else state.best_auc), state.step
+            save_adapter(plain, out_dir / ADAPTER_DIR, accelerator, sharded)
+        run_log.write({"step": state.step, "epoch": epoch, "valid_auc": auc, "best": bool(improved)})
         if main:
-            auc = validate(scorer, valid)
-            improved = not math.isfinite(state.best_auc) or (math.isfinite(auc) and auc > state.best_auc)
-            if improved or not len(valid):
-                state.best_auc, state.best_step = (auc if math.isfinite(auc) else state.best_auc), state.step
-                with atomic_dir(out_dir / ADAPTER_DIR) as tmp:
-                    plain.save_pretrained(str(tmp))
-            run_log.write({"step": state.step, "epoch": epoch, "valid_auc": auc, "best": bool(improved)})
             log.info(f"{name} step {state.step}: valid AUC {auc:.4f}" + (" (best)" if improved else ""))
         accelerator.wait_for_everyone()
 
@@ -267,7 +260,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
             if state.step % tcfg.checkpoint_every == 0 or state.step == total_steps:
                 state.seconds = time.perf_counter() - start_time
                 rng_states = gather_object([capture_rng(all_devices=False)])  # every process's RNG
-                checkpoint(out_dir, plain, optimizer, scheduler, state, rng_states, fingerprint, main)
+                checkpoint(out_dir, plain, optimizer, scheduler, state, rng_states, fingerprint, main, sharded)
                 accelerator.wait_for_everyone()
     bar.close()
     if not evaluated and state.best_step < 0:  # validation never ran (eval_every beyond the last step)
@@ -284,11 +277,13 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
 
 
 def checkpoint(out_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: LoopState,
-               rng_states: list[dict[str, torch.Tensor]], fingerprint: str, main: bool) -> None:
-    """Write the resumable state `last/` (main process): trainable tensors, optimizer, scheduler, every process's
-    RNG, the loop state; a separate function so tests can interrupt right after it."""
+               rng_states: list[dict[str, torch.Tensor]], fingerprint: str, main: bool, sharded: bool) -> None:
+    """Write the resumable state `last/` (main process; under FSDP every process gathers first): trainable
+    tensors, optimizer, scheduler, every process's RNG, the loop state; a separate function so tests can
+    interrupt right after it."""
+    weights, optim = full_state(model, optimizer, sharded)
     if main:
-        save_checkpoint(out_dir / STATE_DIR, trainable_state(model), optimizer, state, rng_states,
+        save_checkpoint(out_dir / STATE_DIR, weights, optim, state, rng_states,
                         scheduler=scheduler.state_dict(), fingerprint=fingerprint)
 
 
