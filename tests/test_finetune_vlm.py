@@ -1,12 +1,8 @@
 """`mmrec finetune` / `mmrec score` for the VLM recommender: learning beats the untrained model, QLoRA, exact
-resume, and a two-process (gloo) run. Tiny models, CPU."""
+resume. Tiny models, CPU. Runs on several processes (DDP, FSDP): tests/test_finetune_vlm_distributed.py."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -137,32 +133,6 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, run_cli, tiny_models, 
     logs = [(tmp_path / d / "checkpoints" / "m" / "train_log.jsonl").read_text() for d in ("whole", "cut")]
     steps = [[json.loads(x)["step"] for x in log.splitlines()] for log in logs]
     assert steps[0] == steps[1]  # the resumed log has no duplicated or missing steps
-
-
-def test_two_processes_with_gloo(tmp_path, tiny_models, synthetic_split):
-    from peft import PeftModel
-
-    from mmrec.vlm import ModelSpec, load_vlm
-
-    cfg = make_experiment(tmp_path, synthetic_split, {"m": vlm_model(
-        tiny_models["llava"], loss="yes_no", train={**QUICK_TRAIN, "lr": 1e-2, "batch_size": 4, "epochs": 1,
-                                                    "valid_users": 2, "log_every": 2})})
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MMREC_NO_PROGRESS": "1"}
-    # torchrun, as `accelerate launch --multi_gpu` runs it (accelerate's own --cpu launcher starts one process);
-    # the recipe's Accelerator then sets up DDP over gloo.
-    with socket.socket() as sock:  # a free port for the rendezvous
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           "-m", "finetune", str(cfg), "models.m.train.checkpoint_every=1000"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ckpt = tmp_path / "checkpoints" / "m"
-    info = _run_info(ckpt)
-    assert info["finished"] and info["processes"] == 2
-    losses = [json.loads(x)["loss"] for x in (ckpt / "train_log.jsonl").read_text().splitlines() if '"loss"' in x]
-    assert len(losses) >= 2 and losses[-1] < losses[0]
-    PeftModel.from_pretrained(load_vlm(ModelSpec(name_or_path=str(tiny_models["llava"]))).model, str(ckpt / "adapter"))
 
 
 def test_answer_logits_are_the_full_logits_at_the_answer_positions(tiny_models):
