@@ -55,11 +55,18 @@ def _pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
-def _p_yes(logits: torch.Tensor, last: torch.Tensor, yes_id: int, no_id: int) -> torch.Tensor:
-    """softmax over the (Yes, No) logits at each row's last real position -> P(Yes), float64."""
-    at = logits[torch.arange(logits.shape[0], device=logits.device), last.to(logits.device)]
-    pair = at[:, [yes_id, no_id]].double()
+def _p_yes(logits: torch.Tensor, yes_id: int, no_id: int) -> torch.Tensor:
+    """softmax over the (Yes, No) logits of `logits` [batch, 1, vocab] (each row's last real position) -> P(Yes),
+    float64."""
+    pair = logits[:, 0, [yes_id, no_id]].double()
     return torch.softmax(pair, dim=-1)[:, 0]
+
+
+def _last(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`logits_to_keep` for each row's last real token ([batch, 1] positions): only those positions are projected
+    onto the vocabulary. All of them would cost batch x length x vocab logits (with a 32 k vocabulary, 101
+    candidates of 650 suffix tokens: 4 GB in bf16) for the one position per row that is read."""
+    return (mask.sum(1) - 1)[:, None].to(device)
 
 
 @torch.no_grad()
@@ -69,8 +76,8 @@ def plain_p_yes(model: Any, prefixes: Sequence[list[int]], items: Sequence[Encod
     dev = model_device(model)
     ids, mask = _pad([p + it.ids for p, it in zip(prefixes, items)], pad_id)
     out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                **stack_pixels(items, dev, vision_dtype(model)), logits_to_keep=0)
-    return _p_yes(out.logits, mask.sum(1) - 1, yes_id, no_id).cpu()
+                **stack_pixels(items, dev, vision_dtype(model)), logits_to_keep=_last(mask, dev))
+    return _p_yes(out.logits, yes_id, no_id).cpu()
 
 
 @torch.no_grad()
@@ -85,13 +92,29 @@ def prefix_cache(model: Any, prefixes: Sequence[list[int]], pad_id: int) -> tupl
 
 
 def select_cache(cache: Any, rows: torch.Tensor) -> Any:
-    """A new cache holding `cache`'s batch rows `rows` (repeats allowed); the original stays untouched."""
-    from transformers import DynamicCache
+    """A new cache holding `cache`'s batch rows `rows` (repeats allowed); the original stays untouched.
 
+    The suffix forward concatenates these keys/values with the suffix's own (`torch.cat` in the cache's update),
+    which writes one full [rows, heads, prefix + suffix, dim] copy per layer anyway; so nothing is copied here when
+    all rows share one prefix (a stride-0 `expand` view) and one gather otherwise. Going through
+    `DynamicCache.update` would add a copy of its own (it concatenates onto an empty tensor).
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    rows = rows.to(cache.layers[0].keys.device)
+    one = int(rows[0]) if bool((rows == rows[0]).all()) else None
     new = DynamicCache()
-    for layer_idx, layer in enumerate(cache.layers):
-        idx = rows.to(layer.keys.device)
-        new.update(layer.keys[idx], layer.values[idx], layer_idx)
+    for layer in cache.layers:
+        if one is not None:
+            keys = layer.keys[one:one + 1].expand(len(rows), -1, -1, -1)
+            values = layer.values[one:one + 1].expand(len(rows), -1, -1, -1)
+        else:
+            keys, values = layer.keys[rows], layer.values[rows]
+        part = DynamicLayer()
+        part.lazy_initialization(keys, values)
+        part.keys, part.values = keys, values
+        new.layers.append(part)
     return new
 
 
@@ -104,8 +127,9 @@ def cached_p_yes(model: Any, cache: Any, prefix_mask: torch.Tensor, prefix_len: 
     attn = torch.cat([prefix_mask[owner], mask], dim=1)
     pos = prefix_len[owner][:, None] + torch.arange(ids.shape[1])[None, :]
     out = model(input_ids=ids.to(dev), attention_mask=attn.to(dev), position_ids=pos.to(dev),
-                cache=select_cache(cache, owner), **stack_pixels(items, dev, vision_dtype(model)))
-    return _p_yes(out.logits, mask.sum(1) - 1, yes_id, no_id).cpu()
+                cache=select_cache(cache, owner), **stack_pixels(items, dev, vision_dtype(model)),
+                logits_to_keep=_last(mask, dev))
+    return _p_yes(out.logits, yes_id, no_id).cpu()
 
 
 def plan_batches(owners: Sequence[int], batch_size: int) -> Iterator[list[list[int]]]:
