@@ -88,6 +88,20 @@ def make_accelerator(precision: str, quantized: bool = False) -> Any:
     return accelerator
 
 
+def prepare(accelerator: Any, model: Any, optimizer: Any) -> tuple[Any, Any, list[torch.nn.Parameter]]:
+    """`accelerator.prepare` of the LoRA model and its optimizer, plus the trainable parameters as they are
+    afterwards (FSDP2 replaces them with sharded ones: clipping the old ones would clip nothing)."""
+    try:
+        model, optimizer = accelerator.prepare(model, optimizer)
+    except ValueError as e:
+        if not is_sharded(accelerator):
+            raise
+        layers = sorted(getattr(model, "_no_split_modules", None) or [])
+        raise ConfigError(f"accelerate could not shard the model with FSDP: {e} Set fsdp_transformer_layer_cls_to_wrap "
+                          f"in the accelerate config to this model's layer classes (it names {layers})") from None
+    return model, optimizer, [p for p in model.parameters() if p.requires_grad]
+
+
 def is_sharded(accelerator: Any) -> bool:
     from accelerate.utils import DistributedType
 

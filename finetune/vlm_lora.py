@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from finetune.checkpoint import capture_rng, check_previous_run, load_checkpoint, save_checkpoint
-from finetune.distributed import full_state, is_sharded, load_full_state, make_accelerator, save_adapter, validate
+from finetune.distributed import (full_state, is_sharded, load_full_state, make_accelerator, prepare, save_adapter,
+                                  validate)
 from finetune.vlm_data import batches_per_epoch, epoch_batches, training_rows, validation_rows
 from mmrec.config import to_dict
 from mmrec.errors import ConfigError
@@ -171,9 +172,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     steps_per_epoch = -(-n_batches // tcfg.grad_accum)
     total_steps = steps_per_epoch * tcfg.epochs
     scheduler = _scheduler(optimizer, tcfg, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer, trainable = prepare(accelerator, model, optimizer)
     plain = accelerator.unwrap_model(model)  # the FSDP2 model itself (fully_shard keeps the module object)
-    trainable = [p for p in model.parameters() if p.requires_grad]  # FSDP2 replaced them with sharded ones
     torch.manual_seed(derive_seed(cfg.seed, name, "dropout", rank))  # per-process dropout streams
     state = LoopState()
     if previous.resuming:

@@ -203,12 +203,20 @@ def test_qlora_config_quantizes_only_the_recommender():
 
 @pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=ids(ACCELERATE_CONFIGS))
 def test_accelerate_config(path):
-    """Parsed by accelerate itself (unknown keys are an error there); the comment shows how to launch it."""
+    """Parsed by accelerate itself (unknown keys are an error there); the comment shows how to launch it; an FSDP
+    config, turned by accelerate's launcher into the processes' environment, is one the recipe accepts (FSDP2)."""
     from accelerate.commands.config.config_args import ClusterConfig
     from accelerate.utils import DistributedType
 
+    from finetune.distributed import launch_problem
+    from test_finetune_vlm_distributed import accelerate_launch_env
+
     cfg = ClusterConfig.from_yaml_file(str(path))
-    assert cfg.distributed_type == DistributedType.MULTI_GPU  # the recipe's design fits DDP (configs/README.md)
+    assert cfg.distributed_type in (DistributedType.MULTI_GPU, DistributedType.FSDP)  # DDP or FSDP2
+    env = accelerate_launch_env(path)
+    assert launch_problem(env) is None
+    if cfg.distributed_type == DistributedType.FSDP:
+        assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2" and path.name.startswith("fsdp_")
     assert cfg.num_processes >= 2 and cfg.num_processes % cfg.num_machines == 0
     assert not cfg.use_cpu
     comment = opening_comment(path)

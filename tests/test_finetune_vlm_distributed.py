@@ -23,13 +23,12 @@ from mmrec.errors import ConfigError
 from test_finetune_vlm import QUICK_TRAIN, _adapter, _run_info
 from test_vlm_rec import make_experiment, tiny_models, vlm_model  # noqa: F401  (fixture)
 
-# What `accelerate launch` exports for an `fsdp_version: 2` config (configs/accelerate/fsdp_*.yaml); accelerate
-# itself would run DDP on CPU processes, the recipe switches them to FSDP2. The vision tower's layers are FSDP units
-# of their own, as in the shipped configs: text-only (prefix) and image forwards then all-gather different modules,
-# which validation's lockstep must pair.
-FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
-            "FSDP_TRANSFORMER_CLS_TO_WRAP": "LlamaDecoderLayer,CLIPEncoderLayer", "FSDP_RESHARD_AFTER_FORWARD": "true",
-            "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}
+ROOT = Path(__file__).resolve().parents[1]
+# FSDP runs get what `accelerate launch --config_file configs/accelerate/fsdp_8gpu.yaml` exports (`fsdp_env`: its
+# FSDP variables, the layer classes renamed for the tiny Llama-based LLaVA). accelerate itself would run DDP on CPU
+# processes; the recipe switches them to FSDP2. The vision tower's layers are FSDP units of their own, as in the
+# shipped configs: text-only (prefix) and image forwards then all-gather different modules, which validation's
+# lockstep must pair.
 # 400 training rows, 25 steps of 2 x 8 rows. The default answer loss (answer token + end of sequence over the whole
 # vocabulary) falls steadily from the first steps; 3 validation users split 2:1, so the processes run different
 # numbers of forwards while validating.
@@ -60,6 +59,24 @@ def _torchrun(target: list[str], args: list[str], extra_env: dict[str, str] | No
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            *target, *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def accelerate_launch_env(config_file: Path) -> dict[str, str]:
+    """The environment `accelerate launch --config_file FILE -m finetune ...` gives its processes, made by
+    accelerate's own launcher code (no process is started)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(config_file), "-m", "finetune", "CONFIG"])
+    args, _, _ = _validate_launch_command(args)
+    return prepare_multi_gpu_env(args)
+
+
+def fsdp_env() -> dict[str, str]:
+    env = accelerate_launch_env(ROOT / "configs" / "accelerate" / "fsdp_8gpu.yaml")
+    fsdp = {k: v for k, v in env.items() if k.startswith("FSDP_") or k == "ACCELERATE_USE_FSDP"}
+    assert fsdp["FSDP_TRANSFORMER_CLS_TO_WRAP"] == "MistralDecoderLayer,CLIPEncoderLayer"
+    return {**fsdp, "FSDP_TRANSFORMER_CLS_TO_WRAP": "LlamaDecoderLayer,CLIPEncoderLayer"}
 
 
 def _losses(ckpt: Path) -> list[float]:
@@ -108,7 +125,8 @@ def test_two_processes_with_gloo(tmp_path, tiny_models, synthetic_split):
 def test_fsdp2_on_two_processes_trains_validates_and_resumes_exactly(tmp_path, tiny_models, synthetic_split):
     models = {"m": vlm_model(tiny_models["llava"], lora={"dropout": 0.1}, train={**TWO_PROC_TRAIN, "checkpoint_every": 10})}
     whole = make_experiment(tmp_path / "whole", synthetic_split, models)
-    done = _torchrun(["-m", "finetune"], [str(whole)], FSDP_ENV)
+    env = fsdp_env()
+    done = _torchrun(["-m", "finetune"], [str(whole)], env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "switched from DDP to FSDP2" in done.stderr  # accelerate alone would run DDP on CPU processes
     ckpt = tmp_path / "whole" / "checkpoints" / "m"
@@ -123,7 +141,7 @@ def test_fsdp2_on_two_processes_trains_validates_and_resumes_exactly(tmp_path, t
     cut = make_experiment(tmp_path / "cut", synthetic_split, models)
     script = tmp_path / "crash_then_resume.py"
     script.write_text(CRASH_THEN_RESUME)
-    resumed = _torchrun([str(script)], [str(cut)], {**FSDP_ENV, "PYTHONPATH": os.pathsep.join(sys.path)})
+    resumed = _torchrun([str(script)], [str(cut)], {**env, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming at step 10/25" in resumed.stderr
     a, b = _adapter(ckpt), _adapter(tmp_path / "cut" / "checkpoints" / "m")
@@ -196,10 +214,11 @@ def test_user_shares_are_disjoint_whole_users_covering_every_row():
 
 def test_unsupported_launches_are_refused_with_what_is_supported(tmp_path, run_cli, tiny_models, synthetic_split,
                                                                   monkeypatch):
-    assert launch_problem({}) is None and launch_problem(FSDP_ENV) is None
+    env = fsdp_env()
+    assert launch_problem({}) is None and launch_problem(env) is None
     assert "fsdp_version: 2" in launch_problem({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"})
-    assert "gradient_checkpointing" in launch_problem({**FSDP_ENV, "FSDP_ACTIVATION_CHECKPOINTING": "true"})
-    assert "DDP" in launch_problem(FSDP_ENV, quantized=True)
+    assert "gradient_checkpointing" in launch_problem({**env, "FSDP_ACTIVATION_CHECKPOINTING": "true"})
+    assert "DDP" in launch_problem(env, quantized=True)
     assert "FSDP2" in launch_problem({"ACCELERATE_USE_DEEPSPEED": "true"})
     cfg = make_experiment(tmp_path, synthetic_split, {"m": vlm_model(tiny_models["llava"], train=QUICK_TRAIN)})
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
@@ -228,3 +247,20 @@ def test_a_checkpoint_takes_an_optimizer_state_dict_and_gives_it_back(tmp_path):
                    for k in ("step", "exp_avg", "exp_avg_sq"))
     assert [g["params"] for g in a.optimizer["param_groups"]] == [[0, 1]]
     shutil.rmtree(tmp_path / "a")
+
+
+def test_a_model_fsdp_cannot_wrap_gets_a_config_error_naming_its_layer_classes():
+    from accelerate.utils import DistributedType
+
+    from finetune.distributed import prepare
+
+    class NoSuchLayer:  # accelerate's FSDP2 prepare, when the config names a class the model does not have
+        distributed_type = DistributedType.FSDP
+
+        def prepare(self, *objects):
+            raise ValueError("Could not find the transformer layer class MistralDecoderLayer in the model.")
+
+    model = torch.nn.Linear(2, 2)
+    model._no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer"]
+    with pytest.raises(ConfigError, match=r"MistralDecoderLayer.*fsdp_transformer_layer_cls_to_wrap.*LlamaDecoderLayer"):
+        prepare(NoSuchLayer(), model, torch.optim.SGD(model.parameters(), lr=0.1))
