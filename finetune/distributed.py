@@ -17,6 +17,7 @@ and the full (gathered) trainable state for saving and resuming under FSDP.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -86,6 +87,14 @@ def make_accelerator(precision: str, quantized: bool = False) -> Any:
     if state.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
         raise ConfigError(f"FSDP1 is not supported; use {SUPPORTED}")
     return accelerator
+
+
+def base_spec(spec: Any, sharded: bool) -> Any:
+    """The base model's spec: under FSDP loaded on the CPU (unless the config places it), since `fully_shard` then
+    moves only each process's shard to its GPU and no GPU ever holds the whole base."""
+    if not sharded or spec.device_map is not None:
+        return spec
+    return dataclasses.replace(spec, device_map="cpu")
 
 
 def prepare(accelerator: Any, model: Any, optimizer: Any) -> tuple[Any, Any, list[torch.nn.Parameter]]:

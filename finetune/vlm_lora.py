@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from finetune.checkpoint import capture_rng, check_previous_run, load_checkpoint, save_checkpoint
-from finetune.distributed import (full_state, is_sharded, load_full_state, make_accelerator, prepare, save_adapter,
-                                  validate)
+from finetune.distributed import (base_spec, full_state, is_sharded, load_full_state, make_accelerator, prepare,
+                                  save_adapter, validate)
 from finetune.vlm_data import batches_per_epoch, epoch_batches, training_rows, validation_rows
 from mmrec.config import to_dict
 from mmrec.errors import ConfigError
@@ -134,7 +134,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     main, rank, nproc = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     sharded = is_sharded(accelerator)  # FSDP2: every process takes part in every forward and state gather
     seed_everything(cfg.seed)
-    loaded = load_vlm(mcfg.model)
+    loaded = load_vlm(base_spec(mcfg.model, sharded and mcfg.finetune))
     builder = make_builder(loaded, mcfg.use_image, mcfg.prompt_order, tcfg.max_length)
     context = build_context(cfg, mcfg, split)
     valid = validation_rows(split, tcfg.valid_users, cfg.seed)
@@ -267,7 +267,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         evaluate_and_keep(tcfg.epochs - 1)
     run_log.close()
     if main and tcfg.merge:
-        merge_adapter(mcfg.model, out_dir / ADAPTER_DIR, out_dir / "merged")
+        merge_adapter(base_spec(mcfg.model, sharded), out_dir / ADAPTER_DIR, out_dir / "merged")  # CPU under FSDP
     info.update(finished=True, adapter=ADAPTER_DIR, best_auc=state.best_auc if math.isfinite(state.best_auc) else None,
                 best_step=state.best_step, tokens=state.tokens, seconds=time.perf_counter() - start_time,
                 peak_mem_mb=_peak_mb(), truncated_prompts=builder.truncated, merged="merged" if tcfg.merge else None)
