@@ -84,8 +84,9 @@ def _losses(ckpt: Path) -> list[float]:
     return [e["loss"] for e in log if "loss" in e]
 
 
-def _one_process_auc(cfg: Path, name: str, adapter: Path) -> float:
-    """The validation AUC of `adapter`, re-scored in this process with `mmrec score`'s scorer."""
+def _one_process_auc(cfg: Path, name: str, adapter: Path | None) -> float:
+    """The validation AUC of `adapter` (None: the base model), re-scored in this process with `mmrec score`'s
+    scorer."""
     from finetune.vlm_data import validation_rows
     from mmrec.experiment import ExperimentConfig
     from mmrec.metrics import global_auc
@@ -115,11 +116,16 @@ def _check_finished_two_process_run(cfg: Path, ckpt: Path, llava: Path) -> None:
 
 def test_two_processes_with_gloo(tmp_path, tiny_models, synthetic_split):
     """DDP: torchrun, as `accelerate launch --multi_gpu` runs it (accelerate's own --cpu launcher starts one
-    process); the recipe's Accelerator then sets up DDP over gloo."""
-    cfg = make_experiment(tmp_path, synthetic_split, {"m": vlm_model(tiny_models["llava"], train=TWO_PROC_TRAIN)})
+    process); the recipe's Accelerator then sets up DDP over gloo. A zero-shot model is validated by both too."""
+    cfg = make_experiment(tmp_path, synthetic_split, {
+        "m": vlm_model(tiny_models["llava"], train=TWO_PROC_TRAIN),
+        "z": vlm_model(tiny_models["llava"], variant="zero_shot", train={"valid_users": 3})})
     done = _torchrun(["-m", "finetune"], [str(cfg)])
     assert done.returncode == 0, done.stderr[-3000:]
     _check_finished_two_process_run(cfg, tmp_path / "checkpoints" / "m", tiny_models["llava"])
+    zero_shot = _run_info(tmp_path / "checkpoints" / "z")
+    assert zero_shot["finished"] and zero_shot["valid_missing"] == 0
+    assert zero_shot["best_auc"] == pytest.approx(_one_process_auc(cfg, "z", None), abs=1e-12)
 
 
 def test_fsdp2_on_two_processes_trains_validates_and_resumes_exactly(tmp_path, tiny_models, synthetic_split):
