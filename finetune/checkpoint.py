@@ -173,7 +173,8 @@ def save_checkpoint(state_dir: Path, model: torch.nn.Module | Mapping[str, torch
                     optimizer: OptimizerOrState, loop: Any,
                     rng_states: list[Mapping[str, torch.Tensor]] | None = None, **extra: Any) -> None:
     """Write `state_dir` atomically: model tensors (a module's whole state, or just the given tensors), optimizer
-    (or its state dict), RNG (`rng_states`: one `capture_rng()` per process, default this process's) and the loop state (a dataclass)."""
+    (or its state dict), RNG (`rng_states`: one `capture_rng()` per process, default this process's) and the loop
+    state (a dataclass)."""
     weights = model.state_dict() if isinstance(model, torch.nn.Module) else model
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in weights.items()}
     opt_tensors, opt_meta = optimizer_state(optimizer)

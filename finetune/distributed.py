@@ -1,19 +1,19 @@
 """The multi-process side of the VLM LoRA recipe: which launches it supports, validation split over the processes,
 and the full (gathered) trainable state for saving and resuming under FSDP.
 
-- Launches: one process, DDP, or FSDP2 (`fsdp_version: 2`, torch's `fully_shard`). FSDP1 (its flat parameters
-  hide LoRA's mixed requires_grad and would need another state-dict path) and DeepSpeed (it steps, accumulates and
-  clips in its own engine and partitions the optimizer in its own layout) are refused with a `ConfigError`.
-  accelerate 1.x turns FSDP on only for accelerators: on CPU processes (gloo) it would silently run DDP, so the
-  recipe switches its state to FSDP2 itself, which torch runs over gloo.
+- Launches: one process, DDP, or FSDP2 (`fsdp_version: 2`, torch's `fully_shard`: it keeps the module object and
+  its parameter names, LoRA's mixed requires_grad needs nothing special, and it runs over gloo on CPU processes,
+  where this is tested). Refused with a `ConfigError`: FSDP1 (flat parameters; it would not even start on CPU
+  processes here, so it cannot be tested) and DeepSpeed (its engine steps, accumulates and clips on its own and
+  partitions the optimizer in its own layout; accelerate 1.15 runs it on accelerators only). accelerate turns FSDP
+  on only for accelerators too: on CPU processes it would silently run DDP, so the recipe switches them to FSDP2.
 - Validation: every process scores its share of the validation users (contiguous blocks of whole users, so a
   user's candidates stay together for the prefix cache); the scores are gathered and every process computes the
   same AUC. Under FSDP every forward all-gathers parameter shards, so while the processes score their own rows a
   `Lockstep` keeps their forwards paired (see there).
 - State: under FSDP the trainable tensors and the optimizer state are gathered in full (torch's
   `get_model_state_dict` / `get_optimizer_state_dict`, frozen base weights left out) and written in the same
-  checkpoint layout as one process writes; resuming scatters them back. A checkpoint therefore resumes under any
-  launch.
+  checkpoint layout as one process writes (safetensors + json); resuming scatters them back.
 """
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def launch_problem(env: Mapping[str, str], quantized: bool = False) -> str | Non
         return "fsdp_activation_checkpointing is not supported: set it to false and use the model's " \
                "`train.gradient_checkpointing: true` instead"
     if _flag(env, "FSDP_CPU_RAM_EFFICIENT_LOADING"):
-        return "fsdp_cpu_ram_efficient_loading is not supported (every process loads the base model): set it to false"
+        return "fsdp_cpu_ram_efficient_loading is not supported (under FSDP every process loads the base on the CPU " \
+               "and fully_shard moves its shard to the GPU): set it to false"
     if quantized:
         return "QLoRA (model.quantization) under FSDP is not supported: launch it with DDP, where each process " \
                "holds the 4-bit base"
@@ -144,7 +145,7 @@ class Lockstep:
         self.model, self.dummy, self.device = model, dummy, device
         self._handle = None
         self._inside = False
-        self.throwaway = 0  # throwaway forwards run (for tests and logs)
+        self.throwaway = 0  # throwaway forwards run (counted for tests)
 
     def __enter__(self) -> "Lockstep":
         # prepend: agree before FSDP's own pre-forward hook all-gathers anything

@@ -178,6 +178,9 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     state = LoopState()
     if previous.resuming:
         saved = load_checkpoint(out_dir / STATE_DIR, None, rank)
+        if saved.meta.get("processes", nproc) != nproc:  # its data position counts global batches of nproc rows each
+            raise ConfigError(f"{out_dir / STATE_DIR} was written by {saved.meta['processes']} process(es): resume "
+                              f"it with as many (this launch has {nproc}), or re-run with --no-resume")
         load_full_state(plain, optimizer, saved.model, saved.optimizer, sharded)
         scheduler.load_state_dict(saved.meta["scheduler"])
         state = LoopState(**saved.loop)

@@ -51,7 +51,8 @@ sys.exit(main(["finetune", *sys.argv[1:]]))
 """
 
 
-def _torchrun(target: list[str], args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _torchrun(target: list[str], args: list[str], extra_env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess:
     with socket.socket() as sock:  # a free port for the rendezvous
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -129,7 +130,8 @@ def test_two_processes_with_gloo(tmp_path, tiny_models, synthetic_split):
 
 
 def test_fsdp2_on_two_processes_trains_validates_and_resumes_exactly(tmp_path, tiny_models, synthetic_split):
-    models = {"m": vlm_model(tiny_models["llava"], lora={"dropout": 0.1}, train={**TWO_PROC_TRAIN, "checkpoint_every": 10})}
+    models = {"m": vlm_model(tiny_models["llava"], lora={"dropout": 0.1},
+                             train={**TWO_PROC_TRAIN, "checkpoint_every": 10})}
     whole = make_experiment(tmp_path / "whole", synthetic_split, models)
     env = fsdp_env()
     done = _torchrun(["-m", "finetune"], [str(whole)], env)
@@ -268,5 +270,28 @@ def test_a_model_fsdp_cannot_wrap_gets_a_config_error_naming_its_layer_classes()
 
     model = torch.nn.Linear(2, 2)
     model._no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer"]
-    with pytest.raises(ConfigError, match=r"MistralDecoderLayer.*fsdp_transformer_layer_cls_to_wrap.*LlamaDecoderLayer"):
+    wanted = r"MistralDecoderLayer.*fsdp_transformer_layer_cls_to_wrap.*LlamaDecoderLayer"
+    with pytest.raises(ConfigError, match=wanted):
         prepare(NoSuchLayer(), model, torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_a_checkpoint_resumes_only_on_as_many_processes_as_wrote_it(tmp_path, run_cli, tiny_models, synthetic_split,
+                                                                      monkeypatch):
+    import finetune.vlm_lora as recipe
+
+    cfg = make_experiment(tmp_path, synthetic_split, {"m": vlm_model(tiny_models["llava"], train=QUICK_TRAIN)})
+    real = recipe.checkpoint
+
+    def crash(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipe, "checkpoint", crash)
+    assert run_cli("finetune", cfg, "models.m.train.valid_users=2")[0] == 130
+    monkeypatch.setattr(recipe, "checkpoint", real)
+    meta_file = tmp_path / "checkpoints" / "m" / "last" / "state.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["processes"] == 1
+    meta_file.write_text(json.dumps({**meta, "processes": 2}))  # as if two processes had written it
+    code, _, err = run_cli("finetune", cfg, "models.m.train.valid_users=2")
+    assert code != 0 and "written by 2 process(es)" in err and "--no-resume" in err
