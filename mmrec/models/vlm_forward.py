@@ -1,11 +1,13 @@
 """Batched forward passes of the VLM recommender: P(Yes) at the last prompt position, with or without a shared
 prefix key/value cache, and the padded training batch.
 
-Sequences are right-padded and the logits are read at each row's last real token, so a row's score never
-depends on the other rows of its batch (causal attention never looks right) and positions need no correction.
-With the prefix cache, the prefixes of several users are run once (right-padded, `use_cache`), the cache rows
-are gathered for each candidate, and only the suffixes are run: the attention mask then has a hole where a
-short prefix was padded, and explicit position ids continue each row's own prefix.
+Sequences are right-padded and the logits are read (and projected onto the vocabulary) only at each row's last
+real token, so a row's score never depends on the other rows of its batch (causal attention never looks right)
+and positions need no correction. With the prefix cache, the prefixes of several users are run once
+(right-padded, `use_cache`), the cache rows are selected for each candidate (a view when the batch has one user),
+and only the suffixes are run: the attention mask then has a hole where a short prefix was padded, and explicit
+position ids continue each row's own prefix. Where the time goes, and why the cache's gain is what it is:
+`bench/README.md` ("Prefix cache").
 """
 from __future__ import annotations
 
@@ -102,8 +104,8 @@ def select_cache(cache: Any, rows: torch.Tensor) -> Any:
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
+    one = int(rows[0]) if bool((rows == rows[0]).all()) else None  # callers pass CPU rows: no device sync
     rows = rows.to(cache.layers[0].keys.device)
-    one = int(rows[0]) if bool((rows == rows[0]).all()) else None
     new = DynamicCache()
     for layer in cache.layers:
         if one is not None:
