@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmrec.errors import ConfigError
+from mmrec.errors import ConfigError, MmrecError
 from mmrec.io import atomic_dir
 from mmrec.metrics import global_auc
 from mmrec.progress import get_logger
@@ -88,6 +88,25 @@ def make_accelerator(precision: str, quantized: bool = False) -> Any:
     if state.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
         raise ConfigError(f"FSDP1 is not supported; use {SUPPORTED}")
     return accelerator
+
+
+def on_main(accelerator: Any, decide: Callable[[], Any]) -> Any:
+    """`decide()` run by the main process alone, its result (or its `MmrecError`) handed to every process, so all
+    act on one view of the shared output directory: processes that start at different moments (one restarting
+    while another still writes the checkpoint) or see the storage differently would otherwise take different paths
+    and wait on each other forever."""
+    from accelerate.utils import broadcast_object_list
+
+    box: list[Any] = [None]
+    if accelerator.is_main_process:
+        try:
+            box = [(decide(), None)]
+        except MmrecError as e:
+            box = [(None, e)]
+    result, error = broadcast_object_list(box)[0]
+    if error is not None:
+        raise error
+    return result
 
 
 def base_spec(spec: Any, sharded: bool) -> Any:

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from finetune.checkpoint import capture_rng, check_previous_run, load_checkpoint, save_checkpoint
-from finetune.distributed import (base_spec, full_state, is_sharded, load_full_state, make_accelerator, prepare,
-                                  save_adapter, validate)
+from finetune.distributed import (base_spec, full_state, is_sharded, load_full_state, make_accelerator, on_main,
+                                  prepare, save_adapter, validate)
 from finetune.vlm_data import batches_per_epoch, epoch_batches, training_rows, validation_rows
 from mmrec.config import to_dict
 from mmrec.errors import ConfigError
@@ -125,13 +125,14 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     mcfg, tcfg, out_dir = resolve(cfg, name), resolve(cfg, name).train, Path(out_dir)
     split = open_split(cfg, mcfg)
     fingerprint = _fingerprint(cfg, mcfg, split.candidates_sha256)
-    previous = check_previous_run(out_dir / RUN_FILE, out_dir / STATE_DIR, name, fingerprint, resume)
+    accelerator = make_accelerator(tcfg.precision, quantized=mcfg.model.quantization is not None)
+    main, rank, nproc = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    previous = on_main(accelerator, lambda: check_previous_run(out_dir / RUN_FILE, out_dir / STATE_DIR, name,
+                                                               fingerprint, resume))
     if previous.finished:
         log.info(f"{name}: already trained (best valid AUC {previous.record.get('best_auc')}), kept")
         return out_dir
 
-    accelerator = make_accelerator(tcfg.precision, quantized=mcfg.model.quantization is not None)
-    main, rank, nproc = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     sharded = is_sharded(accelerator)  # FSDP2: every process takes part in every forward and state gather
     seed_everything(cfg.seed)
     loaded = load_vlm(base_spec(mcfg.model, sharded and mcfg.finetune))

@@ -130,8 +130,9 @@ def test_two_processes_with_gloo(tmp_path, tiny_models, synthetic_split):
 
 
 def test_fsdp2_on_two_processes_trains_validates_and_resumes_exactly(tmp_path, tiny_models, synthetic_split):
+    # the same 25 steps of 2 x 8 rows, each accumulated from two micro-batches of 4 (FSDP2's no_sync path)
     models = {"m": vlm_model(tiny_models["llava"], lora={"dropout": 0.1},
-                             train={**TWO_PROC_TRAIN, "checkpoint_every": 10})}
+                             train={**TWO_PROC_TRAIN, "batch_size": 4, "grad_accum": 2, "checkpoint_every": 10})}
     whole = make_experiment(tmp_path / "whole", synthetic_split, models)
     env = fsdp_env()
     done = _torchrun(["-m", "finetune"], [str(whole)], env)
@@ -295,3 +296,18 @@ def test_a_checkpoint_resumes_only_on_as_many_processes_as_wrote_it(tmp_path, ru
     meta_file.write_text(json.dumps({**meta, "processes": 2}))  # as if two processes had written it
     code, _, err = run_cli("finetune", cfg, "models.m.train.valid_users=2")
     assert code != 0 and "written by 2 process(es)" in err and "--no-resume" in err
+
+
+def test_the_main_processs_decision_or_error_reaches_every_process():
+    from types import SimpleNamespace
+
+    from finetune.distributed import on_main
+
+    main = SimpleNamespace(is_main_process=True)
+    assert on_main(main, lambda: {"resuming": True}) == {"resuming": True}
+
+    def refuse():
+        raise ConfigError("another run's settings")
+
+    with pytest.raises(ConfigError, match="another run's settings"):
+        on_main(main, refuse)
