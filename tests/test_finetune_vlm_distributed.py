@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -255,7 +254,6 @@ def test_a_checkpoint_takes_an_optimizer_state_dict_and_gives_it_back(tmp_path):
         assert all(torch.equal(a.optimizer["state"][i][k], optimizer.state_dict()["state"][i][k])
                    for k in ("step", "exp_avg", "exp_avg_sq"))
     assert [g["params"] for g in a.optimizer["param_groups"]] == [[0, 1]]
-    shutil.rmtree(tmp_path / "a")
 
 
 def test_a_model_fsdp_cannot_wrap_gets_a_config_error_naming_its_layer_classes():
