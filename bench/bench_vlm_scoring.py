@@ -262,13 +262,14 @@ def train_report(args, path: Path) -> None:
     lo, q = res["lora"], res["qlora"]
     peak = "peak GPU allocated" if args.device.startswith("cuda") else "peak RSS above runtime"
     print(f"training, each configuration in a fresh process: {lo['params'] / 1e6:.1f} M parameters "
-          f"({lo['dtype']}), batch {args.train_batch}, {args.train_steps} timed steps after a warm-up, {lo['clock']} time; "
-          "MiB counted from the tensors, and the process's peak")
+          f"({lo['dtype']}), batch {args.train_batch}, {args.train_steps} timed steps after a warm-up, "
+          f"{lo['clock']} time; MiB counted from the tensors, and the process's peak")
     print(f"{'':6} {'tokens/s':>9} {'LM linear':>10} {'weights':>8} {'trainable+grad+Adam':>20} {'activations':>12} "
           f"{'sum':>7} {peak:>23}")
     for name, r in res.items():
         print(f"{name:6} {r['tokens_per_s']:9.0f} {r['lm_linear_mib']:10.1f} {r['weights_mib']:8.1f} "
-              f"{r['train_state_mib']:20.1f} {r['activations_mib']:12.1f} {r['tensors_mib']:7.1f} {r['peak_mib']:23.0f}")
+              f"{r['train_state_mib']:20.1f} {r['activations_mib']:12.1f} {r['tensors_mib']:7.1f} "
+              f"{r['peak_mib']:23.0f}")
     ratio = {k: q[k] / lo[k] for k in ("tokens_per_s", "lm_linear_mib", "tensors_mib", "peak_mib")}
     print(f"QLoRA / LoRA: tokens/s {ratio['tokens_per_s']:.2f}x; LM linear weights {ratio['lm_linear_mib']:.3f}x "
           f"(1/{1 / ratio['lm_linear_mib']:.1f} of a {lo['dtype']} base); training memory from the tensors "
