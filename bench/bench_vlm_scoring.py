@@ -177,7 +177,25 @@ def breakdown(args, loaded, builder, users, images, titles) -> dict[str, float]:
         for name, fn in parts.items():
             fn()
             out[name] = float(np.median([timed(fn, dev)[clock] for _ in range(max(3, args.repeats))]))
+        if args.profile:
+            profile_ops({k: parts[k] for k in ("suffix forward (vision included)", "plain forward (vision included)")},
+                        dev)
     return out
+
+
+def profile_ops(parts: dict, device: str) -> None:
+    """torch.profiler's operator table of each part (`--profile`): which operators the time goes to."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    sort = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    for name, fn in parts.items():
+        with profile(activities=acts, record_shapes=True) as prof:
+            fn()
+            sync(device)
+        print(f"--profile: {name}")
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=12,
+                                                                 max_name_column_width=44, max_shapes_column_width=60))
 
 
 def use_cpu_clock(args) -> bool:
@@ -308,6 +326,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on the CPU)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's peak dense FLOP/s in TFLOP/s")
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="also print torch.profiler's operator tables")
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit(f"--device {args.device} needs a CUDA GPU and torch sees none; run without --device (CPU sizes)")
