@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from mmrec.errors import MmrecError
 from mmrec.models.vlm_prompt import EncodedItem
 
 
@@ -60,6 +61,9 @@ def _pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torc
 def _p_yes(logits: torch.Tensor, yes_id: int, no_id: int) -> torch.Tensor:
     """softmax over the (Yes, No) logits of `logits` [batch, 1, vocab] (each row's last real position) -> P(Yes),
     float64."""
+    if logits.dim() != 3 or logits.shape[1] != 1:
+        raise MmrecError(f"the model returned logits of shape {tuple(logits.shape)} for `logits_to_keep` per row "
+                         "([batch, 1] positions): its forward does not support it; score with another family")
     pair = logits[:, 0, [yes_id, no_id]].double()
     return torch.softmax(pair, dim=-1)[:, 0]
 
