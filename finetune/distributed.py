@@ -316,4 +316,7 @@ def save_adapter(model: Any, path: Path, accelerator: Any, sharded: bool) -> Non
         weights = get_model_state_dict(model, options=_full_options())
     if accelerator.is_main_process:
         with atomic_dir(path) as tmp:
-            model.save_pretrained(str(tmp), **({"state_dict": weights} if sharded else {}))
+            # the base's embeddings are never resized or trained: no copy of them in the adapter (peft would add
+            # one, 2 x 260 MB for a 7B model, whenever lm_head or embed_tokens is a LoRA target)
+            model.save_pretrained(str(tmp), save_embedding_layers=False,
+                                  **({"state_dict": weights} if sharded else {}))

@@ -77,6 +77,9 @@ def test_finetuned_beats_untrained_through_the_cli(tmp_path, run_cli, learner_ll
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
     assert all(e["tokens_per_s"] > 0 and e["peak_mem_mb"] > 0 for e in log if "loss" in e)
     assert list((tmp_path / "checkpoints" / "msr" / "tb").glob("events.out.tfevents.*"))
+    adapter = _adapter(tmp_path / "checkpoints" / "msr")
+    assert any("lm_head.lora_" in k for k in adapter)  # LoRA on lm_head is saved, the base's head is not copied
+    assert not [k for k in adapter if k.endswith(("lm_head.weight", "embed_tokens.weight"))]
 
     # `mmrec score` loads base + best adapter and writes one P(Yes) per test candidate, in the candidate file's order
     code, _, err = run_cli("score", cfg, "--stage", "test")
