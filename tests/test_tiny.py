@@ -87,6 +87,11 @@ def test_tiny_cli_builds_each_family(run_cli, tmp_path):
     assert code == 2 and "--force" in err
     code, _, err = run_cli("tiny", "--family", "llm", "--out", tmp_path / "llm", "--force", "--hidden", "30")
     assert code == 2 and "--hidden" in err
+    code, _, err = run_cli("tiny", "--family", "llava", "--out", tmp_path / "wide", "--vision-hidden", "64")
+    assert code == 0, err
+    assert load_vlm(ModelSpec(name_or_path=str(tmp_path / "wide"))).model.config.vision_config.hidden_size == 64
+    code, _, err = run_cli("tiny", "--family", "llava", "--out", tmp_path / "odd", "--vision-hidden", "3")
+    assert code == 2 and "--vision-hidden" in err
 
 
 def test_tiny_cli_builds_a_clip_image_encoder_that_embeds(run_cli, tmp_path):
