@@ -16,11 +16,11 @@ from mmrec.metrics import global_auc
 from test_vlm_rec import make_experiment, tiny_models, vlm_model  # noqa: F401  (fixture)
 
 # Learnable at tiny scale: yes/no loss, LoRA also on lm_head (the random head's tiny weights otherwise cap how
-# far the Yes/No logits can move), a constant lr of 1e-3 (3e-3 and above oscillate on this model), and 3,600 steps
-# of 16: the label is an interaction (preference words x title words or image) that a random 2-layer LLaVA learns
-# only after a plateau of ~800 steps (docs/vlm_recommender.md, "Tiny models"). Three validations, not one per epoch,
-# so that picking the best of them barely inflates the validation AUC.
-LEARN_TRAIN = {"lr": 1e-3, "schedule": "constant", "epochs": 12, "batch_size": 16, "negatives": 1, "eval_every": 1200,
+# far the Yes/No logits can move), a constant lr of 1e-3 (3e-3 and above oscillate on this model), and batches of
+# 64: the label is an interaction (preference words x image colour) that a random 2-layer LLaVA learns only once the
+# batch gradient is clean enough; at 16 or 32 rows it sits on a plateau for thousands of steps, at 64 it leaves it
+# after ~300 (docs/vlm_recommender.md, "Tiny models"). Two validations, so picking the best barely inflates it.
+LEARN_TRAIN = {"lr": 1e-3, "schedule": "constant", "epochs": 16, "batch_size": 64, "negatives": 1, "eval_every": 300,
                "checkpoint_every": 1000, "log_every": 50}
 LEARN_LORA = {"r": 16, "alpha": 32, "dropout": 0.0,
               "targets": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|lm_head"}
@@ -41,10 +41,10 @@ def learnable_split(tmp_path_factory):
     from mmrec.cli import main
 
     root = tmp_path_factory.mktemp("vlm_learn")
-    assert main(["prep", "synthetic", "--users", "3000", "--items", "400", "--interactions-per-user", "8",
+    assert main(["prep", "synthetic", "--users", "1500", "--items", "400", "--interactions-per-user", "8",
                  "--noise", "0", "--drift", "0", "--seed", "0", "--out", str(root / "dataset")]) == 0
-    # the paper's protocol: 2,400 training users (4,800 rows), 300 disjoint validation users (1,500 candidates) and
-    # 300 test users (6,300): fewer would leave the AUCs too noisy to assert a margin on
+    # the paper's protocol: 1,200 training users (2,400 rows), 150 disjoint validation users (750 candidates) and
+    # 150 test users (3,150)
     assert main(["split", str(root / "dataset"), "--protocol", "paper", "--user-fractions", "0.8", "0.1", "0.1",
                  "--negatives", "20", "--valid-negatives", "4", "--seed", "0", "--out", str(root / "split")]) == 0
     return root / "split"
@@ -59,6 +59,8 @@ def learner_llava(tmp_path_factory) -> Path:
 
 
 def test_finetuned_beats_untrained_through_the_cli(tmp_path, run_cli, learner_llava, learnable_split):
+    """608 steps of 64 take the tiny LLaVA from chance to a valid AUC of ~0.85, mostly by matching the preference's
+    colour word with the candidate image's colour, which no title or text names."""
     model = learner_llava
     cfg = make_experiment(tmp_path, learnable_split, {
         "untrained": vlm_model(model, variant="zero_shot"),
@@ -68,10 +70,9 @@ def test_finetuned_beats_untrained_through_the_cli(tmp_path, run_cli, learner_ll
     assert code == 0, err
     untrained, msr = _run_info(tmp_path / "checkpoints" / "untrained"), _run_info(tmp_path / "checkpoints" / "msr")
     assert untrained["finished"] and untrained["adapter"] is None
-    # A clear margin. Measured on the CPU: valid AUC 0.614 vs 0.477, test AUC 0.606 vs 0.507 (standard error
-    # ~0.02 each); the model learns the shape match between the preference and the title first (AUC 0.74 for
-    # "shape matches" among the test candidates), the image's colour match barely (0.52).
-    assert msr["finished"] and msr["best_auc"] > untrained["best_auc"] + 0.08, (msr["best_auc"], untrained["best_auc"])
+    # A clear margin. Measured on the CPU: valid AUC 0.851 vs 0.485, test AUC 0.849 vs 0.486 (experiment seeds 1
+    # and 2: valid 0.850 / 0.821, test 0.822 / 0.796); each AUC's standard error is ~0.02-0.03.
+    assert msr["finished"] and msr["best_auc"] > untrained["best_auc"] + 0.2, (msr["best_auc"], untrained["best_auc"])
     log = [json.loads(line) for line in (tmp_path / "checkpoints" / "msr" / "train_log.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in log if "loss" in e]
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
@@ -92,7 +93,16 @@ def test_finetuned_beats_untrained_through_the_cli(tmp_path, run_cli, learner_ll
     assert not np.allclose(scores["msr"]["score"], scores["untrained"]["score"])  # the adapter is applied
     # ... and on the held-out test users, which neither training nor model selection read
     test_auc = {name: global_auc(cands["label"].to_numpy(), df["score"].to_numpy()) for name, df in scores.items()}
-    assert test_auc["msr"] > test_auc["untrained"] + 0.06, test_auc
+    assert test_auc["msr"] > test_auc["untrained"] + 0.2, test_auc
+    # The model reads the image: among the test candidates its score ranks those in the user's preferred colour (seen
+    # only in the image) above the others (measured 0.89, seeds 1 and 2: 0.88, 0.81; the untrained model: chance).
+    dataset = learnable_split.parent / "dataset"
+    truth = cands.merge(pd.read_parquet(dataset / "item_attributes.parquet"), on="item_id", how="left").merge(
+        pd.read_parquet(dataset / "user_preferences.parquet")[["user_id", "colour"]], on="user_id",
+        suffixes=("", "_preferred"), how="left")
+    same_colour = (truth["colour"] == truth["colour_preferred"]).to_numpy()
+    colour_auc = {name: global_auc(same_colour, df["score"].to_numpy()) for name, df in scores.items()}
+    assert colour_auc["msr"] > 0.7 and colour_auc["untrained"] < 0.6, colour_auc
 
 
 def test_qlora_trains_and_saves_a_loadable_adapter(tmp_path, run_cli, tiny_models, synthetic_split):
