@@ -10,7 +10,6 @@ the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,12 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from finetune.checkpoint import check_previous_run, clear_stale, load_checkpoint, save_checkpoint
-from finetune.sequential import LOG_FILE, STATE_DIR, TrainState
+from finetune.checkpoint import check_previous_run
+from finetune.sequential import STATE_DIR, TrainState
 from mmrec.config import to_dict
 from mmrec.errors import DataError
 from mmrec.experiment import ExperimentConfig, ExperimentPaths
-from mmrec.io import atomic_path, hash_json, write_json, write_parquet, write_text
+from mmrec.io import atomic_path, hash_json, write_json, write_parquet
 from mmrec.metrics import global_auc
 from mmrec.models.ctr import (CONTENT_KEY, ITEMS_FILE, RUN_FILE, USERS_FILE, WEIGHTS_FILE, CTRConfig, CTRScorer,
                               build_model)
@@ -179,14 +178,10 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     features = torch.from_numpy(feats).to(device) if feats.shape[1] else None
     model.features = features
     optimizer = torch.optim.Adam(model.parameters(), lr=mcfg.lr, weight_decay=mcfg.weight_decay)
+    state = TrainState.start(out_dir, previous.resuming, model, optimizer, WEIGHTS_FILE)
     if previous.resuming:
-        saved = load_checkpoint(out_dir / STATE_DIR, optimizer)
-        model.load_state_dict(saved.model)
-        state = TrainState(**saved.loop)
         log.info(f"{name}: resuming after epoch {state.epoch} (best valid AUC {state.best:.4f})")
     else:
-        state = TrainState()
-        clear_stale(out_dir, STATE_DIR, WEIGHTS_FILE, LOG_FILE)
         write_parquet(pd.DataFrame({"item_id": catalogue.item_ids}), out_dir / ITEMS_FILE)
         write_parquet(pd.DataFrame({"user_id": list(users)}), out_dir / USERS_FILE)
     info: dict[str, Any] = {"kind": mcfg.kind, "variant": mcfg.variant, "config": to_dict(mcfg),
@@ -208,8 +203,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
                                    valid_auc=auc if math.isfinite(auc) else None)
         if improved:
             _save_best(out_dir, model, features)
-        save_checkpoint(out_dir / STATE_DIR, model, optimizer, state)
-        write_text("".join(json.dumps(h) + "\n" for h in state.history), out_dir / LOG_FILE)
+        state.save(out_dir, model, optimizer)
         log.info(f"{name} epoch {epoch + 1}: loss {loss:.4f}, valid AUC {auc:.4f}"
                  + (" (best)" if improved else f" ({state.bad_epochs}/{mcfg.patience} without improvement)"))
 

@@ -64,6 +64,23 @@ class TrainState:
         self.history.append({"epoch": self.epoch, **logged, "best": improved})
         return improved
 
+    @classmethod
+    def start(cls, out_dir: Path, resuming: bool, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              weights_file: str) -> "TrainState":
+        """The state an epoch recipe starts from: the saved one, its weights and optimizer loaded, when resuming;
+        otherwise a fresh one, after the checkpoint, best weights and log an older run left are deleted."""
+        if resuming:
+            saved = load_checkpoint(out_dir / STATE_DIR, optimizer)
+            model.load_state_dict(saved.model)
+            return cls(**saved.loop)
+        clear_stale(out_dir, STATE_DIR, weights_file, LOG_FILE)
+        return cls()
+
+    def save(self, out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """The resumable checkpoint and the training log after an epoch."""
+        save_checkpoint(out_dir / STATE_DIR, model, optimizer, self)
+        write_text("".join(json.dumps(h) + "\n" for h in self.history), out_dir / LOG_FILE)
+
 
 def validation_metric(scores: np.ndarray, candidates: pd.DataFrame, metric: str, k: int,
                       tie_policy: str = DEFAULT_TIE_POLICY) -> float:
@@ -139,14 +156,10 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     torch.manual_seed(derive_seed(cfg.seed, name, "init"))
     model = module.build_model(mcfg, len(vocab)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=mcfg.lr, weight_decay=mcfg.weight_decay)
+    state = TrainState.start(out_dir, previous.resuming, model, optimizer, WEIGHTS_FILE)
     if previous.resuming:
-        saved = load_checkpoint(out_dir / STATE_DIR, optimizer)
-        model.load_state_dict(saved.model)
-        state = TrainState(**saved.loop)
         log.info(f"{name}: resuming after epoch {state.epoch} (best {mcfg.valid_metric} {state.best:.4f})")
     else:
-        state = TrainState()
-        clear_stale(out_dir, STATE_DIR, WEIGHTS_FILE, LOG_FILE)
         write_parquet(pd.DataFrame({"item_id": vocab.item_ids}), out_dir / ITEMS_FILE)
     info = {"kind": mcfg.kind, "config": to_dict(mcfg), "fingerprint": fingerprint, "finished": False,
             "n_items": len(vocab), "train_sequences": len(sequences), "train_windows": len(samples),
@@ -167,8 +180,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         if improved:
             with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
                 save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        save_checkpoint(out_dir / STATE_DIR, model, optimizer, state)
-        write_text("".join(json.dumps(h) + "\n" for h in state.history), out_dir / LOG_FILE)
+        state.save(out_dir, model, optimizer)
         log.info(f"{name} epoch {epoch + 1}: loss {loss:.4f}, valid {mcfg.valid_metric} {score:.4f}"
                  + (" (best)" if improved else f" ({state.bad_epochs}/{mcfg.patience} without improvement)"))
 
