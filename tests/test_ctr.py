@@ -18,6 +18,8 @@ from mmrec.experiment import ExperimentConfig, ExperimentPaths
 from mmrec.models.ctr import CTRConfig, build_model, load_scorer
 from mmrec.models.ctr_features import Catalogue, item_texts
 
+from crash import crash_on_call
+
 VARIANTS = ("id_only", "text", "text_image", "mmrec")
 FAST = {"epochs": 8, "patience": 8, "batch_size": 512}
 
@@ -172,15 +174,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(experiment, tmp_path, mo
     config = experiment({"m": {"variant": "text", "epochs": 3, "patience": 3, "dropout": 0.2}}, name="resume.yaml")
     _train(config, "m", tmp_path / "whole")
     real = recipe.run_epoch
-    calls = []
-
-    def dies_in_epoch_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(recipe, "run_epoch", dies_in_epoch_3)
+    monkeypatch.setattr(recipe, "run_epoch", crash_on_call(real, 3))  # dies in epoch 3
     with pytest.raises(KeyboardInterrupt):
         _train(config, "m", tmp_path / "resumed")
     monkeypatch.setattr(recipe, "run_epoch", real)

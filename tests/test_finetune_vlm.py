@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from mmrec.metrics import global_auc
 
+from crash import crash_on_call
 from test_vlm_rec import make_experiment, tiny_models, vlm_model  # noqa: F401  (fixture)
 
 # Learnable at tiny scale: yes/no loss, LoRA also on lm_head (the random head's tiny weights otherwise cap how
@@ -133,15 +134,9 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, run_cli, tiny_models, 
     assert run_cli("finetune", whole, "models.m.train.valid_users=2")[0] == 0
 
     cut = make_experiment(tmp_path / "cut", synthetic_split, models)
-    real, calls = recipe.checkpoint, []
-
-    def crash_after_second(*args, **kwargs):
-        real(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # a crash right after a checkpoint was written
-
-    monkeypatch.setattr(recipe, "checkpoint", crash_after_second)
+    real = recipe.checkpoint
+    # a crash right after the second checkpoint was written
+    monkeypatch.setattr(recipe, "checkpoint", crash_on_call(real, 2, after=True))
     assert run_cli("finetune", cut, "models.m.train.valid_users=2")[0] == 130
     assert not _run_info(tmp_path / "cut" / "checkpoints" / "m")["finished"]
     monkeypatch.setattr(recipe, "checkpoint", real)

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from finetune.distributed import launch_problem, make_accelerator, user_share
 from mmrec.errors import ConfigError
+from crash import crash_on_call
 from test_finetune_vlm import QUICK_TRAIN, _adapter, _run_info
 from test_vlm_rec import make_experiment, tiny_models, vlm_model  # noqa: F401  (fixture)
 
@@ -280,12 +281,7 @@ def test_a_checkpoint_resumes_only_on_as_many_processes_as_wrote_it(tmp_path, ru
 
     cfg = make_experiment(tmp_path, synthetic_split, {"m": vlm_model(tiny_models["llava"], train=QUICK_TRAIN)})
     real = recipe.checkpoint
-
-    def crash(*args, **kwargs):
-        real(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(recipe, "checkpoint", crash)
+    monkeypatch.setattr(recipe, "checkpoint", crash_on_call(real, 1, after=True))
     assert run_cli("finetune", cfg, "models.m.train.valid_users=2")[0] == 130
     monkeypatch.setattr(recipe, "checkpoint", real)
     meta_file = tmp_path / "checkpoints" / "m" / "last" / "state.json"

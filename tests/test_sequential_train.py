@@ -19,6 +19,8 @@ from mmrec.experiment import ExperimentConfig, ExperimentPaths
 from mmrec.metrics import evaluate_long
 from mmrec.models.base import CatalogueScorer, load_scorer
 
+from crash import crash_on_call
+
 TINY = {"hidden_size": 16, "epochs": 3, "batch_size": 32, "max_len": 10, "patience": 5, "device": "cpu"}
 MODELS = {
     "pop": {"kind": "pop"},
@@ -55,15 +57,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, synthetic_split
     straight = recipe.train(cfg, name, tmp_path / "a" / "ckpt")
 
     cfg_b = experiment(tmp_path / "b", synthetic_split, MODELS)
-    real_epoch, calls = recipe.run_epoch, []
-
-    def crash_in_second_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(recipe, "run_epoch", crash_in_second_epoch)
+    real_epoch = recipe.run_epoch
+    monkeypatch.setattr(recipe, "run_epoch", crash_on_call(real_epoch, 2))  # dies in the second epoch
     with pytest.raises(KeyboardInterrupt):
         recipe.train(cfg_b, name, tmp_path / "b" / "ckpt")
     state = json.loads((tmp_path / "b" / "ckpt" / "checkpoint" / "state.json").read_text())
