@@ -39,6 +39,46 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def load_layered_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping that may build on another: a top-level `base: FILE` (relative to this file) is loaded
+    first, `remove: [dotted.key, ...]` drops keys of it, and this file's own keys are merged over it (mappings key
+    by key, any other value replaced). An ablation thus states only what it changes."""
+    path = Path(path)
+    data = load_yaml(path)
+    if "base" not in data:
+        if "remove" in data:
+            raise ConfigError(f"{path}: 'remove' drops keys of a 'base' config, and this file names none")
+        return data
+    base_name, remove = data.pop("base"), data.pop("remove", [])
+    if not isinstance(base_name, str) or not base_name:
+        raise ConfigError(f"{path}: 'base' must be the path of another config file, got {base_name!r}")
+    if not isinstance(remove, list) or not all(isinstance(k, str) and k for k in remove):
+        raise ConfigError(f"{path}: 'remove' must be a list of dotted keys such as models.tallrec, got {remove!r}")
+    base_path = (path.parent / base_name).resolve()
+    if base_path in _chain or base_path == path.resolve():
+        raise ConfigError(f"{path}: 'base: {base_name}' leads back to a file already being loaded")
+    merged = load_layered_yaml(base_path, (*_chain, path.resolve()))
+    for key in remove:
+        *parents, last = key.split(".")
+        node = merged
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or last not in node:
+            raise ConfigError(f"{path}: 'remove' names {key!r}, which {base_name} does not have")
+        del node[last]
+    return _merge(merged, data)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str], where: str = "command line") -> dict[str, Any]:
     """Return a copy of `data` with each `a.b.c=value` applied (value parsed as YAML)."""
     import copy
@@ -188,4 +228,4 @@ def load_section(cls: type[T], path: str | Path, overrides: list[str] | None = N
     return from_dict(cls, data, where=str(path))
 
 
-__all__ = ["apply_overrides", "from_dict", "load_section", "load_yaml", "to_dict"]
+__all__ = ["apply_overrides", "from_dict", "load_layered_yaml", "load_section", "load_yaml", "to_dict"]

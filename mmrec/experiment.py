@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmrec.config import apply_overrides, from_dict, load_yaml, to_dict
+from mmrec.config import apply_overrides, from_dict, load_layered_yaml, to_dict
 from mmrec.errors import ConfigError
 from mmrec.io import hash_json
 
@@ -66,7 +66,7 @@ class ExperimentConfig:
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> "ExperimentConfig":
-        raw = apply_overrides(load_yaml(path), overrides or [], where=f"{path} (overrides)")
+        raw = apply_overrides(load_layered_yaml(path), overrides or [], where=f"{path} (overrides)")
         cfg = cls(raw=raw, source=str(path))
         cfg.check_sections()
         return cfg

@@ -1,11 +1,12 @@
 """The config system: typed sections, overrides, and errors that name the file and key."""
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
 import pytest
 
-from mmrec.config import apply_overrides, from_dict, load_section, load_yaml, to_dict
+from mmrec.config import apply_overrides, from_dict, load_layered_yaml, load_section, load_yaml, to_dict
 from mmrec.errors import ConfigError
 from mmrec.experiment import ExperimentConfig
 
@@ -106,3 +107,28 @@ def test_tests_run_tiny_models_on_one_thread():
     import torch
 
     assert torch.get_num_threads() == 1
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_base_config_is_merged_under_its_child(tmp_path):
+    _write(tmp_path / "main.yaml", "split: {negatives: 20, seed: 1}\nmodels: {a: {kind: pop}, b: {kind: sasrec}}\n")
+    (tmp_path / "sub").mkdir()
+    child = _write(tmp_path / "sub" / "abl.yaml", "base: ../main.yaml\nremove: [models.b]\nsplit: {seed: 2}\n")
+    assert load_layered_yaml(child) == {"split": {"negatives": 20, "seed": 2}, "models": {"a": {"kind": "pop"}}}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("base: missing.yaml\n", "missing.yaml: config file not found"),
+    ("base: main.yaml\nremove: [models.zzz]\n", "'remove' names 'models.zzz', which main.yaml does not have"),
+    ("remove: [models.a]\n", "'remove' drops keys of a 'base' config"),
+    ("base: self.yaml\n", "leads back to a file already being loaded"),
+    ("base: main.yaml\nremove: models.a\n", "'remove' must be a list of dotted keys"),
+])
+def test_base_config_errors_name_the_file_and_key(tmp_path, text, message):
+    _write(tmp_path / "main.yaml", "models: {a: {kind: pop}}\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_layered_yaml(_write(tmp_path / "self.yaml", text))

@@ -121,15 +121,28 @@ ABLATIONS = sorted((CONFIGS / "mllm_msr" / "ablations").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", ABLATIONS, ids=ids(ABLATIONS))
+def test_ablation_states_only_its_change(path):
+    """An ablation builds on its paper config (`base:`) and states only what it changes: its directory and title,
+    the preference setting under study, and which of the main run's models and stages it drops."""
+    own = yaml.safe_load(path.read_text())
+    assert (path.parent / own["base"]).resolve() == _main_config(path)
+    assert set(own) <= {"base", "remove", "experiment", "user_summaries", "report"}
+    assert set(own["experiment"]) == {"name", "dir"} and set(own["report"]) == {"title"}
+    assert len(own["user_summaries"]) == 1 and set(own["user_summaries"]) <= {"mode", "block_size",
+                                                                                 "use_image_summaries"}
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=ids(ABLATIONS))
 def test_ablation_differs_from_its_main_run_only_in_the_preference(path):
     """Same dataset, split (so the same candidates), item summaries and recommender as the full run."""
-    abl, main = yaml.safe_load(path.read_text()), yaml.safe_load(_main_config(path).read_text())
+    abl, main = ExperimentConfig.load(path).raw, ExperimentConfig.load(_main_config(path)).raw
     assert abl["data"] == main["data"] and abl["split"] == main["split"] and abl["eval"] == main["eval"]
     if "item_summaries" in abl:
         assert abl["item_summaries"] == main["item_summaries"]
     else:
         assert abl["user_summaries"]["use_image_summaries"] is False
     main_cfg, abl_cfg = ExperimentConfig.from_mapping(main), ExperimentConfig.from_mapping(abl)
+    assert abl_cfg.model_names() == ["mllm_msr"]
     assert abl_cfg.model("mllm_msr") == main_cfg.model("mllm_msr")
     changed = {k for k, v in abl["user_summaries"].items() if main["user_summaries"].get(k) != v}
     assert changed and changed <= {"mode", "block_size", "use_image_summaries"}
