@@ -164,7 +164,7 @@ class ExperimentConfig:
 
 @dataclass(frozen=True)
 class ExperimentPaths:
-    """Every artifact's place inside an experiment directory (DESIGN.md, 'one artifact per stage')."""
+    """Every artifact's place inside an experiment directory: one artifact per stage (docs/artifacts.md)."""
 
     root: Path
 

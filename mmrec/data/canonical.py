@@ -1,6 +1,6 @@
 """The canonical dataset: `items.parquet`, `interactions.parquet`, `stats.json` (+ `prep.json`, `images/`).
 
-Contract (DESIGN.md): ids are strings as in the source; image paths are relative to the dataset directory
+Contract (docs/artifacts.md): ids are strings as in the source; image paths are relative to the dataset directory
 and never leave it; `interactions.parquet` rows are stored in sequence order — by user, then timestamp,
 ties kept in source-file order (stable sort) — so a user's sequence is simply their rows in file order.
 """

@@ -1,7 +1,7 @@
 """What the sequential ID baselines (GRU4Rec, SASRec) share: item ids, padded batches, the all-position
 training loss, and scoring a user's next item from the last position of their history.
 
-Speed by design (DESIGN.md): a user's training sequence is one sample. The model reads it once under a causal
+Speed by design: a user's training sequence is one sample. The model reads it once under a causal
 structure and gets a loss at every position, where RecBole builds one truncated prefix per target (about
 sequence-length times more work for the same targets). `tests/test_sequential.py` checks that the summed
 all-position loss equals the sum of the per-prefix losses.

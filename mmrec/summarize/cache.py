@@ -1,6 +1,6 @@
 """The generation cache: generated texts keyed by the hash of everything that determines them.
 
-Key (DESIGN.md): model id + revision or weights hash, prompt template text, input content hash (image bytes,
+Key: model id + revision or weights hash, prompt template text, input content hash (image bytes,
 item text, or the previous step's text), generation settings. Changing any of them gives a new key and a new
 generation; nothing else does.
 
