@@ -1,4 +1,4 @@
-"""The `data` section of an experiment: which `mmrec prep` source to run and with which options.
+"""Run the `data` section of an experiment (`mmrec.data.prep_config.PrepConfig`) as `mmrec prep` would.
 
 `options` uses the source's command-line flag names without dashes (`min_user: 5` is `--min-user 5`), so a
 config and a command line can never disagree on what an option means.
@@ -6,19 +6,11 @@ config and a command line can never disagree on what an option means.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmrec.data.prep_config import PrepConfig
 from mmrec.errors import ConfigError
-
-
-@dataclass
-class PrepConfig:
-    source: str = "synthetic"
-    options: dict[str, Any] = field(default_factory=dict)
-    # An already prepared canonical dataset to use instead of preparing one (then `source`/`options` are ignored).
-    path: str | None = None
 
 
 def options_to_argv(options: dict[str, Any]) -> list[str]:

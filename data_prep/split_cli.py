@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from mmrec.config import from_dict
-from mmrec.data.splits import Split, SplitConfig, make_split
+from mmrec.data.splits import SplitConfig, make_split
 
 _FIELDS = {  # SplitConfig field -> (type, help); an option left out keeps the dataclass default
     "protocol": (str, "loo (leave-one-out), temporal (global cut times) or paper (MLLM-MSR)"),
@@ -46,18 +46,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="paper protocol: user fractions (default 0.8 0.1 0.1)")
 
 
-def split_from_config(cfg: SplitConfig, dataset_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Split:
-    """The pipeline's entry point: exactly what `mmrec split` does for this config."""
-    return make_split(dataset_dir, cfg, out_dir, overwrite=overwrite)
-
-
 def main(args: argparse.Namespace) -> int:
     values = {k: getattr(args, k) for k in _FIELDS if getattr(args, k) is not None}
     if args.user_fractions is not None:
         values["user_fractions"] = list(args.user_fractions)
     cfg = from_dict(SplitConfig, values, where="command line")
     out = args.out or args.dataset / "splits" / cfg.dir_name
-    split = split_from_config(cfg, args.dataset, out, overwrite=args.force)
+    split = make_split(args.dataset, cfg, out, overwrite=args.force)
     counts = split.info["counts"]
     print(json.dumps({"split": str(split.root), "examples": counts["examples"], "candidates": counts["candidates"],
                       "candidates_sha256": split.candidates_sha256, "leakage_check": split.info["leakage_check"]},

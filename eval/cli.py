@@ -17,7 +17,7 @@ import pandas as pd
 from eval.protocol import build_manifest, check_candidates, check_scores_match, library_versions
 from eval.score_cli import full_ranks_path, selected
 from eval.significance import compare, format_comparison, per_user_path
-from mmrec.cli import add_config_arguments, load_experiment
+from mmrec.commands import add_config_arguments, load_experiment
 from mmrec.config import to_dict
 from mmrec.errors import DataError
 from mmrec.experiment import ExperimentConfig, ExperimentPaths, runs_of

@@ -15,7 +15,7 @@ import pandas as pd
 from eval import report_data as rd
 from eval.report_gallery import GalleryUser, build_gallery, sample_users
 from eval.report_images import Thumbnails
-from eval.config import ReportConfig
+from mmrec.eval_config import ReportConfig
 from eval.svg import histogram_chart, line_chart
 from mmrec.errors import DataError, MmrecError
 from mmrec.experiment import ExperimentPaths

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from eval.protocol import SCORES_META_KEY, check_candidates, checkpoint_fingerprint, scores_metadata
-from mmrec.cli import add_config_arguments, load_experiment
+from mmrec.commands import add_config_arguments, load_experiment
 from mmrec.config import to_dict
 from mmrec.errors import ConfigError, DataError
 from mmrec.experiment import ExperimentConfig, ExperimentPaths, runs_of

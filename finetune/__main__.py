@@ -1,6 +1,6 @@
 """`python -m finetune CONFIG ...` / `accelerate launch -m finetune CONFIG ...`: same as `mmrec finetune`."""
 import sys
 
-from mmrec.cli import main
+from mmrec.commands import invoke
 
-sys.exit(main(["finetune", *sys.argv[1:]]))
+sys.exit(invoke("finetune", sys.argv[1:]))

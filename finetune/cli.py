@@ -9,7 +9,7 @@ import argparse
 import importlib
 from pathlib import Path
 
-from mmrec.cli import add_config_arguments, load_experiment
+from mmrec.commands import add_config_arguments, load_experiment
 from mmrec.experiment import ExperimentConfig, ExperimentPaths, runs_of
 from mmrec.progress import get_logger
 

@@ -1,8 +1,9 @@
 """One experiment = one YAML file = one directory of artifacts.
 
 The YAML has top-level sections (`experiment`, `data`, `split`, `item_summaries`, `user_summaries`,
-`models`, `eval`, `report`). Each section is validated by the dataclass its stage owns, looked up in
-`SECTION_SCHEMAS`, so the library core does not import every stage at start-up. `models` maps a model name
+`models`, `eval`, `report`). Each section is validated by its dataclass, which lives in the library (the stage
+packages above it run the sections, the library validates them), looked up in `SECTION_SCHEMAS` so that
+validating one section does not import the modules of every other. `models` maps a model name
 to a mapping with a `kind` key, validated by the dataclass registered for that kind in `MODEL_KINDS`.
 """
 from __future__ import annotations
@@ -19,12 +20,12 @@ from mmrec.io import hash_json
 # section name -> "module:DataclassName"; the stage that owns a section owns its dataclass.
 SECTION_SCHEMAS: dict[str, str] = {
     "experiment": "mmrec.experiment:ExperimentSection",
-    "data": "data_prep.config:PrepConfig",
+    "data": "mmrec.data.prep_config:PrepConfig",
     "split": "mmrec.data.splits:SplitConfig",
     "item_summaries": "mmrec.summarize.items:ItemSummaryConfig",
     "user_summaries": "mmrec.summarize.users:UserSummaryConfig",
-    "eval": "eval.config:EvalConfig",
-    "report": "eval.config:ReportConfig",
+    "eval": "mmrec.eval_config:EvalConfig",
+    "report": "mmrec.eval_config:ReportConfig",
 }
 
 # model kind -> "module:DataclassName" of its config (each model config has `kind` and its own fields).

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from mmrec.commands import hook, invoke
+from mmrec.data.splits import make_split
 from mmrec.errors import MmrecError
 from mmrec.experiment import ExperimentConfig, ExperimentPaths
 from mmrec.io import hash_json, read_json, write_json
@@ -57,10 +59,7 @@ class Pipeline:
 
     # -- graph -------------------------------------------------------------------------------------
     def _cli(self, *args: str) -> None:
-        from mmrec.cli import main
-
-        command = [args[0], self.config_path, *self.overrides, *args[1:]]
-        code = main(command)
+        code = invoke(args[0], [self.config_path, *self.overrides, *args[1:]])
         if code != 0:
             raise MmrecError(f"stage '{args[0]}' failed (exit {code}); fix the error above and re-run `mmrec run` to resume")
 
@@ -119,16 +118,12 @@ class Pipeline:
             if not (Path(data.path) / "interactions.parquet").is_file():
                 raise MmrecError(f"{self.cfg.source}: data.path {data.path} is not a canonical dataset; run `mmrec prep` first")
             return
-        from data_prep.config import prep_from_config
-
-        prep_from_config(data, self.paths.dataset, where=self.cfg.source)
+        hook("prepare_dataset")(data, self.paths.dataset, where=self.cfg.source)
 
     def _run_split(self, fresh: bool) -> None:
-        from data_prep.split_cli import split_from_config
-
         # The config is the source of truth under `mmrec run`: a changed split section replaces the old split
         # (and, through fingerprints, everything scored on it).
-        split_from_config(self.cfg.section("split"), self.dataset_dir(), self.split_dir(), overwrite=True)
+        make_split(self.dataset_dir(), self.cfg.section("split"), self.split_dir(), overwrite=True)
 
     def _fingerprint_all(self) -> None:
         by_name = {s.name: s for s in self.stages}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from mmrec.cli import add_config_arguments, load_experiment
+from mmrec.commands import add_config_arguments, load_experiment
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ import argparse
 
 import yaml
 
-from mmrec.cli import add_config_arguments, load_experiment
+from mmrec.commands import add_config_arguments, load_experiment
 from mmrec.config import to_dict
 
 

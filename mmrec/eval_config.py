@@ -1,4 +1,5 @@
-"""The `eval` and `report` sections of an experiment config.
+"""The `eval` and `report` sections of an experiment config (run by the `eval/` stage package; validated here, in
+the library, like every section).
 
 `eval` fixes everything a number depends on besides the model: cutoffs, metrics, tie policy, stages and the
 protocol (sampled candidates or full catalogue ranking, with or without history masking). All of it is
