@@ -32,6 +32,7 @@ from finetune.distributed import (base_spec, full_state, is_sharded, load_full_s
                                   prepare, save_adapter, validate)
 from finetune.vlm_data import batches_per_epoch, epoch_batches, training_rows, validation_rows
 from mmrec.config import to_dict
+from mmrec.data.splits import load_split
 from mmrec.errors import ConfigError
 from mmrec.experiment import ExperimentConfig
 from mmrec.io import hash_json, write_json, write_text
@@ -40,7 +41,7 @@ from mmrec.models.vlm_context import report_missing
 from mmrec.models.vlm_forward import (answer_logits, lm_loss, model_device, train_batch, vision_dtype,
                                       yes_no_loss)
 from mmrec.models.vlm_rec import resolve
-from mmrec.models.vlm_scorer import ADAPTER_DIR, RUN_FILE, VLMScorer, build_context, make_builder, open_split
+from mmrec.models.vlm_scorer import ADAPTER_DIR, RUN_FILE, VLMScorer, build_context, make_builder
 from mmrec.progress import get_logger, progress
 from mmrec.seeding import derive_seed, seed_everything
 
@@ -123,7 +124,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     from mmrec.vlm import load_vlm
 
     mcfg, tcfg, out_dir = resolve(cfg, name), resolve(cfg, name).train, Path(out_dir)
-    split = open_split(cfg, mcfg)
+    split = load_split(cfg.split_dir)
     fingerprint = _fingerprint(cfg, mcfg, split.candidates_sha256)
     accelerator = make_accelerator(tcfg.precision, quantized=mcfg.model.quantization is not None)
     main, rank, nproc = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes

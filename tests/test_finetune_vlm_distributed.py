@@ -92,11 +92,12 @@ def _one_process_auc(cfg: Path, name: str, adapter: Path | None) -> float:
     from mmrec.experiment import ExperimentConfig
     from mmrec.metrics import global_auc
     from mmrec.models.vlm_rec import resolve
-    from mmrec.models.vlm_scorer import build_scorer, open_split
+    from mmrec.data.splits import load_split
+    from mmrec.models.vlm_scorer import build_scorer
 
     exp = ExperimentConfig.load(cfg)
     mcfg = resolve(exp, name)
-    valid = validation_rows(open_split(exp, mcfg), mcfg.train.valid_users, exp.seed)
+    valid = validation_rows(load_split(exp.split_dir), mcfg.train.valid_users, exp.seed)
     return global_auc(valid["label"].to_numpy(), build_scorer(exp, name, adapter=adapter).score(valid))
 
 

@@ -115,7 +115,6 @@ class VLMRecConfig:
     # answer: next-token loss on the answer (Yes/No + end of sequence); full: the reference code's loss over every
     # prompt token too; yes_no: cross-entropy over the (Yes, No) logits only, the quantity scoring reads.
     loss: Literal["answer", "full", "yes_no"] = "answer"
-    split: str | None = None  # splits/<name> to train and score on; None = the experiment's split
     lora: LoraSection = field(default_factory=LoraSection)
     train: TrainSection = field(default_factory=TrainSection)
     score: ScoreSection = field(default_factory=ScoreSection)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mmrec.data.splits import load_split
 from mmrec.errors import ConfigError, MmrecError
 from mmrec.models.vlm_context import VLMContext, report_missing
 from mmrec.models.vlm_forward import cached_p_yes, plain_p_yes, plan_batches, prefix_cache
@@ -168,13 +169,6 @@ def _bounded(cache: dict) -> dict:
     return cache
 
 
-def open_split(cfg: Any, mcfg: Any) -> Any:
-    from mmrec.data.splits import load_split
-    from mmrec.experiment import ExperimentPaths
-
-    return load_split(ExperimentPaths(cfg.dir).split(mcfg.split or cfg.section("split").dir_name))
-
-
 def build_context(cfg: Any, mcfg: Any, split: Any) -> VLMContext:
     from mmrec.experiment import ExperimentPaths
 
@@ -190,7 +184,7 @@ def build_scorer(cfg: Any, name: str, adapter: Path | None = None, desc: str = "
     from mmrec.vlm import load_vlm
 
     mcfg = resolve(cfg, name)
-    split = open_split(cfg, mcfg)
+    split = load_split(cfg.split_dir)
     loaded = load_vlm(mcfg.model)
     if adapter is not None:
         from peft import PeftModel
