@@ -18,7 +18,7 @@ def _is_module(dotted: str) -> bool:
     return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
-def upward_references(path: Path) -> list[str]:
+def upward_references(path: Path, stages: tuple[str, ...] = STAGES) -> list[str]:
     """Every import of a stage package in `path`, and every string constant that names one of their modules."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -31,7 +31,7 @@ def upward_references(path: Path) -> list[str]:
             if _is_module(node.value.partition(":")[0]):
                 names = [node.value]
         found += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in names if n.split(".")[0].split(":")[0]
-                  in STAGES]
+                  in stages]
     return found
 
 
@@ -39,6 +39,14 @@ def test_the_library_never_reaches_up_into_the_stages():
     files = sorted((ROOT / "mmrec").rglob("*.py"))
     assert len(files) > 30
     assert [ref for f in files for ref in upward_references(f)] == []
+
+
+def test_stage_packages_never_import_each_other():
+    crossings = []
+    for stage in STAGES:
+        others = tuple(s for s in STAGES if s != stage)
+        crossings += [ref for f in sorted((ROOT / stage).rglob("*.py")) for ref in upward_references(f, others)]
+    assert crossings == []
 
 
 def test_the_check_sees_imports_and_module_strings(tmp_path):
