@@ -197,3 +197,56 @@ def test_tab_delimiter_as_typed_in_a_shell(tmp_path, run_cli):
                              "--out", tmp_path / "d")
     assert code == 0, err
     assert load_dataset(tmp_path / "d").items["item_id"].tolist() == ["a,b"]
+
+
+NOT_UTF8 = [  # (file name, content, the line named): bytes \xff\xfe are not UTF-8 anywhere
+    ("log.csv", b"user_id,item_id,timestamp\nu,a,1\nu,b\xff\xfe,2\nv,a,3\n", 3),
+    ("log.jsonl", (b'{"user_id": "u", "item_id": "a", "timestamp": 1}\n{"user_id": "u", "item_id": "b\xff\xfe", '
+                   b'"timestamp": 2}\n{"user_id": "v", "item_id": "a", "timestamp": 3}\n'), 2),
+]
+
+
+@pytest.mark.parametrize("name,content,line", NOT_UTF8)
+def test_non_utf8_lines_are_named_or_skipped_never_stored(tmp_path, run_cli, name, content, line):
+    (tmp_path / name).write_bytes(content)
+    code, _, err = run_cli("prep", "generic", "--interactions", tmp_path / name, "--out", tmp_path / "d")
+    assert code == 2 and f"{name}, line {line}: not valid" in err and "Traceback" not in err
+    assert not (tmp_path / "d").exists()
+    code, out, err = run_cli("prep", "generic", "--interactions", tmp_path / name, "--bad-lines", "skip",
+                             "--out", tmp_path / "d")
+    assert code == 0, err
+    assert json.loads(out)["dropped"]["bad_lines"] == {name: 1}
+    ds = load_dataset(tmp_path / "d")  # the dataset reads back: no undecodable bytes were written
+    assert sorted(ds.interactions["item_id"]) == ["a", "a"]
+
+
+def test_non_utf8_header_is_named(tmp_path, run_cli):
+    (tmp_path / "log.csv").write_bytes(b"user_id,item_id,timestamp\xff\nu,a,1\n")
+    for mode in ("fail", "skip"):
+        code, _, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--bad-lines", mode,
+                               "--out", tmp_path / "d")
+        assert code == 2 and "log.csv, line 1: the header is not valid utf-8 text" in err and "Traceback" not in err
+
+
+def test_jsonl_field_of_another_type_is_a_bad_line(tmp_path, run_cli):
+    lines = [f'{{"user_id": "u{i % 3}", "item_id": "i{i}", "timestamp": {i}}}' for i in range(1, 58)]
+    lines[3] = '{"user_id": "u1", "item_id": "i4", "timestamp": "soon"}'
+    write(tmp_path / "log.jsonl", "\n".join(lines) + "\n")
+    code, _, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.jsonl", "--out", tmp_path / "d")
+    assert code == 2 and "log.jsonl, line 4: field 'timestamp' is string 'soon'" in err and "lines 1-57" not in err
+    code, out, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.jsonl", "--bad-lines", "skip",
+                             "--out", tmp_path / "d")
+    assert code == 0, err
+    stats = json.loads(out)
+    assert stats["dropped"]["bad_lines"] == {"log.jsonl": 1} and stats["interactions"] == 56
+
+
+def test_jsonl_type_change_between_blocks_is_found(tmp_path, monkeypatch):
+    """Blocks parse on their own; a field that is a number in one block and text in the next is still a bad line."""
+    from data_prep import readers
+
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 20)  # blocks of 3 lines
+    write(tmp_path / "log.jsonl", '{"t": 1}\n{"t": 2}\n{"t": 3}\n{"t": "x"}\n{"t": "y"}\n')
+    bad = readers.BadLines("skip")
+    frame = readers.read_all(readers.JsonlFile(tmp_path / "log.jsonl").read(bad))
+    assert frame["t"].tolist() == [1, 2, 3] and bad.counts["bad_lines"] == {"log.jsonl": 2}
