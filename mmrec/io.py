@@ -65,6 +65,20 @@ def write_parquet(data: pd.DataFrame | pa.Table, path: str | Path) -> Path:
     return Path(path)
 
 
+def read_table(path: str | Path, columns: list[str] | None = None, remedy: str = "write it again") -> pa.Table:
+    """`pyarrow.parquet.read_table`, with a damaged or cut-short file reported as a `DataError` naming the file and
+    `remedy` (what to do) instead of an Arrow traceback."""
+    from mmrec.errors import DataError
+
+    try:
+        return pq.read_table(path, columns=columns)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: damaged or not a Parquet file ({reason}); {remedy}") from None
+
+
 def write_json(obj: Any, path: str | Path) -> Path:
     """Write JSON atomically, pretty-printed with sorted keys so diffs and hashes are stable."""
     with atomic_path(path) as tmp:
