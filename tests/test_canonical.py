@@ -48,7 +48,8 @@ def test_a_damaged_table_is_named_by_split_and_run(tmp_path, run_cli, synthetic_
         load_dataset(data)
     code, _, err = run_cli("split", data, "--out", tmp_path / "split")
     assert code == 2 and "Traceback" not in err
-    assert "interactions.parquet: damaged or not a Parquet file" in err and "re-create the dataset with `mmrec prep`" in err
+    assert "interactions.parquet: damaged or not a Parquet file" in err
+    assert "re-create the dataset with `mmrec prep`" in err
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump({"experiment": {"dir": str(tmp_path / "exp")}, "data": {"path": str(data)}}))
     code, _, err = run_cli("run", config)
