@@ -250,3 +250,29 @@ def test_jsonl_type_change_between_blocks_is_found(tmp_path, monkeypatch):
     bad = readers.BadLines("skip")
     frame = readers.read_all(readers.JsonlFile(tmp_path / "log.jsonl").read(bad))
     assert frame["t"].tolist() == [1, 2, 3] and bad.counts["bad_lines"] == {"log.jsonl": 2}
+
+
+def test_symlinks_in_the_image_folder_are_resolved_and_confined(tmp_path, run_cli):
+    """A link out of --images is refused and counted; an in-folder (relative) link is stored as its target's bytes."""
+    from mmrec.data.images import load_image
+
+    write(tmp_path / "log.csv", "user_id,item_id,timestamp\nu,a,1\nu,b,2\nu,c,3\n")
+    imgs = tmp_path / "imgs"
+    (imgs / "sub").mkdir(parents=True)
+    Image.new("RGB", (3, 3), (200, 0, 0)).save(imgs / "a.png")
+    Image.new("RGB", (4, 4), (0, 200, 0)).save(tmp_path / "secret.png")
+    Image.new("RGB", (5, 5), (0, 0, 200)).save(imgs / "sub" / "blue.png")
+    (imgs / "b.png").symlink_to(tmp_path / "secret.png")
+    (imgs / "c.png").symlink_to("sub/blue.png")  # relative to the folder
+    code, out, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--images", imgs,
+                             "--out", tmp_path / "d")
+    assert code == 0, err
+    assert json.loads(out)["images"]["skipped"] == {"outside_root": 1} and "b.png" in err
+    ds = load_dataset(tmp_path / "d")
+    assert ds.image_path("b") is None
+    stored = ds.image_path("c")
+    assert not stored.is_symlink() and stored.read_bytes() == (imgs / "sub" / "blue.png").read_bytes()
+    assert load_image(stored).size == (5, 5)
+    code, _, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--images", imgs,
+                           "--image-policy", "fail", "--out", tmp_path / "d2")
+    assert code == 2 and "b.png" in err and "outside" in err and "Traceback" not in err
