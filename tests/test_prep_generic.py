@@ -276,3 +276,23 @@ def test_symlinks_in_the_image_folder_are_resolved_and_confined(tmp_path, run_cl
     code, _, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--images", imgs,
                            "--image-policy", "fail", "--out", tmp_path / "d2")
     assert code == 2 and "b.png" in err and "outside" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_follow_the_umask(tmp_path, run_cli, umask):
+    """Dataset folder and files get the modes the user's umask gives (colleagues on a cluster can read them)."""
+    import os
+    import stat
+
+    write(tmp_path / "log.csv", "user_id,item_id,timestamp\nu,a,1\n")
+    old = os.umask(umask)
+    try:
+        code, _, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--out", tmp_path / "d")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    d = tmp_path / "d"
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [d, *d.iterdir()]}
+    want_dir, want_file = 0o777 & ~umask, 0o666 & ~umask
+    assert modes == {"d": want_dir, "images": want_dir, **{n: want_file for n in
+                     ("items.parquet", "interactions.parquet", "stats.json", "prep.json")}}
