@@ -111,6 +111,9 @@ def test_load_errors_are_one_clear_line(tmp_path):
     with pytest.raises(MmrecError, match="cannot load model config from directory") as e:
         load_vlm(ModelSpec(name_or_path=str(tmp_path)))
     assert "\n" not in str(e.value)
+    for missing in (str(tmp_path / "gone"), "./gone", "~/gone/llava"):  # cannot be hub ids: never asked of the hub
+        with pytest.raises(ConfigError, match=r"model.name_or_path: local model folder '.*gone.*' does not exist"):
+            load_vlm(ModelSpec(name_or_path=missing))
 
 
 def test_dtype_option_is_applied(models):

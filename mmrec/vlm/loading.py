@@ -7,6 +7,7 @@ the environment (huggingface_hub reads HF_TOKEN), never from a config file.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,20 @@ log = get_logger(__name__)
 
 # model_type -> family; anything else loads through AutoModelForImageTextToText as "auto".
 FAMILIES = {"llava": "llava", "llava_next": "llava_next", "llava_onevision": "llava_onevision"}
+_HUB_ID = re.compile(r"^\w[\w.-]*(/\w[\w.-]*)?$")  # `name` or `namespace/name`, as the hub accepts them
+
+
+def local_model_problem(name_or_path: str) -> str | None:
+    """Why `name_or_path` names no model, when that is certain without the hub: a local folder that is missing
+    (any name that is not an existing path and cannot be a hub id, e.g. `/models/llava`, `./llava`, `a/b/c`)."""
+    if not name_or_path:
+        return None
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return None if path.is_dir() else f"'{name_or_path}' is a file, not a model folder"
+    if _HUB_ID.match(name_or_path) and ".." not in name_or_path and "--" not in name_or_path:
+        return None
+    return f"local model folder '{name_or_path}' does not exist"
 
 
 @dataclass
@@ -110,8 +125,13 @@ def _load_config(spec: ModelSpec) -> Any:
 
         hf_logging.disable_progress_bar()  # "Loading weights" bars in tests and CI logs
 
+    kw = _common_kwargs(spec)
+    problem = local_model_problem(spec.name_or_path)
+    if problem:
+        raise ConfigError(f"model.name_or_path: {problem}; give an existing folder (relative paths start at the "
+                          "current folder) or a hub id such as llava-hf/llava-v1.6-mistral-7b-hf")
     try:
-        return AutoConfig.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
+        return AutoConfig.from_pretrained(spec.name_or_path, **kw)
     except (OSError, ValueError) as e:
         where = "directory" if Path(spec.name_or_path).exists() else "hub id"
         raise MmrecError(f"cannot load model config from {where} '{spec.name_or_path}'"
