@@ -116,6 +116,19 @@ def test_load_errors_are_one_clear_line(tmp_path):
             load_vlm(ModelSpec(name_or_path=missing))
 
 
+def test_bitsandbytes_optional_cpu_kernel_line_is_silenced():
+    """bitsandbytes logs a warning about the optional `kernels` package on every import on CPU (peft imports it
+    for every LoRA finetune, quantized or not); it says nothing the user must act on."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("bitsandbytes")
+    done = subprocess.run([sys.executable, "-c", "import mmrec.vlm, peft, bitsandbytes"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "kernels-community" not in done.stderr
+
+
 def test_dtype_option_is_applied(models):
     loaded = load_llm(ModelSpec(name_or_path=str(models["root"] / "llm"), dtype="bfloat16"))
     assert loaded.model.dtype == torch.bfloat16

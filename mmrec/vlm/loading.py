@@ -6,6 +6,7 @@ the environment (huggingface_hub reads HF_TOKEN), never from a config file.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -17,6 +18,15 @@ from mmrec.progress import get_logger
 from mmrec.vlm.spec import ModelSpec
 
 log = get_logger(__name__)
+
+
+def _not_the_optional_kernel_line(record: logging.LogRecord) -> bool:
+    # bitsandbytes warns on every CPU import (peft imports it for any LoRA run) that the optional `kernels`
+    # package is missing; its own CPU code is used instead, so there is nothing for the user to do.
+    return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_not_the_optional_kernel_line)
 
 # model_type -> family; anything else loads through AutoModelForImageTextToText as "auto".
 FAMILIES = {"llava": "llava", "llava_next": "llava_next", "llava_onevision": "llava_onevision"}
