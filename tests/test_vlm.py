@@ -129,6 +129,23 @@ def test_bitsandbytes_optional_cpu_kernel_line_is_silenced():
     assert "kernels-community" not in done.stderr
 
 
+def test_pickled_weights_load_only_when_allowed(tmp_path):
+    """A folder with only pickled `.bin` weights is refused unless `allow_pickle: true`; safetensors load as before."""
+    from safetensors.torch import load_file
+
+    from mmrec.tiny import build_tiny_llm
+
+    root = build_tiny_llm(tmp_path / "llm", hidden=32, layers=1, heads=2, kv_heads=1)
+    weights = root / "model.safetensors"
+    torch.save(load_file(weights), root / "pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(MmrecError, match="pickled .bin weights only.*allow_pickle: true") as e:
+        load_llm(ModelSpec(name_or_path=str(root)))
+    assert "\n" not in str(e.value)
+    loaded = load_llm(ModelSpec(name_or_path=str(root), allow_pickle=True))
+    assert loaded.model.config.hidden_size == 32
+
+
 def test_dtype_option_is_applied(models):
     loaded = load_llm(ModelSpec(name_or_path=str(models["root"] / "llm"), dtype="bfloat16"))
     assert loaded.model.dtype == torch.bfloat16

@@ -119,6 +119,7 @@ def _quantization(spec: ModelSpec, skip: list[str]) -> Any:
 def _model_kwargs(spec: ModelSpec, skip: list[str]) -> dict[str, Any]:
     kw = _common_kwargs(spec)
     kw.update(dtype=_torch_dtype(spec), device_map=_device_map(spec))
+    kw["use_safetensors"] = None if spec.allow_pickle else True  # None: safetensors first, then pickled .bin
     if spec.attn_implementation:
         kw["attn_implementation"] = spec.attn_implementation
     quant = _quantization(spec, skip)
@@ -148,6 +149,15 @@ def _load_config(spec: ModelSpec) -> Any:
                          f"{' at revision ' + spec.revision if spec.revision else ''}: {e}".splitlines()[0]) from None
 
 
+def _weights_error(spec: ModelSpec, what: str, error: Exception) -> MmrecError:
+    """The loader's error as one line; a checkpoint with pickled weights only says how to opt in."""
+    folder = Path(spec.name_or_path)
+    if not spec.allow_pickle and folder.is_dir() and any(folder.glob("*.bin")) and not any(folder.glob("*.safetensors")):
+        return MmrecError(f"{what} '{spec.name_or_path}' has pickled .bin weights only; convert them to safetensors, "
+                          "or set `allow_pickle: true` under its `model` key if you trust the checkpoint")
+    return MmrecError(f"cannot load {what} '{spec.name_or_path}': {error}".splitlines()[0])
+
+
 def load_vlm(spec: ModelSpec) -> LoadedVLM:
     """Load an image-text-to-text model, its processor and tokenizer; the model is put in eval mode."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -160,7 +170,7 @@ def load_vlm(spec: ModelSpec) -> LoadedVLM:
         processor = _load_processor(spec)
         model = AutoModelForImageTextToText.from_pretrained(spec.name_or_path, **_model_kwargs(spec, skip))
     except (OSError, ValueError) as e:
-        raise MmrecError(f"cannot load vision-language model '{spec.name_or_path}': {e}".splitlines()[0]) from None
+        raise _weights_error(spec, "vision-language model", e) from None
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None:
         raise MmrecError(f"'{spec.name_or_path}' has a processor without a tokenizer; it is not a vision-language model")
@@ -196,7 +206,7 @@ def load_llm(spec: ModelSpec) -> LoadedLM:
         tokenizer = AutoTokenizer.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
         model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **_model_kwargs(spec, ["lm_head"]))
     except (OSError, ValueError) as e:
-        raise MmrecError(f"cannot load language model '{spec.name_or_path}': {e}".splitlines()[0]) from None
+        raise _weights_error(spec, "language model", e) from None
     _prepare_tokenizer(tokenizer, model)
     model.eval()
     return LoadedLM(model=model, tokenizer=tokenizer, spec=spec)
