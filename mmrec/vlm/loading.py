@@ -152,7 +152,8 @@ def _load_config(spec: ModelSpec) -> Any:
 def _weights_error(spec: ModelSpec, what: str, error: Exception) -> MmrecError:
     """The loader's error as one line; a checkpoint with pickled weights only says how to opt in."""
     folder = Path(spec.name_or_path)
-    if not spec.allow_pickle and folder.is_dir() and any(folder.glob("*.bin")) and not any(folder.glob("*.safetensors")):
+    pickled_only = folder.is_dir() and any(folder.glob("*.bin")) and not any(folder.glob("*.safetensors"))
+    if pickled_only and not spec.allow_pickle:
         return MmrecError(f"{what} '{spec.name_or_path}' has pickled .bin weights only; convert them to safetensors, "
                           "or set `allow_pickle: true` under its `model` key if you trust the checkpoint")
     return MmrecError(f"cannot load {what} '{spec.name_or_path}': {error}".splitlines()[0])
