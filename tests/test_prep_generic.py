@@ -296,3 +296,47 @@ def test_outputs_follow_the_umask(tmp_path, run_cli, umask):
     want_dir, want_file = 0o777 & ~umask, 0o666 & ~umask
     assert modes == {"d": want_dir, "images": want_dir, **{n: want_file for n in
                      ("items.parquet", "interactions.parquet", "stats.json", "prep.json")}}
+
+
+def test_a_folder_of_files_from_the_wild_never_gives_a_traceback_or_an_unreadable_dataset(tmp_path, run_cli):
+    """Every bad input above, with an item file and images: a clear message, or counted skips and a dataset
+    whose tables and images all read back."""
+    from mmrec.data.images import load_image
+
+    wild = tmp_path / "wild"
+    imgs = wild / "imgs"
+    imgs.mkdir(parents=True)
+    Image.new("RGB", (3, 3), (9, 9, 9)).save(imgs / "a.png")
+    (imgs / "b.png").symlink_to(tmp_path / "nowhere.png")  # dangling, outside
+    Image.new("RGB", (3, 3), (1, 2, 3)).save(tmp_path / "outside.png")
+    (imgs / "c.png").symlink_to(tmp_path / "outside.png")
+    (imgs / "d.png").symlink_to("a.png")
+    items = (b'{"id": "a", "name": "ok"}\n{"id": "b", "name": "caf\xe9"}\n{"id": "c", "name": "out"}\n'
+             b'{"id": "d", "name": "fine"}\n{"id": "e", "name": 3}\n')
+    (wild / "items.jsonl").write_bytes(items)
+    rows = [("u", "a", 1), ("u", "b\xff", 2), ("v", "c", 3), ("v", "d", 4), ("w", "e", 5), ("w", "a", 6)]
+    (wild / "log.csv").write_bytes(b"user_id,item_id,timestamp\n" + b"".join(
+        f"{u},{i},{t}\n".encode("latin-1") for u, i, t in rows))
+    (wild / "log.jsonl").write_bytes(b"".join(
+        b'{"user_id": "%s", "item_id": "%s", "timestamp": %d}\n' % (u.encode(), i.encode("latin-1"), t)
+        for u, i, t in rows))
+    for name in ("log.csv", "log.jsonl"):
+        for mode in ("fail", "skip"):
+            out = tmp_path / f"{name}-{mode}"
+            code, stdout, err = run_cli("prep", "generic", "--interactions", wild / name, "--items", wild / "items.jsonl",
+                                   "--items-id-col", "id", "--title-col", "name", "--images", imgs,
+                                   "--bad-lines", mode, "--out", out)
+            assert "Traceback" not in err and code in (0, 2), err
+            if mode == "fail":
+                assert code == 2 and not out.exists()
+                continue
+            assert code == 0, err
+            stats = json.loads(stdout)
+            assert stats["dropped"]["bad_lines"] == {name: 1, "items.jsonl": 2}  # b\xff; caf\xe9 and a number
+            assert stats["dropped"]["unknown_item_interactions"] == 1  # item e, its line dropped
+            assert stats["images"]["skipped"] == {"outside_root": 1}  # c links out of the folder
+            ds = load_dataset(out)
+            assert sorted(ds.items["item_id"]) == ["a", "c", "d"] and ds.image_path("c") is None
+            for item in ds.items["item_id"]:
+                path = ds.image_path(item)
+                assert path is None or load_image(path).size == (3, 3)
