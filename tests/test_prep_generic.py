@@ -323,9 +323,9 @@ def test_a_folder_of_files_from_the_wild_never_gives_a_traceback_or_an_unreadabl
     for name in ("log.csv", "log.jsonl"):
         for mode in ("fail", "skip"):
             out = tmp_path / f"{name}-{mode}"
-            code, stdout, err = run_cli("prep", "generic", "--interactions", wild / name, "--items", wild / "items.jsonl",
-                                   "--items-id-col", "id", "--title-col", "name", "--images", imgs,
-                                   "--bad-lines", mode, "--out", out)
+            code, stdout, err = run_cli("prep", "generic", "--interactions", wild / name,
+                                        "--items", wild / "items.jsonl", "--items-id-col", "id", "--title-col", "name",
+                                        "--images", imgs, "--bad-lines", mode, "--out", out)
             assert "Traceback" not in err and code in (0, 2), err
             if mode == "fail":
                 assert code == 2 and not out.exists()
