@@ -164,9 +164,12 @@ class TableFile:
                     value.decode("utf-8")
                 except UnicodeDecodeError as e:
                     keep[row] = False
-                    line = self.find_line_bytes(lambda raw, v=value: v in raw and not _decodes(raw, self.encoding))
+                    reported = bad.mode == "fail" or bad.counts.get("bad_lines", {}).get(self.path.name, 0) < 5
+                    line = self.find_line_bytes(lambda raw, v=value: v in raw and not _decodes(raw, self.encoding)) \
+                        if reported else None  # a scan of the file: only for the lines that are reported
                     bad.handle(self.path, line, not_text(self.encoding, value, e))
-        return self._decode(batch.filter(pa.array(keep)), bad)
+        kept = batch.filter(pa.array(keep))
+        return pa.RecordBatch.from_arrays([c.cast(pa.string()) for c in kept.columns], names=kept.schema.names)
 
     def find_line_bytes(self, match) -> int | None:
         """1-based number of the first raw line (bytes) for which `match(line)` holds (error path only)."""
