@@ -299,9 +299,22 @@ def test_outputs_follow_the_umask(tmp_path, run_cli, umask):
                      ("items.parquet", "interactions.parquet", "stats.json", "prep.json")}}
 
 
-def test_a_folder_of_files_from_the_wild_never_gives_a_traceback_or_an_unreadable_dataset(tmp_path, run_cli):
+def log_to_this_tests_stderr(monkeypatch) -> None:
+    """The `[mmrec]` log handler keeps the stderr of the test that logged first, which pytest has closed since
+    (its 'Logging error' traceback would land in this test's stderr): point it at this test's (call it in the test)."""
+    import logging
+    import sys
+
+    for handler in logging.getLogger("mmrec").handlers:
+        if type(handler) is logging.StreamHandler:  # not pytest's own capture handlers
+            monkeypatch.setattr(handler, "stream", sys.stderr)
+
+
+def test_a_folder_of_files_from_the_wild_never_gives_a_traceback_or_an_unreadable_dataset(tmp_path, run_cli,
+                                                                                         monkeypatch):
     """Every bad input above, with an item file and images: a clear message, or counted skips and a dataset
     whose tables and images all read back."""
+    log_to_this_tests_stderr(monkeypatch)
     from mmrec.data.images import load_image
 
     wild = tmp_path / "wild"
