@@ -49,7 +49,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def index_images(folder: str | Path | None) -> dict[str, Path]:
-    """Image files directly inside `folder`, by file stem (`B00X1.jpg` -> 'B00X1'); one directory listing."""
+    """Image files directly inside `folder`, by file stem (`B00X1.jpg` -> 'B00X1'); one directory listing.
+
+    Symbolic links are listed as links: `inspect_sources` resolves them and refuses those leaving the folder."""
     if folder is None:
         return {}
     folder = Path(folder)
