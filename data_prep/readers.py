@@ -6,10 +6,12 @@ Finding the line of a bad value (`line_of`, `find_line`) is a scan of the file, 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
 import json
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,14 +141,21 @@ class TableFile:
                                                  strings_can_be_null=True, quoted_strings_can_be_null=False),
         )
         try:
-            reader = pacsv.open_csv(source, **opts)
-            with progress(desc=self.path.name, unit="rows") as bar:
-                for batch in reader:
-                    self._report_bad(bad_rows, bad, len(cols))
-                    bar.update(batch.num_rows)
-                    yield self._decode(batch, bad).to_pandas()
-            self._report_bad(bad_rows, bad, len(cols))
+            with _quiet_undecodable_rows():
+                reader = pacsv.open_csv(source, **opts)
+                with progress(desc=self.path.name, unit="rows") as bar:
+                    for batch in reader:
+                        self._report_bad(bad_rows, bad, len(cols))
+                        bar.update(batch.num_rows)
+                        yield self._decode(batch, bad).to_pandas()
+                self._report_bad(bad_rows, bad, len(cols))
         except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+            if "\ufffd" in str(e):  # a row with the wrong field count that is not text: pyarrow cannot hand it over
+                line = self.find_line_bytes(lambda raw: not _decodes(raw, self.encoding)
+                                            and len(self._split(raw.decode(self.encoding, "replace"))) != len(cols))
+                raise DataError(f"{self.path}{f', line {line}' if line else ''}: expected {len(cols)} fields and the "
+                                f"line is not valid {self.encoding} text either; fix or delete it (--bad-lines skip "
+                                "cannot drop such a line)") from None
             raise DataError(f"{self.path}: cannot be parsed as {self.delimiter!r}-separated text: {e}") from None
 
     def _decode(self, batch: pa.RecordBatch, bad: BadLines) -> pa.RecordBatch:
@@ -207,6 +216,23 @@ class TableFile:
                 if number > skip and match(raw):
                     return number
         return None
+
+
+@contextlib.contextmanager
+def _quiet_undecodable_rows() -> Iterator[None]:
+    """pyarrow decodes a malformed CSV row to text before calling the invalid-row handler; when that fails it prints
+    the UnicodeDecodeError as 'Exception ignored' and then raises a parse error, which `TableFile.read` reports
+    with the line. Keep that inner traceback off the user's terminal."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, UnicodeDecodeError):
+            previous(unraisable)
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 def _decodes(raw: bytes, encoding: str) -> bool:

@@ -220,6 +220,16 @@ def test_non_utf8_lines_are_named_or_skipped_never_stored(tmp_path, run_cli, nam
     assert sorted(ds.interactions["item_id"]) == ["a", "a"]
 
 
+def test_non_utf8_line_with_the_wrong_field_count_is_named(tmp_path, run_cli):
+    """pyarrow cannot hand such a row to the skip handler: a one-line error naming it, in both modes."""
+    (tmp_path / "log.csv").write_bytes(b"user_id,item_id,timestamp\nu,a,1\nu,b\xff\xfe,2,9\nv,a,3\n")
+    for mode in ("fail", "skip"):
+        code, _, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--bad-lines", mode,
+                               "--out", tmp_path / "d")
+        assert code == 2 and "Traceback" not in err and "Exception ignored" not in err
+        assert "log.csv, line 3: expected 3 fields and the line is not valid utf-8 text either" in err
+
+
 def test_non_utf8_header_is_named(tmp_path, run_cli):
     (tmp_path / "log.csv").write_bytes(b"user_id,item_id,timestamp\xff\nu,a,1\n")
     for mode in ("fail", "skip"):
