@@ -49,7 +49,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def index_images(folder: str | Path | None) -> dict[str, Path]:
-    """Image files directly inside `folder`, by file stem (`B00X1.jpg` -> 'B00X1'); one directory listing."""
+    """Image files directly inside `folder`, by file stem (`B00X1.jpg` -> 'B00X1'); one directory listing.
+
+    Symbolic links are listed as links: `inspect_sources` resolves them and refuses those leaving the folder."""
     if folder is None:
         return {}
     folder = Path(folder)
@@ -105,8 +107,25 @@ def _inspect(path: Path, key: str, max_pixels: int) -> dict:
         return {"key": key, "error": e.kind, "detail": e.detail}
 
 
+def follow_link(path: Path) -> Path:
+    """A source image that is a symbolic link -> the file it points to, which must lie inside the link's own folder.
+
+    Placing the link itself in the dataset would store a link (pointing out of the dataset, or dangling when
+    relative), and a link out of the image folder would pull any file of the machine into the dataset."""
+    if not path.is_symlink():
+        return path
+    folder, target = path.parent.resolve(), path.resolve()
+    if folder not in target.parents:
+        raise ImageError(path, "outside_root", f"symbolic link points outside its image folder {path.parent} "
+                         f"(to {target}); refusing it")
+    return target
+
+
 def inspect_sources(paths: dict[str, Path], policy: ImagePolicy, cache: _InspectCache, workers: int) -> dict[str, dict]:
-    """item_id -> {'sha256','width','height','source'} for the usable images among `paths` (policy applied)."""
+    """item_id -> {'sha256','width','height','source'} for the usable images among `paths` (policy applied).
+
+    Symbolic links are followed within their folder (`follow_link`); one pointing out is refused by the policy."""
+    paths = {item: real for item, p in paths.items() if (real := policy.apply(follow_link, p)) is not None}
     keys = {item: _InspectCache.key(p) for item, p in paths.items()}
     todo = {keys[i]: p for i, p in paths.items() if keys[i] not in cache.entries}
     if todo:

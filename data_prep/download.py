@@ -2,7 +2,8 @@
 
 A file already in the folder that Pillow can identify is kept (that is the cache and the resume point).
 A failed download is counted and listed, never fatal: the item simply has no image (the image policy and
---require-image decide what that means). Only the standard library is used (no extra dependency).
+--require-image decide what that means). Only `http` and `https` URLs are fetched, redirects included: a
+`file://` URL in a dataset file must not copy a local file into the dataset. Only the standard library is used.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -25,6 +27,24 @@ log = get_logger("mmrec.download")
 MAX_LISTED_FAILURES = 1000  # stats.json lists at most this many failed items (all are counted)
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 UNREACHABLE_AFTER = 16  # this many network failures before any success: stop, the network is not there
+SCHEMES = ("http", "https")
+
+
+def _check_scheme(url: str) -> None:
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in SCHEMES:
+        raise ValueError(f"refused: only http and https URLs are downloaded, not {scheme or 'a URL without scheme'!r}")
+
+
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """urllib follows redirects to ftp:// by itself; refuse every scheme but http(s)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        _check_scheme(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpRedirectsOnly)
 
 
 class _Breaker:
@@ -70,6 +90,10 @@ def _is_image(path: Path) -> bool:
 def _fetch(url: str, dest: Path, retries: int, backoff: float, timeout: float, breaker: _Breaker) -> str | None:
     """Download `url` to `dest` atomically; None on success, else the reason it failed."""
     reason = "not attempted"
+    try:
+        _check_scheme(url)
+    except ValueError as e:
+        return str(e)
     for attempt in range(retries + 1):
         if breaker.open:
             stopped = f"the first {breaker.threshold} downloads all failed (network unreachable?)"
@@ -78,7 +102,7 @@ def _fetch(url: str, dest: Path, retries: int, backoff: float, timeout: float, b
             time.sleep(backoff * 2 ** (attempt - 1))
         try:
             req = urllib.request.Request(url, headers={"User-Agent": "mmrec-prep/1.0"})
-            with urllib.request.urlopen(req, timeout=timeout) as resp, atomic_path(dest) as tmp:
+            with _OPENER.open(req, timeout=timeout) as resp, atomic_path(dest) as tmp:
                 with open(tmp, "wb") as f:
                     while block := resp.read(1 << 16):
                         f.write(block)

@@ -8,6 +8,7 @@ to a mapping with a `kind` key, validated by the dataclass registered for that k
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,15 @@ class ExperimentSection:
     seed: int = 0
     # Train and score every model once per seed (runs `<model>@seed<k>`); evaluation reports mean and 95% CI.
     seeds: list[int] | None = None
+
+
+def _walk(obj: Any, key: str):
+    """(dotted key, value) of every field of a validated section, nested dataclasses included."""
+    if dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            yield from _walk(getattr(obj, f.name), f"{key}.{f.name}")
+    else:
+        yield key, obj
 
 
 def _resolve(spec: str) -> type:
@@ -146,6 +156,19 @@ class ExperimentConfig:
             self.section(name)
         for name in self.model_names():
             self.model(name)
+        self.check_model_paths()
+
+    def check_model_paths(self) -> None:
+        """Every `name_or_path` that is certainly a local folder must exist: found now, not hours into a run."""
+        from mmrec.vlm.loading import local_model_problem
+
+        roots = [(n, self.section(n)) for n in SECTION_SCHEMAS if n in self.raw]
+        roots += [(f"models.{m}", self.model(m)) for m in self.model_names()]
+        for key, value in (kv for name, root in roots for kv in _walk(root, name)):
+            problem = local_model_problem(value) if key.endswith(".name_or_path") and isinstance(value, str) else None
+            if problem:
+                raise ConfigError(f"{self.source}: key '{key}': {problem}; fix the path (relative paths start at the "
+                                  "current folder) or give a hub id")
 
     def with_overrides(self, overrides: list[str]) -> "ExperimentConfig":
         """A copy with `key.path=value` overrides applied (e.g. `experiment.seed=3` for one seed of a run)."""

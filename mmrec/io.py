@@ -1,7 +1,9 @@
 """Atomic writes and content hashes shared by every stage.
 
 Every artifact is written to a temporary sibling and renamed into place, so a crash never leaves a
-half-written file (or directory) where a later stage would mistake it for a finished one.
+half-written file (or directory) where a later stage would mistake it for a finished one. The temporaries get
+the modes an ordinary `open`/`mkdir` would (0666/0777 less the umask), not tempfile's private 0600/0700, so
+results on a shared cluster are readable by whoever the user's umask allows.
 """
 from __future__ import annotations
 
@@ -19,6 +21,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it, racing threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -26,6 +42,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -41,6 +58,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if path.exists():
@@ -63,6 +81,20 @@ def write_parquet(data: pd.DataFrame | pa.Table, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return Path(path)
+
+
+def read_table(path: str | Path, columns: list[str] | None = None, remedy: str = "write it again") -> pa.Table:
+    """`pyarrow.parquet.read_table`, with a damaged or cut-short file reported as a `DataError` naming the file and
+    `remedy` (what to do) instead of an Arrow traceback."""
+    from mmrec.errors import DataError
+
+    try:
+        return pq.read_table(path, columns=columns)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: damaged or not a Parquet file ({reason}); {remedy}") from None
 
 
 def write_json(obj: Any, path: str | Path) -> Path:

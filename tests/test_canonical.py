@@ -32,3 +32,26 @@ def test_unknown_items_and_duplicate_item_ids_are_refused(tmp_path):
         write_tables(tmp_path, items, inter)
     with pytest.raises(DataError, match="duplicate item_id 'a'"):
         write_tables(tmp_path, pd.concat([items, items]), inter.assign(item_id="a"))
+
+
+def test_a_damaged_table_is_named_by_split_and_run(tmp_path, run_cli, synthetic_dataset):
+    """A dataset table cut short: `mmrec split` and `mmrec run` name the file and what to do, no Arrow traceback."""
+    import shutil
+
+    import yaml
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dataset, data)
+    table = data / "interactions.parquet"
+    table.write_bytes(table.read_bytes()[: table.stat().st_size // 2])
+    with pytest.raises(DataError, match="interactions.parquet: damaged or not a Parquet file"):
+        load_dataset(data)
+    code, _, err = run_cli("split", data, "--out", tmp_path / "split")
+    assert code == 2 and "Traceback" not in err
+    assert "interactions.parquet: damaged or not a Parquet file" in err
+    assert "re-create the dataset with `mmrec prep`" in err
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({"experiment": {"dir": str(tmp_path / "exp")}, "data": {"path": str(data)}}))
+    code, _, err = run_cli("run", config)
+    assert code != 0 and "Traceback" not in err
+    assert "interactions.parquet: damaged or not a Parquet file" in err and "re-create the dataset" in err

@@ -132,3 +132,20 @@ def test_base_config_errors_name_the_file_and_key(tmp_path, text, message):
     _write(tmp_path / "main.yaml", "models: {a: {kind: pop}}\n")
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_layered_yaml(_write(tmp_path / "self.yaml", text))
+
+
+def test_validate_names_a_missing_local_model_folder_and_its_key(tmp_path, run_cli):
+    """A local path that does not exist is named as a missing folder with its config key, before any stage runs."""
+    f = tmp_path / "e.yaml"
+    for section, path in (("item_summaries", tmp_path / "no-such-model"), ("user_summaries", "./models/llama")):
+        f.write_text(f"{section}:\n  model:\n    name_or_path: {path}\n")
+        code, _, err = run_cli("validate", f)
+        assert code == 2 and f"{section}.model.name_or_path" in err and "Traceback" not in err
+        assert f"local model folder '{path}' does not exist" in err
+    f.write_text(f"models:\n  rec:\n    kind: vlm\n    model: {{name_or_path: {tmp_path}/gone/llava}}\n")
+    code, _, err = run_cli("validate", f)
+    assert code == 2 and "models.rec.model.name_or_path" in err and "does not exist" in err
+    (tmp_path / "llava").mkdir()
+    for name in (tmp_path / "llava", "llava-hf/llava-v1.6-mistral-7b-hf"):  # a folder that exists, a hub id
+        f.write_text(f"item_summaries:\n  model:\n    name_or_path: {name}\n")
+        assert run_cli("validate", f, "--quiet")[0] == 0

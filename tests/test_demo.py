@@ -34,6 +34,8 @@ def test_demo_runs_every_stage_prints_the_table_and_resumes(tmp_path, run_cli):
 @pytest.mark.parametrize("size", ["default", "small"])
 def test_demo_config_validates(tmp_path, size):
     models = {"llava": tmp_path / "l", "llm": tmp_path / "m", "clip": tmp_path / "c"}
+    for folder in models.values():  # validation checks that local model folders exist
+        folder.mkdir()
     cfg = ExperimentConfig.from_mapping(demo_config(tmp_path, models, size))
     cfg.validate_all()
     assert set(cfg.model_names()) == set(MODELS)

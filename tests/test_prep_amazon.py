@@ -50,7 +50,12 @@ def server():
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             hits[self.path] = hits.get(self.path, 0) + 1
-            if self.path.startswith("/ok") or (self.path == "/flaky.png" and hits[self.path] > 2):
+            if self.path.startswith("/to-"):  # /to-ftp, /to-file: a redirect to another scheme
+                self.send_response(302)
+                self.send_header("Location", {"/to-ftp": "ftp://127.0.0.1:1/x.png", "/to-file": "file:///etc/hosts"}
+                                 [self.path])
+                self.end_headers()
+            elif self.path.startswith("/ok") or (self.path == "/flaky.png" and hits[self.path] > 2):
                 body = png_bytes()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
@@ -129,11 +134,35 @@ def test_download_report_never_fatal(tmp_path, server):
     present, report = download_images(jobs, workers=2, retries=1, backoff=0.01, timeout=5)
     assert set(present) == {"a"} and report.downloaded == 1
     assert "HTTP 500 (after 2 attempts)" in report.failed["b"] and "network error" in report.failed["c"]
-    assert "unknown url type" in report.failed["d"]
+    assert "only http and https" in report.failed["d"]
     assert not (tmp_path / "b.png").exists()  # no partial file left behind
     (tmp_path / "e.png").write_bytes(b"truncated")  # present but invalid: fetched again
     present, report = download_images({"a": jobs["a"], "e": (f"{base}/ok2.png", tmp_path / "e.png")}, backoff=0.01)
     assert report.cached == 1 and report.downloaded == 1 and set(present) == {"a", "e"}
+
+
+def test_download_is_http_only(tmp_path, server, run_cli):
+    """A meta URL (or a redirect) to file://, ftp:// or data: is refused, so a dataset file cannot pull local files."""
+    base, _ = server
+    local = tmp_path / "local.png"
+    local.write_bytes(png_bytes())
+    urls = {"file": local.as_uri(), "ftp": "ftp://127.0.0.1:1/x.png", "data": "data:image/png;base64,AAAA",
+            "to-ftp": f"{base}/to-ftp", "to-file": f"{base}/to-file"}
+    jobs = {k: (url, tmp_path / "out" / f"{k}.png") for k, url in urls.items()}
+    present, report = download_images(jobs, workers=1, retries=0, backoff=0.01, timeout=5)
+    assert present == {}
+    for key in ("file", "ftp", "data", "to-ftp"):
+        assert "only http and https" in report.failed[key], report.failed[key]
+    assert "HTTP 302" in report.failed["to-file"]  # urllib itself never redirects to file://
+    r, m = fixture_files(tmp_path, base)
+    metas = [meta("A", "Bottle", local.as_uri()), meta("B", "Blanket", f"{base}/ok.png"), meta("C", "Crib")]
+    m = write_jsonl_gz(tmp_path / "meta_Baby_Products.jsonl.gz", metas)
+    code, out, err = run_cli("prep", "amazon2023", "--reviews", r, "--meta", m, "--images", tmp_path / "imgs",
+                             "--download", "--out", tmp_path / "d")
+    assert code == 0, err
+    stats = json.loads(out)
+    assert stats["download"]["downloaded"] == 1 and "only http and https" in stats["download"]["failures"]["A"]
+    assert load_dataset(tmp_path / "d").image_path("A") is None
 
 
 def test_bad_json_line_named_or_skipped(tmp_path, run_cli, caplog):

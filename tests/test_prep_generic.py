@@ -197,3 +197,170 @@ def test_tab_delimiter_as_typed_in_a_shell(tmp_path, run_cli):
                              "--out", tmp_path / "d")
     assert code == 0, err
     assert load_dataset(tmp_path / "d").items["item_id"].tolist() == ["a,b"]
+
+
+NOT_UTF8 = [  # (file name, content, the line named): bytes \xff\xfe are not UTF-8 anywhere
+    ("log.csv", b"user_id,item_id,timestamp\nu,a,1\nu,b\xff\xfe,2\nv,a,3\n", 3),
+    ("log.jsonl", (b'{"user_id": "u", "item_id": "a", "timestamp": 1}\n{"user_id": "u", "item_id": "b\xff\xfe", '
+                   b'"timestamp": 2}\n{"user_id": "v", "item_id": "a", "timestamp": 3}\n'), 2),
+]
+
+
+@pytest.mark.parametrize("name,content,line", NOT_UTF8)
+def test_non_utf8_lines_are_named_or_skipped_never_stored(tmp_path, run_cli, name, content, line):
+    (tmp_path / name).write_bytes(content)
+    code, _, err = run_cli("prep", "generic", "--interactions", tmp_path / name, "--out", tmp_path / "d")
+    assert code == 2 and f"{name}, line {line}: not valid" in err and "Traceback" not in err
+    assert not (tmp_path / "d").exists()
+    code, out, err = run_cli("prep", "generic", "--interactions", tmp_path / name, "--bad-lines", "skip",
+                             "--out", tmp_path / "d")
+    assert code == 0, err
+    assert json.loads(out)["dropped"]["bad_lines"] == {name: 1}
+    ds = load_dataset(tmp_path / "d")  # the dataset reads back: no undecodable bytes were written
+    assert sorted(ds.interactions["item_id"]) == ["a", "a"]
+
+
+def test_non_utf8_line_with_the_wrong_field_count_is_named(tmp_path, run_cli):
+    """pyarrow cannot hand such a row to the skip handler: a one-line error naming it, in both modes."""
+    (tmp_path / "log.csv").write_bytes(b"user_id,item_id,timestamp\nu,a,1\nu,b\xff\xfe,2,9\nv,a,3\n")
+    for mode in ("fail", "skip"):
+        code, _, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--bad-lines", mode,
+                               "--out", tmp_path / "d")
+        assert code == 2 and "Traceback" not in err and "Exception ignored" not in err
+        assert "log.csv, line 3: expected 3 fields and the line is not valid utf-8 text either" in err
+
+
+def test_non_utf8_header_is_named(tmp_path, run_cli):
+    (tmp_path / "log.csv").write_bytes(b"user_id,item_id,timestamp\xff\nu,a,1\n")
+    for mode in ("fail", "skip"):
+        code, _, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--bad-lines", mode,
+                               "--out", tmp_path / "d")
+        assert code == 2 and "log.csv, line 1: the header is not valid utf-8 text" in err and "Traceback" not in err
+
+
+def test_jsonl_field_of_another_type_is_a_bad_line(tmp_path, run_cli):
+    lines = [f'{{"user_id": "u{i % 3}", "item_id": "i{i}", "timestamp": {i}}}' for i in range(1, 58)]
+    lines[3] = '{"user_id": "u1", "item_id": "i4", "timestamp": "soon"}'
+    write(tmp_path / "log.jsonl", "\n".join(lines) + "\n")
+    code, _, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.jsonl", "--out", tmp_path / "d")
+    assert code == 2 and "log.jsonl, line 4: field 'timestamp' is string 'soon'" in err and "lines 1-57" not in err
+    code, out, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.jsonl", "--bad-lines", "skip",
+                             "--out", tmp_path / "d")
+    assert code == 0, err
+    stats = json.loads(out)
+    assert stats["dropped"]["bad_lines"] == {"log.jsonl": 1} and stats["interactions"] == 56
+
+
+def test_jsonl_type_change_between_blocks_is_found(tmp_path, monkeypatch):
+    """Blocks parse on their own; a field that is a number in one block and text in the next is still a bad line."""
+    from data_prep import readers
+
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 20)  # blocks of 3 lines
+    write(tmp_path / "log.jsonl", '{"t": 1}\n{"t": 2}\n{"t": 3}\n{"t": "x"}\n{"t": "y"}\n')
+    bad = readers.BadLines("skip")
+    frame = readers.read_all(readers.JsonlFile(tmp_path / "log.jsonl").read(bad))
+    assert frame["t"].tolist() == [1, 2, 3] and bad.counts["bad_lines"] == {"log.jsonl": 2}
+
+
+def test_symlinks_in_the_image_folder_are_resolved_and_confined(tmp_path, run_cli, caplog):
+    """A link out of --images is refused and counted; an in-folder (relative) link is stored as its target's bytes."""
+    from mmrec.data.images import load_image
+
+    write(tmp_path / "log.csv", "user_id,item_id,timestamp\nu,a,1\nu,b,2\nu,c,3\n")
+    imgs = tmp_path / "imgs"
+    (imgs / "sub").mkdir(parents=True)
+    Image.new("RGB", (3, 3), (200, 0, 0)).save(imgs / "a.png")
+    Image.new("RGB", (4, 4), (0, 200, 0)).save(tmp_path / "secret.png")
+    Image.new("RGB", (5, 5), (0, 0, 200)).save(imgs / "sub" / "blue.png")
+    (imgs / "b.png").symlink_to(tmp_path / "secret.png")
+    (imgs / "c.png").symlink_to("sub/blue.png")  # relative to the folder
+    code, out, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--images", imgs,
+                             "--out", tmp_path / "d")
+    assert code == 0, err
+    assert json.loads(out)["images"]["skipped"] == {"outside_root": 1}
+    assert "b.png: symbolic link points outside its image folder" in caplog.text
+    ds = load_dataset(tmp_path / "d")
+    assert ds.image_path("b") is None
+    stored = ds.image_path("c")
+    assert not stored.is_symlink() and stored.read_bytes() == (imgs / "sub" / "blue.png").read_bytes()
+    assert load_image(stored).size == (5, 5)
+    code, _, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--images", imgs,
+                           "--image-policy", "fail", "--out", tmp_path / "d2")
+    assert code == 2 and "b.png" in err and "outside" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_follow_the_umask(tmp_path, run_cli, umask):
+    """Dataset folder and files get the modes the user's umask gives (colleagues on a cluster can read them)."""
+    import os
+    import stat
+
+    write(tmp_path / "log.csv", "user_id,item_id,timestamp\nu,a,1\n")
+    old = os.umask(umask)
+    try:
+        code, _, err = run_cli("prep", "generic", "--interactions", tmp_path / "log.csv", "--out", tmp_path / "d")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    d = tmp_path / "d"
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [d, *d.iterdir()]}
+    want_dir, want_file = 0o777 & ~umask, 0o666 & ~umask
+    assert modes == {"d": want_dir, "images": want_dir, **{n: want_file for n in
+                     ("items.parquet", "interactions.parquet", "stats.json", "prep.json")}}
+
+
+def log_to_this_tests_stderr(monkeypatch) -> None:
+    """The `[mmrec]` log handler keeps the stderr of the test that logged first, which pytest has closed since
+    (its 'Logging error' traceback would land in this test's stderr): point it at this test's (call it in the test)."""
+    import logging
+    import sys
+
+    for handler in logging.getLogger("mmrec").handlers:
+        if type(handler) is logging.StreamHandler:  # not pytest's own capture handlers
+            monkeypatch.setattr(handler, "stream", sys.stderr)
+
+
+def test_a_folder_of_files_from_the_wild_never_gives_a_traceback_or_an_unreadable_dataset(tmp_path, run_cli,
+                                                                                         monkeypatch):
+    """Every bad input above, with an item file and images: a clear message, or counted skips and a dataset
+    whose tables and images all read back."""
+    log_to_this_tests_stderr(monkeypatch)
+    from mmrec.data.images import load_image
+
+    wild = tmp_path / "wild"
+    imgs = wild / "imgs"
+    imgs.mkdir(parents=True)
+    Image.new("RGB", (3, 3), (9, 9, 9)).save(imgs / "a.png")
+    (imgs / "b.png").symlink_to(tmp_path / "nowhere.png")  # dangling, outside
+    Image.new("RGB", (3, 3), (1, 2, 3)).save(tmp_path / "outside.png")
+    (imgs / "c.png").symlink_to(tmp_path / "outside.png")
+    (imgs / "d.png").symlink_to("a.png")
+    items = (b'{"id": "a", "name": "ok"}\n{"id": "b", "name": "caf\xe9"}\n{"id": "c", "name": "out"}\n'
+             b'{"id": "d", "name": "fine"}\n{"id": "e", "name": 3}\n')
+    (wild / "items.jsonl").write_bytes(items)
+    rows = [("u", "a", 1), ("u", "b\xff", 2), ("v", "c", 3), ("v", "d", 4), ("w", "e", 5), ("w", "a", 6)]
+    (wild / "log.csv").write_bytes(b"user_id,item_id,timestamp\n" + b"".join(
+        f"{u},{i},{t}\n".encode("latin-1") for u, i, t in rows))
+    (wild / "log.jsonl").write_bytes(b"".join(
+        b'{"user_id": "%s", "item_id": "%s", "timestamp": %d}\n' % (u.encode(), i.encode("latin-1"), t)
+        for u, i, t in rows))
+    for name in ("log.csv", "log.jsonl"):
+        for mode in ("fail", "skip"):
+            out = tmp_path / f"{name}-{mode}"
+            code, stdout, err = run_cli("prep", "generic", "--interactions", wild / name,
+                                        "--items", wild / "items.jsonl", "--items-id-col", "id", "--title-col", "name",
+                                        "--images", imgs, "--bad-lines", mode, "--out", out)
+            assert "Traceback" not in err and code in (0, 2), err
+            if mode == "fail":
+                assert code == 2 and not out.exists()
+                continue
+            assert code == 0, err
+            stats = json.loads(stdout)
+            assert stats["dropped"]["bad_lines"] == {name: 1, "items.jsonl": 2}  # b\xff; caf\xe9 and a number
+            assert stats["dropped"]["unknown_item_interactions"] == 1  # item e, its line dropped
+            assert stats["images"]["skipped"] == {"outside_root": 1}  # c links out of the folder
+            ds = load_dataset(out)
+            assert sorted(ds.items["item_id"]) == ["a", "c", "d"] and ds.image_path("c") is None
+            for item in ds.items["item_id"]:
+                path = ds.image_path(item)
+                assert path is None or load_image(path).size == (3, 3)

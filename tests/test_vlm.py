@@ -111,6 +111,39 @@ def test_load_errors_are_one_clear_line(tmp_path):
     with pytest.raises(MmrecError, match="cannot load model config from directory") as e:
         load_vlm(ModelSpec(name_or_path=str(tmp_path)))
     assert "\n" not in str(e.value)
+    for missing in (str(tmp_path / "gone"), "./gone", "~/gone/llava"):  # cannot be hub ids: never asked of the hub
+        with pytest.raises(ConfigError, match=r"model.name_or_path: local model folder '.*gone.*' does not exist"):
+            load_vlm(ModelSpec(name_or_path=missing))
+
+
+def test_bitsandbytes_optional_cpu_kernel_line_is_silenced():
+    """bitsandbytes logs a warning about the optional `kernels` package on every import on CPU (peft imports it
+    for every LoRA finetune, quantized or not); it says nothing the user must act on."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("bitsandbytes")
+    done = subprocess.run([sys.executable, "-c", "import mmrec.vlm, peft, bitsandbytes"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "kernels-community" not in done.stderr
+
+
+def test_pickled_weights_load_only_when_allowed(tmp_path):
+    """A folder with only pickled `.bin` weights is refused unless `allow_pickle: true`; safetensors load as before."""
+    from safetensors.torch import load_file
+
+    from mmrec.tiny import build_tiny_llm
+
+    root = build_tiny_llm(tmp_path / "llm", hidden=32, layers=1, heads=2, kv_heads=1)
+    weights = root / "model.safetensors"
+    torch.save(load_file(weights), root / "pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(MmrecError, match="pickled .bin weights only.*allow_pickle: true") as e:
+        load_llm(ModelSpec(name_or_path=str(root)))
+    assert "\n" not in str(e.value)
+    loaded = load_llm(ModelSpec(name_or_path=str(root), allow_pickle=True))
+    assert loaded.model.config.hidden_size == 32
 
 
 def test_dtype_option_is_applied(models):

@@ -14,10 +14,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mmrec.errors import DataError
-from mmrec.io import read_json, sha256_file, write_json, write_parquet
+from mmrec.io import read_json, read_table, sha256_file, write_json, write_parquet
 
 ITEMS_SCHEMA = pa.schema([
     ("item_id", pa.string()),
@@ -40,6 +39,7 @@ ITEMS_FILE = "items.parquet"
 INTERACTIONS_FILE = "interactions.parquet"
 STATS_FILE = "stats.json"
 PREP_FILE = "prep.json"
+REMAKE = "re-create the dataset with `mmrec prep` (under `mmrec run`: delete the dataset folder and run again)"
 
 
 def _conform(df: pd.DataFrame, schema: pa.Schema, name: str) -> pa.Table:
@@ -183,7 +183,7 @@ def load_dataset(root: str | Path) -> CanonicalDataset:
     for name in (ITEMS_FILE, INTERACTIONS_FILE):
         if not (root / name).is_file():
             raise DataError(f"{root}: not a canonical dataset ({name} missing); create it with `mmrec prep`")
-    items = pq.read_table(root / ITEMS_FILE).to_pandas()
-    interactions = pq.read_table(root / INTERACTIONS_FILE).to_pandas()
+    items = read_table(root / ITEMS_FILE, remedy=REMAKE).to_pandas()
+    interactions = read_table(root / INTERACTIONS_FILE, remedy=REMAKE).to_pandas()
     stats = read_json(root / STATS_FILE) if (root / STATS_FILE).is_file() else {}
     return CanonicalDataset(root=root, items=items, interactions=interactions, stats=stats)

@@ -26,10 +26,10 @@ import pyarrow.parquet as pq
 
 from mmrec.config import from_dict, to_dict
 from mmrec.data import candidates as cand
-from mmrec.data.canonical import INTERACTIONS_FILE, ITEMS_FILE, CanonicalDataset, load_dataset
+from mmrec.data.canonical import INTERACTIONS_FILE, ITEMS_FILE, REMAKE, CanonicalDataset, load_dataset
 from mmrec.data.leakage import STAGES, check_split
 from mmrec.errors import ConfigError, DataError
-from mmrec.io import atomic_dir, atomic_path, read_json, sha256_file, write_json
+from mmrec.io import atomic_dir, atomic_path, read_json, read_table, sha256_file, write_json
 from mmrec.progress import get_logger, progress
 from mmrec.seeding import rng
 
@@ -350,8 +350,8 @@ def make_split(dataset_dir: str | Path, cfg: SplitConfig, out_dir: str | Path, o
     elif out_dir.is_dir() and any(out_dir.iterdir()):
         raise ConfigError(f"{out_dir}: exists and is not a split directory; choose another --out or remove it")
     t0 = time.perf_counter()
-    items = pq.read_table(dataset_dir / ITEMS_FILE, columns=["item_id"])["item_id"].combine_chunks()
-    interactions = pq.read_table(dataset_dir / INTERACTIONS_FILE, columns=["user_id", "item_id", "timestamp"])
+    items = read_table(dataset_dir / ITEMS_FILE, ["item_id"], remedy=REMAKE)["item_id"].combine_chunks()
+    interactions = read_table(dataset_dir / INTERACTIONS_FILE, ["user_id", "item_id", "timestamp"], remedy=REMAKE)
     c = Coded.from_table(interactions, items)
     if not len(c.user):
         raise DataError(f"{dataset_dir / INTERACTIONS_FILE}: no interactions to split")

@@ -6,7 +6,9 @@ the environment (huggingface_hub reads HF_TOKEN), never from a config file.
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,31 @@ from mmrec.vlm.spec import ModelSpec
 
 log = get_logger(__name__)
 
+
+def _not_the_optional_kernel_line(record: logging.LogRecord) -> bool:
+    # bitsandbytes warns on every CPU import (peft imports it for any LoRA run) that the optional `kernels`
+    # package is missing; its own CPU code is used instead, so there is nothing for the user to do.
+    return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_not_the_optional_kernel_line)
+
 # model_type -> family; anything else loads through AutoModelForImageTextToText as "auto".
 FAMILIES = {"llava": "llava", "llava_next": "llava_next", "llava_onevision": "llava_onevision"}
+_HUB_ID = re.compile(r"^\w[\w.-]*(/\w[\w.-]*)?$")  # `name` or `namespace/name`, as the hub accepts them
+
+
+def local_model_problem(name_or_path: str) -> str | None:
+    """Why `name_or_path` names no model, when that is certain without the hub: a local folder that is missing
+    (any name that is not an existing path and cannot be a hub id, e.g. `/models/llava`, `./llava`, `a/b/c`)."""
+    if not name_or_path:
+        return None
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return None if path.is_dir() else f"'{name_or_path}' is a file, not a model folder"
+    if _HUB_ID.match(name_or_path) and ".." not in name_or_path and "--" not in name_or_path:
+        return None
+    return f"local model folder '{name_or_path}' does not exist"
 
 
 @dataclass
@@ -94,6 +119,7 @@ def _quantization(spec: ModelSpec, skip: list[str]) -> Any:
 def _model_kwargs(spec: ModelSpec, skip: list[str]) -> dict[str, Any]:
     kw = _common_kwargs(spec)
     kw.update(dtype=_torch_dtype(spec), device_map=_device_map(spec))
+    kw["use_safetensors"] = None if spec.allow_pickle else True  # None: safetensors first, then pickled .bin
     if spec.attn_implementation:
         kw["attn_implementation"] = spec.attn_implementation
     quant = _quantization(spec, skip)
@@ -110,12 +136,27 @@ def _load_config(spec: ModelSpec) -> Any:
 
         hf_logging.disable_progress_bar()  # "Loading weights" bars in tests and CI logs
 
+    kw = _common_kwargs(spec)
+    problem = local_model_problem(spec.name_or_path)
+    if problem:
+        raise ConfigError(f"model.name_or_path: {problem}; give an existing folder (relative paths start at the "
+                          "current folder) or a hub id such as llava-hf/llava-v1.6-mistral-7b-hf")
     try:
-        return AutoConfig.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
+        return AutoConfig.from_pretrained(spec.name_or_path, **kw)
     except (OSError, ValueError) as e:
         where = "directory" if Path(spec.name_or_path).exists() else "hub id"
         raise MmrecError(f"cannot load model config from {where} '{spec.name_or_path}'"
                          f"{' at revision ' + spec.revision if spec.revision else ''}: {e}".splitlines()[0]) from None
+
+
+def _weights_error(spec: ModelSpec, what: str, error: Exception) -> MmrecError:
+    """The loader's error as one line; a checkpoint with pickled weights only says how to opt in."""
+    folder = Path(spec.name_or_path)
+    pickled_only = folder.is_dir() and any(folder.glob("*.bin")) and not any(folder.glob("*.safetensors"))
+    if pickled_only and not spec.allow_pickle:
+        return MmrecError(f"{what} '{spec.name_or_path}' has pickled .bin weights only; convert them to safetensors, "
+                          "or set `allow_pickle: true` under its `model` key if you trust the checkpoint")
+    return MmrecError(f"cannot load {what} '{spec.name_or_path}': {error}".splitlines()[0])
 
 
 def load_vlm(spec: ModelSpec) -> LoadedVLM:
@@ -130,7 +171,7 @@ def load_vlm(spec: ModelSpec) -> LoadedVLM:
         processor = _load_processor(spec)
         model = AutoModelForImageTextToText.from_pretrained(spec.name_or_path, **_model_kwargs(spec, skip))
     except (OSError, ValueError) as e:
-        raise MmrecError(f"cannot load vision-language model '{spec.name_or_path}': {e}".splitlines()[0]) from None
+        raise _weights_error(spec, "vision-language model", e) from None
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None:
         raise MmrecError(f"'{spec.name_or_path}' has a processor without a tokenizer; it is not a vision-language model")
@@ -166,7 +207,7 @@ def load_llm(spec: ModelSpec) -> LoadedLM:
         tokenizer = AutoTokenizer.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
         model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **_model_kwargs(spec, ["lm_head"]))
     except (OSError, ValueError) as e:
-        raise MmrecError(f"cannot load language model '{spec.name_or_path}': {e}".splitlines()[0]) from None
+        raise _weights_error(spec, "language model", e) from None
     _prepare_tokenizer(tokenizer, model)
     model.eval()
     return LoadedLM(model=model, tokenizer=tokenizer, spec=spec)

@@ -17,6 +17,8 @@ class ModelSpec:
     `prompt_format`: "auto" uses the checkpoint's own chat template when it ships one and a built-in one
     chosen from the architecture otherwise; "own" insists on the checkpoint's template; the other names force a
     built-in template. Access tokens are never configured here: huggingface_hub reads HF_TOKEN itself.
+    `allow_pickle`: weights load from safetensors only; true also accepts pickled `.bin` weights, which can run
+    code hidden in the file (only for checkpoints you trust).
     """
 
     name_or_path: str = ""
@@ -28,6 +30,7 @@ class ModelSpec:
     trust_remote_code: bool = False
     image_backend: Literal["pil", "torchvision"] = "pil"
     prompt_format: PromptFormat = "auto"
+    allow_pickle: bool = False
 
     def __post_init__(self) -> None:
         if self.revision == "":
