@@ -113,7 +113,7 @@ def _apply_own(owner: Any, tokenizer: Any, user_text: str, image: bool) -> str:
         try:
             rendered = owner.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                                  tokenize=False)
-        except Exception:  # noqa: BLE001 - a template that refuses this form of content: try the next form
+        except Exception:  # a template that refuses this form of content: try the next form
             continue
         if wanted in rendered:
             break
