@@ -43,7 +43,8 @@ def _sentencepiece_model() -> Path:
     try:
         import mistral_common
     except ImportError:
-        raise ConfigError("the Mistral tokenizer needs the mistral-common package: pip install mistral-common") from None
+        raise ConfigError("the Mistral tokenizer needs the mistral-common package: "
+                          "pip install mistral-common") from None
     return Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
 
 
