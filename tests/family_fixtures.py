@@ -21,3 +21,22 @@ def loaded_family(hub_id: str, tokenizer_dir: Path) -> Any:
     processor = families.load_processor(hub_id, tokenizer)
     family = FAMILIES[families.load_config(hub_id).model_type]
     return LoadedVLM(model=None, processor=processor, tokenizer=processor.tokenizer, family=family, spec=spec)
+
+
+def shrunk_config(hub_id: str) -> Any:
+    """The published config with only its widths and depths shrunk (everything that decides token counts and ids
+    kept: vocabulary, image size, patch size, grid pinpoints, feature layer and strategy, special-token ids), so a
+    random model of it runs a forward pass on the CPU in a second."""
+    config = families.load_config(hub_id)
+    text, vision = config.text_config, config.vision_config
+    text.hidden_size, text.intermediate_size, text.num_hidden_layers = 64, 128, 1
+    text.num_attention_heads, text.num_key_value_heads, text.head_dim = 4, 2, 16
+    if hasattr(text, "layer_types"):
+        text.layer_types = text.layer_types[:1]
+    if getattr(text, "max_window_layers", None):
+        text.max_window_layers = 1
+    vision.hidden_size, vision.intermediate_size, vision.num_attention_heads = 32, 64, 2
+    vision.num_hidden_layers = 2  # vision_feature_layer -2 needs two
+    if hasattr(vision, "projection_dim"):
+        vision.projection_dim = 32
+    return config
