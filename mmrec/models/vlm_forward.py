@@ -109,14 +109,15 @@ def select_cache(cache: Any, rows: torch.Tensor) -> Any:
     from transformers.cache_utils import DynamicLayer
 
     one = int(rows[0]) if bool((rows == rows[0]).all()) else None  # callers pass CPU rows: no device sync
-    rows = rows.to(cache.layers[0].keys.device)
+    on: dict[torch.device, torch.Tensor] = {}  # the rows on each layer's device (`device_map: auto` spreads them)
     new = DynamicCache()
     for layer in cache.layers:
         if one is not None:
             keys = layer.keys[one:one + 1].expand(len(rows), -1, -1, -1)
             values = layer.values[one:one + 1].expand(len(rows), -1, -1, -1)
         else:
-            keys, values = layer.keys[rows], layer.values[rows]
+            here = on.setdefault(layer.keys.device, rows.to(layer.keys.device))
+            keys, values = layer.keys[here], layer.values[here]
         part = DynamicLayer()
         part.lazy_initialization(keys, values)
         part.keys, part.values = keys, values
