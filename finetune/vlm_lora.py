@@ -37,7 +37,7 @@ from mmrec.experiment import ExperimentConfig
 from mmrec.io import hash_json, write_json, write_text
 from mmrec.models.vlm_adapter import apply_lora, merge_adapter
 from mmrec.models.vlm_context import report_missing
-from mmrec.models.vlm_forward import (answer_logits, lm_loss, model_device, train_batch, vision_dtype,
+from mmrec.models.vlm_forward import (answer_logits, answer_loss, lm_loss, model_device, train_batch, vision_dtype,
                                       yes_no_loss)
 from mmrec.models.vlm_rec import resolve
 from mmrec.models.vlm_scorer import ADAPTER_DIR, RUN_FILE, VLMScorer, build_context, make_builder, open_split
@@ -233,6 +233,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
             with sync:  # the prepared model runs under autocast when `precision` asks for it
                 if mcfg.loss == "yes_no":
                     loss = yes_no_loss(answer_logits(model, batch), batch, builder.yes_id, builder.no_id)
+                elif mcfg.loss == "answer":
+                    loss = answer_loss(model, batch)
                 else:
                     loss = lm_loss(model(**batch.inputs).logits, batch.labels)[0]
                 accelerator.backward(loss / in_step)

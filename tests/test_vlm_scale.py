@@ -32,3 +32,23 @@ def test_select_cache_indexes_each_layer_on_its_own_device():
     assert new.layers[1].keys.device.type == "cpu"
     assert new.layers[1].keys[:, 0, 0, 0].tolist() == [2.0, 0.0, 0.0, 1.0]
     assert new.layers[1].values[:, 0, 0, 0].tolist() == [2.0, 0.0, 0.0, 1.0]
+
+
+def test_answer_loss_projects_only_the_answer_positions(tmp_path):
+    """The `answer` loss equals the next-token loss over whole rows, but only the positions that predict the answer
+    tokens reach the vocabulary projection (a 4k-token row at 32k vocabulary is 0.5-1 GB of logits otherwise)."""
+    from mmrec.models.vlm_forward import EncodedItem, answer_loss, lm_loss, train_batch
+    from mmrec.tiny import build_tiny_llava
+    from mmrec.vlm import ModelSpec, load_vlm
+
+    model = load_vlm(ModelSpec(name_or_path=str(build_tiny_llava(tmp_path / "m", "llava", seed=0)))).model
+    prefixes, items = [[1, 5, 6, 7], [1, 8]], [EncodedItem(ids=[9, 10]), EncodedItem(ids=[11, 12, 13, 14, 15])]
+    batch = train_batch(prefixes, items, [[20, 2], [21, 2]], 0, None, True, torch.device("cpu"), torch.float32)
+    projected = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: projected.append(tuple(i[0].shape)))
+    with torch.no_grad():
+        old = lm_loss(model(**batch.inputs).logits, batch.labels)[0]
+        new = answer_loss(model, batch)
+    hook.remove()
+    torch.testing.assert_close(new, old)
+    assert projected == [(2, 9, model.config.text_config.hidden_size), (2, 2, model.config.text_config.hidden_size)]
