@@ -159,7 +159,9 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
 
     # Training rows: a row the prompt cannot be built for is reported and left out, never silently.
     rows = training_rows(split, tcfg.negatives, cfg.seed)
-    reasons = context.check(rows)
+    scorer = VLMScorer(loaded.model, builder, context, loaded.family, mcfg.score.batch_size, mcfg.score.prefix_cache,
+                       desc=f"{name} valid")
+    reasons = scorer.check(rows)  # what validation/scoring would give NaN (over-long prompts included)
     skipped = report_missing(rows, reasons, f"{name} training rows")
     rows = rows[reasons == ""].reset_index(drop=True)
     if not len(rows):
@@ -187,9 +189,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         state = LoopState(**saved.loop)
         log.info(f"{name}: resuming at step {state.step}/{total_steps} (epoch {state.epoch + 1}, batch {state.batch})")
     run_log = RunLog(out_dir, state.step, enabled=main)
-    scorer = VLMScorer(plain, builder, context, loaded.family, mcfg.score.batch_size, mcfg.score.prefix_cache,
-                       desc=f"{name} valid")
-    encoder = VLMScorer(plain, builder, context, loaded.family)  # same prompts as scoring, for training rows
+    scorer.model = plain  # one scorer, hence one item cache, encodes the training rows and scores validation
     users, stages, items, labels = (rows[c].to_numpy() for c in ("user_id", "stage", "item_id", "label"))
     device, pixel_dtype = model_device(plain), vision_dtype(plain)
     info.update(train_rows=len(rows), skipped_rows=len(skipped), steps=total_steps, processes=nproc,
@@ -224,11 +224,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
             step_start = b - b % tcfg.grad_accum
             in_step = min(tcfg.grad_accum, n_batches - step_start)
             last = b == step_start + in_step - 1
-            enc = [encoder.encode(users[i], stages[i], items[i]) for i in idx]
-            answers = [builder.answer_ids(int(labels[i])) for i in idx]
-            prefixes = [builder.fit(p, s.ids, extra=len(a)) for (p, s), a in zip(enc, answers)]
-            batch = train_batch(prefixes, [s for _, s in enc], answers, encoder.pad_id, _image_id(loaded),
-                                mcfg.loss != "full", device, pixel_dtype)
+            batch = make_batch(scorer, users, stages, items, labels, idx, _image_id(loaded), mcfg.loss != "full",
+                               device, pixel_dtype)
             sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
             with sync:  # the prepared model runs under autocast when `precision` asks for it
                 if mcfg.loss == "yes_no":
@@ -280,6 +277,16 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     _record(out_dir, info, accelerator)
     accelerator.wait_for_everyone()
     return out_dir
+
+
+def make_batch(scorer: VLMScorer, users: Any, stages: Any, items: Any, labels: Any, idx: Any,
+               image_token_id: int | None, answer_only: bool, device: torch.device, pixel_dtype: torch.dtype) -> Any:
+    """The micro-batch of rows `idx`: each row's prompt exactly as `scorer` scores it (the same ids and the same
+    truncation, `PromptBuilder.fit` leaves room for the answer on every path), then its answer."""
+    enc = [scorer.encode(users[i], stages[i], items[i]) for i in idx]
+    answers = [scorer.builder.answer_ids(int(labels[i])) for i in idx]
+    return train_batch([p for p, _ in enc], [s for _, s in enc], answers, scorer.pad_id, image_token_id, answer_only,
+                       device, pixel_dtype)
 
 
 def checkpoint(out_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: LoopState,

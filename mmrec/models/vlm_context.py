@@ -6,9 +6,10 @@ Preference sources:
 - `history`: the Rec-GPT4V prompt, built from the last N history items' titles and image summaries
   (`summaries/items.parquet`; an item without a summary is listed by its title alone).
 
-A row that lacks what its prompt needs (no preference for that user and stage, or no readable image when the
-prompt shows images) is never dropped silently: `check` returns the reason per row, callers report the counts
-and give those rows a NaN score (scoring) or leave them out with a logged count (training).
+A row that lacks what its prompt needs (no preference for that user and stage, no readable image when the
+prompt shows images, or a prompt that cannot fit `train.max_length`: `VLMScorer.check`) is never dropped
+silently: `check` returns the reason per row, callers report the counts and give those rows a NaN score
+(scoring) or leave them out with a logged count (training).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ MISSING_PREFERENCE = "no preference"
 MISSING_IMAGE = "no image"
 BAD_IMAGE = "unreadable image"
 UNKNOWN_ITEM = "unknown item"
+TOO_LONG = "prompt too long"  # image + question + answer exceed train.max_length (checked by the scorer)
 
 
 def _key(user: Any, stage: Any) -> tuple[str, str]:

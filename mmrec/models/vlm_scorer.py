@@ -16,9 +16,9 @@ import pandas as pd
 import torch
 
 from mmrec.errors import ConfigError, MmrecError
-from mmrec.models.vlm_context import VLMContext, report_missing
+from mmrec.models.vlm_context import TOO_LONG, VLMContext, report_missing
 from mmrec.models.vlm_forward import cached_p_yes, plain_p_yes, plan_batches, prefix_cache
-from mmrec.models.vlm_prompt import EncodedItem, PromptBuilder
+from mmrec.models.vlm_prompt import EncodedItem, PromptBuilder, PromptTooLong
 from mmrec.progress import get_logger, progress
 
 log = get_logger("mmrec.models.vlm")
@@ -29,8 +29,9 @@ RUN_FILE = "vlm_rec.json"
 ADAPTER_DIR = "adapter"
 
 
-def make_builder(loaded: Any, use_image: bool, order: str, max_length: int) -> PromptBuilder:
-    """A prompt builder with the Yes/No ids read from the tokenizer after a real rendered prompt."""
+def make_builder(loaded: Any, use_image: bool, order: str, max_length: int | None) -> PromptBuilder:
+    """A prompt builder with the Yes/No ids read from the tokenizer after a real rendered prompt; `max_length`
+    None is the model's context length."""
     from mmrec.vlm.tokens import answer_token_ids
 
     probe = PromptBuilder(loaded, 0, 0, use_image=use_image, order=order, max_length=max_length)
@@ -68,7 +69,8 @@ class VLMScorer:
         return self._items[item_id]
 
     def encode(self, user: str, stage: str, item_id: str) -> tuple[list[int], EncodedItem]:
-        """(prefix ids, suffix) of one row's prompt, the prefix cut to fit `max_length` if it must."""
+        """(prefix ids, suffix) of one row's prompt, the prefix cut to fit `max_length` with the answer if it must
+        (`PromptBuilder.fit`, the rule of every path); raises `PromptTooLong` for a row that cannot fit."""
         ctx, b = self.context, self.builder
         pref = ctx.preference(user, stage)
         if b.order == "preference_first":
@@ -81,7 +83,20 @@ class VLMScorer:
             prefix_text, suffix_text = b.texts(pref, ctx.title(item_id))
             suffix = b.encode_suffix(suffix_text, ctx.image(item_id) if b.use_image else None)
             prefix = b.encode_prefix(prefix_text)
-        return b.fit(prefix, suffix.ids, extra=0), suffix
+        return b.fit(prefix, suffix.ids), suffix
+
+    def check(self, rows: pd.DataFrame) -> np.ndarray:
+        """Per row of (user_id, stage, item_id): '' when it can be prompted within `max_length`, else why not
+        (`VLMContext.check`'s reasons, or TOO_LONG). Encodes every row: training checks its rows up front."""
+        reasons = self.context.check(rows)
+        cols = (rows[c].astype(str).to_numpy() for c in ("user_id", "stage", "item_id"))
+        for i, (user, stage, item) in enumerate(zip(*cols)):
+            if reasons[i] == "":
+                try:
+                    self.encode(user, stage, item)
+                except PromptTooLong:
+                    reasons[i] = TOO_LONG
+        return reasons
 
     # -- scoring ------------------------------------------------------------------------------------------
     def score(self, candidates: pd.DataFrame) -> np.ndarray:
@@ -100,22 +115,37 @@ class VLMScorer:
         was_training = self.model.training
         self.model.eval()
         bar = progress(total=len(order), desc=self.desc, unit="cand")
+        too_long: dict[int, int] = {}  # row -> the tokens its prompt needs at least
         try:
             cols = tuple(rows[c].to_numpy()[order] for c in ("user_id", "stage", "item_id"))
             for chunks in plan_batches(owners.tolist(), self.batch_size):
-                for idx, p in self._score_group(cols, order, owners, chunks):
+                for idx, p in self._score_group(cols, order, owners, chunks, too_long):
                     scores[idx] = p
                 bar.update(sum(len(c) for c in chunks))
         finally:
             bar.close()
             self.model.train(was_training)
+        if too_long:
+            reasons = np.full(len(rows), "", dtype=object)
+            reasons[list(too_long)] = TOO_LONG
+            need = max(too_long.values())
+            over = report_missing(rows, reasons, f"{self.desc} (max_length {self.builder.max_length}; the longest "
+                                                 f"needs {need} tokens: raise train.max_length to score them)")
+            self.missing = pd.concat([self.missing, over], ignore_index=True)
         return scores
 
     def _score_group(self, cols: tuple[np.ndarray, ...], order: np.ndarray, owners: np.ndarray,
-                     chunks: list[list[int]]):
-        """Scores of one group of whole users (positions into the owner-sorted rows), chunk by chunk."""
+                     chunks: list[list[int]], too_long: dict[int, int]):
+        """Scores of one group of whole users (positions into the owner-sorted rows), chunk by chunk; rows whose
+        prompt cannot fit go to `too_long` (row -> tokens needed) and keep their NaN."""
         users, stages, items = cols
-        encoded = {pos: self.encode(users[pos], stages[pos], items[pos]) for chunk in chunks for pos in chunk}
+        encoded = {}
+        for pos in (pos for chunk in chunks for pos in chunk):
+            try:
+                encoded[pos] = self.encode(users[pos], stages[pos], items[pos])
+            except PromptTooLong as e:
+                too_long[int(order[pos])] = e.needed
+        chunks = [c for c in ([pos for pos in chunk if pos in encoded] for chunk in chunks) if c]
         b = self.builder
         if not self.prefix_cache:
             for chunk in chunks:
@@ -123,17 +153,20 @@ class VLMScorer:
                                 b.yes_id, b.no_id, self.pad_id)
                 yield order[chunk], p.numpy()
             return
-        group = [pos for chunk in chunks for pos in chunk]
-        first: dict[int, int] = {}  # owner -> its row in the prefix batch
-        for pos in group:
-            first.setdefault(int(owners[pos]), pos)
-        slot = {o: k for k, o in enumerate(first)}
-        # A shared prefix is cut once, to fit the owner's longest suffix.
-        longest = {o: max(len(encoded[p][1].ids) for p in group if owners[p] == o) for o in first}
-        prefixes = [b.fit(encoded[first[o]][0], [0] * longest[o]) for o in first]
+        # One prefix row per (owner, prefix length): a row whose prefix was cut for its own suffix keeps its cut
+        # (most users have a single, uncut prefix).
+        slot: dict[tuple[int, int], int] = {}
+        prefixes = []
+        for pos in (pos for chunk in chunks for pos in chunk):
+            key = (int(owners[pos]), len(encoded[pos][0]))
+            if key not in slot:
+                slot[key] = len(prefixes)
+                prefixes.append(encoded[pos][0])
+        if not prefixes:
+            return
         cache, pmask, plen = prefix_cache(self.model, prefixes, self.pad_id)
         for chunk in chunks:
-            owner = torch.tensor([slot[int(owners[pos])] for pos in chunk])
+            owner = torch.tensor([slot[int(owners[pos]), len(encoded[pos][0])] for pos in chunk])
             p = cached_p_yes(self.model, cache, pmask, plen, owner, [encoded[i][1] for i in chunk],
                              b.yes_id, b.no_id, self.pad_id)
             yield order[chunk], p.numpy()
