@@ -150,7 +150,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
 
     if not mcfg.finetune:  # zero-shot: record the base model and how it does on validation
         scorer = VLMScorer(loaded.model, builder, context, loaded.family, mcfg.score.batch_size,
-                           mcfg.score.prefix_cache, desc=f"{name} valid")
+                           mcfg.score.prefix_cache, desc=f"{name} valid", cache_mb=mcfg.score.cache_mb)
         auc, missing = validate(scorer, valid, accelerator, sharded=False)  # the base model is not sharded
         info.update(finished=True, best_auc=auc if math.isfinite(auc) else None, valid_missing=missing)
         _record(out_dir, info, accelerator)
@@ -160,7 +160,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     # Training rows: a row the prompt cannot be built for is reported and left out, never silently.
     rows = training_rows(split, tcfg.negatives, cfg.seed)
     scorer = VLMScorer(loaded.model, builder, context, loaded.family, mcfg.score.batch_size, mcfg.score.prefix_cache,
-                       desc=f"{name} valid")
+                       desc=f"{name} valid", cache_mb=mcfg.score.cache_mb)
     reasons = scorer.check(rows)  # what validation/scoring would give NaN (over-long prompts included)
     skipped = report_missing(rows, reasons, f"{name} training rows")
     rows = rows[reasons == ""].reset_index(drop=True)

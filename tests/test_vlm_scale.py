@@ -129,3 +129,68 @@ def test_max_length_defaults_to_the_models_context_length(tiny_models):
     builder = make_builder(loaded, True, "preference_first", None)
     assert builder.max_length == loaded.model.config.text_config.max_position_embeddings == 4096
     assert make_builder(loaded, True, "preference_first", 900).max_length == 900
+
+
+PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+
+def test_item_caches_are_bounded_by_bytes_with_real_llava_next_images(tmp_path, tiny_models, synthetic_split,
+                                                                       monkeypatch):
+    """LLaVA-NeXT's real processor settings make one 500 x 500 photo (1, 5, 3, 336, 336) pixels: 6.5 MiB in
+    float32, ~26 GiB for the 4,096 items a count-bounded cache kept. The cache holds them in the model's dtype,
+    within its byte budget, and re-processes an evicted item to exactly the same input."""
+    from PIL import Image
+    from transformers import LlavaNextImageProcessor, LlavaNextProcessor
+
+    from mmrec.models.vlm_cache import MiB
+    from mmrec.models.vlm_scorer import item_nbytes
+
+    scorer = _zero_shot(tmp_path, tiny_models, synthetic_split, family="llava_next", cache_mb=40)
+    items = scorer.context.split.dataset.items["item_id"].astype(str).tolist()[:20]
+
+    ctx = scorer.context  # decoded images first: their own (smaller) byte budget
+    image = ctx.image(items[0])
+    ctx.image_cache_mb, ctx._decoded = 3.5 * image.width * image.height * 3 / MiB, None
+    for item in items:
+        ctx.image(item)
+    assert len(ctx._decoded) == 3 and ctx._decoded.nbytes <= ctx.image_cache_mb * MiB
+    assert ctx.image(items[0]).tobytes() == image.tobytes()
+
+    real = LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                   image_grid_pinpoints=PINPOINTS)
+    b = scorer.builder
+    b.processor = LlavaNextProcessor(image_processor=real, tokenizer=b.tokenizer, patch_size=14,
+                                     vision_feature_select_strategy="default", image_token=b.image_token)
+    photos = {item: Image.new("RGB", (500, 500), (k * 12, 255 - k * 12, 90)) for k, item in enumerate(items)}
+    monkeypatch.setattr(ctx, "image", photos.__getitem__)
+    scorer.pixel_dtype = torch.bfloat16  # what a bf16 model's vision tower reads
+    first = scorer.item(items[0])
+    assert tuple(first.pixel_values.shape) == (1, 5, 3, 336, 336) and first.pixel_values.dtype == torch.bfloat16
+    assert 3.2 * MiB < item_nbytes(first) < 3.5 * MiB  # float32 pixels alone were 6.5 MiB
+    for item in items:
+        scorer.item(item)
+    assert scorer.cache.nbytes <= 40 * MiB and 5 < len(scorer.cache) < 20
+    again = scorer.item(items[0])  # evicted long ago: processed again, to the same ids and pixels
+    assert again is not first and again.ids == first.ids and torch.equal(again.pixel_values, first.pixel_values)
+
+
+def test_training_encodes_and_validates_through_one_scorer(tmp_path, run_cli, tiny_models, synthetic_split,
+                                                          monkeypatch):
+    """Training rows and validation share one scorer, hence one item cache (two doubled the host memory)."""
+    import finetune.vlm_lora as recipe
+    from test_vlm_rec import make_experiment, vlm_model
+
+    made = []
+
+    class Counted(recipe.VLMScorer):
+        def __init__(self, *args, **kwargs):
+            made.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "VLMScorer", Counted)
+    train = {"epochs": 1, "batch_size": 64, "negatives": 0, "valid_users": 2, "log_every": 1}
+    cfg = make_experiment(tmp_path, synthetic_split, {"m": vlm_model(tiny_models["llava"], train=train)})
+    code, _, err = run_cli("finetune", cfg)
+    assert code == 0, err
+    assert len(made) == 1
+    assert len(made[0].cache) > 0

@@ -5,6 +5,10 @@ Prefix reuse needs the preference first in the prompt (`prompt_order: preference
 positions are plain 1-D token positions: the LLaVA families (llava, llava_next). Other families (e.g. Qwen2-VL's
 3-D rotary positions over image grids) and the paper's image-first order are scored by plain batched forwards,
 which give the same numbers, only slower.
+
+Host memory: encoded items (token ids + processed pixels, kept in the model's vision dtype, which is what the
+forward casts them to anyway) and prefixes share one byte-bounded LRU cache (`score.cache_mb` per process); an
+evicted item is re-processed from its image when needed again (docs/vlm_recommender.md, "Host memory").
 """
 from __future__ import annotations
 
@@ -16,15 +20,16 @@ import pandas as pd
 import torch
 
 from mmrec.errors import ConfigError, MmrecError
+from mmrec.models.vlm_cache import ByteLRU, MiB
 from mmrec.models.vlm_context import TOO_LONG, VLMContext, report_missing
-from mmrec.models.vlm_forward import cached_p_yes, plain_p_yes, plan_batches, prefix_cache
+from mmrec.models.vlm_forward import cached_p_yes, plain_p_yes, plan_batches, prefix_cache, vision_dtype
 from mmrec.models.vlm_prompt import EncodedItem, PromptBuilder, PromptTooLong
 from mmrec.progress import get_logger, progress
 
 log = get_logger("mmrec.models.vlm")
 
 CACHE_FAMILIES = ("llava", "llava_next")
-MAX_CACHED = 4096  # encoded items / prefixes kept in memory (an item's pixels can be megabytes)
+PY_INT_BYTES = 36  # a token id in a Python list: the int object (28 B) + its pointer (8 B)
 RUN_FILE = "vlm_rec.json"
 ADAPTER_DIR = "adapter"
 
@@ -44,7 +49,7 @@ class VLMScorer:
     `self.missing` (user_id, stage, item_id, reason) and logged."""
 
     def __init__(self, model: Any, builder: PromptBuilder, context: VLMContext, family: str, batch_size: int = 32,
-                 use_prefix_cache: bool = True, desc: str = "score"):
+                 use_prefix_cache: bool = True, desc: str = "score", cache_mb: float = 2048):
         self.model = model
         self.builder = builder
         self.context = context
@@ -54,19 +59,30 @@ class VLMScorer:
             log.info(f"prefix cache off ({family}, {builder.order}): scoring with plain batched forwards")
         self.desc = desc
         self.missing = pd.DataFrame(columns=["user_id", "stage", "item_id", "reason"])
-        self._items: dict[str, EncodedItem] = {}
-        self._prefixes: dict[str, list[int]] = {}
+        self.cache = ByteLRU(int(cache_mb * MiB))  # encoded items and prefixes (see the module docstring)
+        self.pixel_dtype = vision_dtype(model)
         pad = builder.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else builder.tokenizer.eos_token_id)
 
     # -- encoding -----------------------------------------------------------------------------------------
     def item(self, item_id: str) -> EncodedItem:
-        """The user-independent suffix of a preference-first prompt, encoded once per item."""
-        if item_id not in self._items:
+        """The user-independent suffix of a preference-first prompt, encoded once per item while it stays in the
+        cache."""
+        key = ("item", item_id)
+        hit = self.cache.get(key)
+        if hit is None:
             ctx, b = self.context, self.builder
             image = ctx.image(item_id) if b.use_image else None
-            _bounded(self._items)[item_id] = b.encode_suffix(b.item_suffix_text(ctx.title(item_id)), image)
-        return self._items[item_id]
+            hit = self._compact(b.encode_suffix(b.item_suffix_text(ctx.title(item_id)), image))
+            self.cache.put(key, hit, item_nbytes(hit))
+        return hit
+
+    def _compact(self, item: EncodedItem) -> EncodedItem:
+        """The item with its pixels in the model's vision dtype (half the float32 bytes in bf16/fp16; the forward
+        casts them to it anyway, so scores are unchanged)."""
+        if item.pixel_values is not None and item.pixel_values.is_floating_point():
+            item.pixel_values = item.pixel_values.to(self.pixel_dtype)
+        return item
 
     def encode(self, user: str, stage: str, item_id: str) -> tuple[list[int], EncodedItem]:
         """(prefix ids, suffix) of one row's prompt, the prefix cut to fit `max_length` with the answer if it must
@@ -75,10 +91,11 @@ class VLMScorer:
         pref = ctx.preference(user, stage)
         if b.order == "preference_first":
             suffix = self.item(item_id)
-            key = f"{user}\0{stage}"
-            if key not in self._prefixes:
-                _bounded(self._prefixes)[key] = b.encode_prefix(b.prefix_text(pref))
-            prefix = self._prefixes[key]
+            key = ("prefix", user, stage)
+            prefix = self.cache.get(key)
+            if prefix is None:
+                prefix = b.encode_prefix(b.prefix_text(pref))
+                self.cache.put(key, prefix, PY_INT_BYTES * len(prefix))
         else:
             prefix_text, suffix_text = b.texts(pref, ctx.title(item_id))
             suffix = b.encode_suffix(suffix_text, ctx.image(item_id) if b.use_image else None)
@@ -194,11 +211,10 @@ class VLMScorer:
         return build_scorer(cfg, name, adapter=adapter, desc=f"score {name}")
 
 
-def _bounded(cache: dict) -> dict:
-    """`cache`, its oldest entry dropped when full (dicts keep insertion order)."""
-    if len(cache) >= MAX_CACHED:
-        cache.pop(next(iter(cache)))
-    return cache
+def item_nbytes(item: EncodedItem) -> int:
+    """Host bytes of an encoded item: its pixels and image sizes as stored, and its token ids."""
+    tensors = [t for t in (item.pixel_values, item.image_sizes) if t is not None]
+    return sum(t.numel() * t.element_size() for t in tensors) + PY_INT_BYTES * len(item.ids)
 
 
 def open_split(cfg: Any, mcfg: Any) -> Any:
@@ -236,4 +252,4 @@ def build_scorer(cfg: Any, name: str, adapter: Path | None = None, desc: str = "
     builder = make_builder(loaded, mcfg.use_image, mcfg.prompt_order, mcfg.train.max_length)
     context = build_context(cfg, mcfg, split)
     return VLMScorer(loaded.model, builder, context, loaded.family, mcfg.score.batch_size, mcfg.score.prefix_cache,
-                     desc=desc)
+                     desc=desc, cache_mb=mcfg.score.cache_mb)
