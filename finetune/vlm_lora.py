@@ -193,6 +193,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     users, stages, items, labels = (rows[c].to_numpy() for c in ("user_id", "stage", "item_id", "label"))
     device, pixel_dtype = model_device(plain), vision_dtype(plain)
     info.update(train_rows=len(rows), skipped_rows=len(skipped), steps=total_steps, processes=nproc,
+                skipped_by_reason={str(k): int(v) for k, v in skipped["reason"].value_counts().items()},
                 trainable_params=sum(p.numel() for p in trainable))
     _record(out_dir, info, accelerator)
     log.info(f"{name}: {len(rows)} training rows, {len(valid)} validation candidates, {total_steps} steps on "
@@ -203,7 +204,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     def evaluate_and_keep(epoch: int) -> None:
         """Every process scores its share and gets the same AUC, so all agree on saving (a collective on FSDP)."""
         evaluated.append(state.step)
-        auc, _ = validate(scorer, valid, accelerator, sharded)
+        auc, info["valid_missing"] = validate(scorer, valid, accelerator, sharded)  # NaN rows, e.g. too long
         improved = not math.isfinite(state.best_auc) or (math.isfinite(auc) and auc > state.best_auc)
         if improved or not len(valid):
             state.best_auc, state.best_step = (auc if math.isfinite(auc) else state.best_auc), state.step

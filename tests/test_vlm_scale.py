@@ -36,14 +36,13 @@ def test_select_cache_indexes_each_layer_on_its_own_device():
     assert new.layers[1].values[:, 0, 0, 0].tolist() == [2.0, 0.0, 0.0, 1.0]
 
 
-def test_answer_loss_projects_only_the_answer_positions(tmp_path):
+def test_answer_loss_projects_only_the_answer_positions(tiny_models):
     """The `answer` loss equals the next-token loss over whole rows, but only the positions that predict the answer
     tokens reach the vocabulary projection (a 4k-token row at 32k vocabulary is 0.5-1 GB of logits otherwise)."""
     from mmrec.models.vlm_forward import EncodedItem, answer_loss, lm_loss, train_batch
-    from mmrec.tiny import build_tiny_llava
     from mmrec.vlm import ModelSpec, load_vlm
 
-    model = load_vlm(ModelSpec(name_or_path=str(build_tiny_llava(tmp_path / "m", "llava", seed=0)))).model
+    model = load_vlm(ModelSpec(name_or_path=str(tiny_models["llava"]))).model
     prefixes, items = [[1, 5, 6, 7], [1, 8]], [EncodedItem(ids=[9, 10]), EncodedItem(ids=[11, 12, 13, 14, 15])]
     batch = train_batch(prefixes, items, [[20, 2], [21, 2]], 0, None, True, torch.device("cpu"), torch.float32)
     projected = []
@@ -176,9 +175,22 @@ def test_item_caches_are_bounded_by_bytes_with_real_llava_next_images(tmp_path, 
 
 def test_training_encodes_and_validates_through_one_scorer(tmp_path, run_cli, tiny_models, synthetic_split,
                                                           monkeypatch):
-    """Training rows and validation share one scorer, hence one item cache (two doubled the host memory)."""
+    """Training rows and validation share one scorer, hence one item cache (two doubled the host memory); rows
+    whose prompt cannot fit `max_length` are left out of training and NaN in validation, counted in the record."""
+    import json
+
     import finetune.vlm_lora as recipe
+    from finetune.vlm_data import training_rows
+    from mmrec.data.splits import load_split
     from test_vlm_rec import make_experiment, vlm_model
+
+    probe = _zero_shot(tmp_path / "probe", tiny_models, synthetic_split)
+    rows = training_rows(load_split(synthetic_split), negatives=0, seed=0)
+    lengths = np.array([len(probe.item(i).ids) for i in rows["item_id"]])
+    b = probe.builder
+    max_length = int(np.median(lengths)) + b.min_prefix + len(b.answer_ids(1))
+    too_long = int((lengths > np.median(lengths)).sum())
+    assert 0 < too_long < len(rows)
 
     made = []
 
@@ -188,9 +200,13 @@ def test_training_encodes_and_validates_through_one_scorer(tmp_path, run_cli, ti
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(recipe, "VLMScorer", Counted)
-    train = {"epochs": 1, "batch_size": 64, "negatives": 0, "valid_users": 2, "log_every": 1}
-    cfg = make_experiment(tmp_path, synthetic_split, {"m": vlm_model(tiny_models["llava"], train=train)})
+    train = {"epochs": 1, "batch_size": 64, "negatives": 0, "valid_users": 4, "log_every": 1,
+             "max_length": max_length}
+    cfg = make_experiment(tmp_path / "run", synthetic_split, {"m": vlm_model(tiny_models["llava"], train=train)})
     code, _, err = run_cli("finetune", cfg)
     assert code == 0, err
     assert len(made) == 1
     assert len(made[0].cache) > 0
+    info = json.loads((tmp_path / "run" / "checkpoints" / "m" / "vlm_rec.json").read_text())
+    assert info["skipped_by_reason"] == {"prompt too long": too_long} and info["train_rows"] == len(rows) - too_long
+    assert info["valid_missing"] > 0

@@ -118,7 +118,8 @@ class VLMScorer:
     # -- scoring ------------------------------------------------------------------------------------------
     def score(self, candidates: pd.DataFrame) -> np.ndarray:
         """P(Yes) per row of (user_id, stage, item_id), aligned with the rows; NaN for rows that lack a
-        preference or an image (listed in `missing`, for the rows of this call)."""
+        preference or an image, or whose prompt cannot fit `max_length` (listed in `missing`, for the rows of this
+        call; the length is found while encoding, so no item is processed twice for it)."""
         rows = candidates[["user_id", "stage", "item_id"]].astype(str).reset_index(drop=True)
         scores = np.full(len(rows), np.nan)
         reasons = self.context.check(rows)
