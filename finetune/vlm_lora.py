@@ -161,7 +161,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     rows = training_rows(split, tcfg.negatives, cfg.seed)
     scorer = VLMScorer(loaded.model, builder, context, loaded.family, mcfg.score.batch_size, mcfg.score.prefix_cache,
                        desc=f"{name} valid", cache_mb=mcfg.score.cache_mb)
-    reasons = scorer.check(rows)  # what validation/scoring would give NaN (over-long prompts included)
+    reasons = scorer.check(rows, f"{name} training rows")  # what scoring would give NaN, over-long prompts too
     skipped = report_missing(rows, reasons, f"{name} training rows")
     rows = rows[reasons == ""].reset_index(drop=True)
     if not len(rows):

@@ -102,12 +102,14 @@ class VLMScorer:
             prefix = b.encode_prefix(prefix_text)
         return b.fit(prefix, suffix.ids), suffix
 
-    def check(self, rows: pd.DataFrame) -> np.ndarray:
+    def check(self, rows: pd.DataFrame, desc: str = "rows") -> np.ndarray:
         """Per row of (user_id, stage, item_id): '' when it can be prompted within `max_length`, else why not
-        (`VLMContext.check`'s reasons, or TOO_LONG). Encodes every row: training checks its rows up front."""
+        (`VLMContext.check`'s reasons, or TOO_LONG). Encodes every row (each item's image is processed once):
+        training checks its rows up front, so that every process knows its batches before the first step."""
         reasons = self.context.check(rows)
         cols = (rows[c].astype(str).to_numpy() for c in ("user_id", "stage", "item_id"))
-        for i, (user, stage, item) in enumerate(zip(*cols)):
+        bar = progress(zip(*cols), total=len(rows), desc=f"{desc}: prompt lengths", unit="row")
+        for i, (user, stage, item) in enumerate(bar):
             if reasons[i] == "":
                 try:
                     self.encode(user, stage, item)
