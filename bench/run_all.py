@@ -37,6 +37,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "metrics": ("bench_metrics.py", ["--users", "1000000"], ["--users", "1000000"]),
     "sequential": ("bench_sequential.py", ["--seconds", "10"], ["--seconds", "20"]),
     "ctr": ("bench_ctr.py", [], ["--texts", "4096", "--images", "2048", "--big-images", "1024"]),
+    "item_cache": ("bench_vlm_item_cache.py", [], []),
 }
 
 

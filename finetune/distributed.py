@@ -200,7 +200,7 @@ class Lockstep:
 
 def _dummy_inputs(scorer: Any, valid: pd.DataFrame) -> Callable[[int], dict[str, Any]]:
     """Throwaway forward inputs: one pad token (text only), or the first promptable validation row (with images)."""
-    from mmrec.models.vlm_forward import model_device, stack_pixels, vision_dtype
+    from mmrec.models.vlm_forward import model_device
 
     made: dict[int, dict[str, Any]] = {}
 
@@ -210,15 +210,28 @@ def _dummy_inputs(scorer: Any, valid: pd.DataFrame) -> Callable[[int], dict[str,
             if kind == Lockstep.TEXT:
                 made[kind] = {"input_ids": torch.tensor([[scorer.pad_id]], device=dev)}
             else:
-                rows = valid[["user_id", "stage", "item_id"]].astype(str)
-                first = rows[scorer.context.check(rows) == ""].iloc[0]
-                prefix, item = scorer.encode(first["user_id"], first["stage"], first["item_id"])
-                made[kind] = {"input_ids": torch.tensor([prefix + list(item.ids)], device=dev),
-                              **stack_pixels([item], dev, vision_dtype(scorer.model))}
+                made[kind] = _first_prompt(scorer, valid, dev)
             made[kind]["logits_to_keep"] = 1
         return made[kind]
 
     return dummy
+
+
+def _first_prompt(scorer: Any, valid: pd.DataFrame, dev: torch.device) -> dict[str, Any]:
+    """Forward inputs of the first validation row that can be prompted within `max_length`."""
+    from mmrec.models.vlm_forward import stack_pixels, vision_dtype
+    from mmrec.models.vlm_prompt import PromptTooLong
+
+    rows = valid[["user_id", "stage", "item_id"]].astype(str)
+    for user, stage, item_id in rows[scorer.context.check(rows) == ""].itertuples(index=False):
+        try:
+            prefix, item = scorer.encode(user, stage, item_id)
+        except PromptTooLong:
+            continue
+        return {"input_ids": torch.tensor([prefix + list(item.ids)], device=dev),
+                **stack_pixels([item], dev, vision_dtype(scorer.model))}
+    raise MmrecError("no validation row can be prompted (see the warnings above); check the preferences, "
+                     "images and train.max_length")
 
 
 def validate(scorer: Any, valid: pd.DataFrame, accelerator: Any, sharded: bool) -> tuple[float, int]:

@@ -38,7 +38,7 @@ from mmrec.experiment import ExperimentConfig
 from mmrec.io import hash_json, write_json, write_text
 from mmrec.models.vlm_adapter import apply_lora, merge_adapter
 from mmrec.models.vlm_context import report_missing
-from mmrec.models.vlm_forward import (answer_logits, lm_loss, model_device, train_batch, vision_dtype,
+from mmrec.models.vlm_forward import (answer_logits, answer_loss, lm_loss, model_device, train_batch, vision_dtype,
                                       yes_no_loss)
 from mmrec.models.vlm_rec import resolve
 from mmrec.models.vlm_scorer import ADAPTER_DIR, RUN_FILE, VLMScorer, build_context, make_builder
@@ -151,7 +151,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
 
     if not mcfg.finetune:  # zero-shot: record the base model and how it does on validation
         scorer = VLMScorer(loaded.model, builder, context, loaded.family, mcfg.score.batch_size,
-                           mcfg.score.prefix_cache, desc=f"{name} valid")
+                           mcfg.score.prefix_cache, desc=f"{name} valid", cache_mb=mcfg.score.cache_mb)
         auc, missing = validate(scorer, valid, accelerator, sharded=False)  # the base model is not sharded
         info.update(finished=True, best_auc=auc if math.isfinite(auc) else None, valid_missing=missing)
         _record(out_dir, info, accelerator)
@@ -160,7 +160,9 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
 
     # Training rows: a row the prompt cannot be built for is reported and left out, never silently.
     rows = training_rows(split, tcfg.negatives, cfg.seed)
-    reasons = context.check(rows)
+    scorer = VLMScorer(loaded.model, builder, context, loaded.family, mcfg.score.batch_size, mcfg.score.prefix_cache,
+                       desc=f"{name} valid", cache_mb=mcfg.score.cache_mb)
+    reasons = scorer.check(rows, f"{name} training rows")  # what scoring would give NaN, over-long prompts too
     skipped = report_missing(rows, reasons, f"{name} training rows")
     rows = rows[reasons == ""].reset_index(drop=True)
     if not len(rows):
@@ -188,12 +190,11 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         state = LoopState(**saved.loop)
         log.info(f"{name}: resuming at step {state.step}/{total_steps} (epoch {state.epoch + 1}, batch {state.batch})")
     run_log = RunLog(out_dir, state.step, enabled=main)
-    scorer = VLMScorer(plain, builder, context, loaded.family, mcfg.score.batch_size, mcfg.score.prefix_cache,
-                       desc=f"{name} valid")
-    encoder = VLMScorer(plain, builder, context, loaded.family)  # same prompts as scoring, for training rows
+    scorer.model = plain  # one scorer, hence one item cache, encodes the training rows and scores validation
     users, stages, items, labels = (rows[c].to_numpy() for c in ("user_id", "stage", "item_id", "label"))
     device, pixel_dtype = model_device(plain), vision_dtype(plain)
     info.update(train_rows=len(rows), skipped_rows=len(skipped), steps=total_steps, processes=nproc,
+                skipped_by_reason={str(k): int(v) for k, v in skipped["reason"].value_counts().items()},
                 trainable_params=sum(p.numel() for p in trainable))
     _record(out_dir, info, accelerator)
     log.info(f"{name}: {len(rows)} training rows, {len(valid)} validation candidates, {total_steps} steps on "
@@ -204,7 +205,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     def evaluate_and_keep(epoch: int) -> None:
         """Every process scores its share and gets the same AUC, so all agree on saving (a collective on FSDP)."""
         evaluated.append(state.step)
-        auc, _ = validate(scorer, valid, accelerator, sharded)
+        auc, info["valid_missing"] = validate(scorer, valid, accelerator, sharded)  # NaN rows, e.g. too long
         improved = not math.isfinite(state.best_auc) or (math.isfinite(auc) and auc > state.best_auc)
         if improved or not len(valid):
             state.best_auc, state.best_step = (auc if math.isfinite(auc) else state.best_auc), state.step
@@ -225,15 +226,14 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
             step_start = b - b % tcfg.grad_accum
             in_step = min(tcfg.grad_accum, n_batches - step_start)
             last = b == step_start + in_step - 1
-            enc = [encoder.encode(users[i], stages[i], items[i]) for i in idx]
-            answers = [builder.answer_ids(int(labels[i])) for i in idx]
-            prefixes = [builder.fit(p, s.ids, extra=len(a)) for (p, s), a in zip(enc, answers)]
-            batch = train_batch(prefixes, [s for _, s in enc], answers, encoder.pad_id, _image_id(loaded),
-                                mcfg.loss != "full", device, pixel_dtype)
+            batch = make_batch(scorer, users, stages, items, labels, idx, _image_id(loaded), mcfg.loss != "full",
+                               device, pixel_dtype)
             sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
             with sync:  # the prepared model runs under autocast when `precision` asks for it
                 if mcfg.loss == "yes_no":
                     loss = yes_no_loss(answer_logits(model, batch), batch, builder.yes_id, builder.no_id)
+                elif mcfg.loss == "answer":
+                    loss = answer_loss(model, batch)
                 else:
                     loss = lm_loss(model(**batch.inputs).logits, batch.labels)[0]
                 accelerator.backward(loss / in_step)
@@ -279,6 +279,16 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     _record(out_dir, info, accelerator)
     accelerator.wait_for_everyone()
     return out_dir
+
+
+def make_batch(scorer: VLMScorer, users: Any, stages: Any, items: Any, labels: Any, idx: Any,
+               image_token_id: int | None, answer_only: bool, device: torch.device, pixel_dtype: torch.dtype) -> Any:
+    """The micro-batch of rows `idx`: each row's prompt exactly as `scorer` scores it (the same ids and the same
+    truncation, `PromptBuilder.fit` leaves room for the answer on every path), then its answer."""
+    enc = [scorer.encode(users[i], stages[i], items[i]) for i in idx]
+    answers = [scorer.builder.answer_ids(int(labels[i])) for i in idx]
+    return train_batch([p for p, _ in enc], [s for _, s in enc], answers, scorer.pad_id, image_token_id, answer_only,
+                       device, pixel_dtype)
 
 
 def checkpoint(out_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: LoopState,

@@ -87,3 +87,19 @@ def test_vlm_scoring_bench_runs_at_tiny_sizes():
     assert 0.1 < lm["value"] < 0.2  # NF4 + double-quantized constants vs float32: ~1/7.8
     cache_vs_plain = next(r for m, r in rows.items() if m.startswith("prefix cache vs plain"))
     assert cache_vs_plain["value"] > 0 and "FLOP bound" in cache_vs_plain["note"]
+
+
+def test_item_cache_bench_runs_and_reports_its_figures():
+    import json
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.jsonl"
+        proc = subprocess.run([sys.executable, str(BENCH / "bench_vlm_item_cache.py"), "--repeats", "1"],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "MMREC_BENCH_JSON": str(out)})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert "(1, 5, 3, 336, 336)" in proc.stdout and "25.8 GiB" in proc.stdout
+    assert {r["unit"] for r in rows} == {"MiB", "ms CPU"} and len(rows) == 6

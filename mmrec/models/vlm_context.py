@@ -6,9 +6,10 @@ Preference sources:
 - `history`: the Rec-GPT4V prompt, built from the last N history items' titles and image summaries
   (`summaries/items.parquet`; an item without a summary is listed by its title alone).
 
-A row that lacks what its prompt needs (no preference for that user and stage, or no readable image when the
-prompt shows images) is never dropped silently: `check` returns the reason per row, callers report the counts
-and give those rows a NaN score (scoring) or leave them out with a logged count (training).
+A row that lacks what its prompt needs (no preference for that user and stage, no readable image when the
+prompt shows images, or a prompt that cannot fit `train.max_length`: `VLMScorer.check`) is never dropped
+silently: `check` returns the reason per row, callers report the counts and give those rows a NaN score
+(scoring) or leave them out with a logged count (training).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mmrec.errors import ConfigError, DataError
+from mmrec.models.vlm_cache import ByteLRU, MiB
 from mmrec.progress import get_logger
 
 log = get_logger("mmrec.models.vlm")
@@ -29,6 +31,8 @@ MISSING_PREFERENCE = "no preference"
 MISSING_IMAGE = "no image"
 BAD_IMAGE = "unreadable image"
 UNKNOWN_ITEM = "unknown item"
+TOO_LONG = "prompt too long"  # image + question + answer exceed train.max_length (checked by the scorer)
+IMAGE_CACHE_MB = 256  # decoded images kept in memory (the scorer caches what it encodes from them)
 
 
 def _key(user: Any, stage: Any) -> tuple[str, str]:
@@ -44,7 +48,9 @@ class VLMContext:
     use_image: bool
     preferences: dict[tuple[str, str], str] = field(default_factory=dict)
     by_user: dict[str, str] = field(default_factory=dict)  # `truth` preferences are per user, any stage
-    _images: dict[str, Any] = field(default_factory=dict, repr=False)
+    image_cache_mb: float = IMAGE_CACHE_MB
+    _status: dict[str, str] = field(default_factory=dict, repr=False)  # item -> '' (readable) or why not
+    _decoded: ByteLRU | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, split: Any, source: str, use_image: bool, users_parquet: Path, items_parquet: Path,
@@ -69,22 +75,31 @@ class VLMContext:
         return str(items.at[item, "title"]) if item in items.index else ""
 
     def image(self, item: str) -> Any:
-        """The item's RGB image (cached), or the reason it has none as a string."""
-        if item not in self._images:
-            from mmrec.data.images import ImageError, load_image
+        """The item's RGB image, or the reason it has none as a string. Whether an item has a readable image is
+        remembered for good (a few bytes); the decoded pixels only within `image_cache_mb`, then read again."""
+        if self._status.get(item):
+            return self._status[item]
+        if self._decoded is None:
+            self._decoded = ByteLRU(int(self.image_cache_mb * MiB))
+        image = self._decoded.get(item)
+        if image is not None:
+            return image
+        from mmrec.data.images import ImageError, load_image
 
-            if item not in self.split.dataset.items_by_id.index:
-                self._images[item] = UNKNOWN_ITEM
-            else:
-                path = self.split.dataset.image_path(item)
-                if len(self._images) >= 4096:  # bounded: the scorer keeps the processed pixels it needs
-                    self._images.pop(next(iter(self._images)))
-                try:
-                    self._images[item] = MISSING_IMAGE if path is None else load_image(path)
-                except ImageError as e:
-                    log.warning(f"item {item}: {e}")
-                    self._images[item] = BAD_IMAGE
-        return self._images[item]
+        if item not in self.split.dataset.items_by_id.index:
+            self._status[item] = UNKNOWN_ITEM
+            return UNKNOWN_ITEM
+        path = self.split.dataset.image_path(item)
+        try:
+            image = MISSING_IMAGE if path is None else load_image(path)
+        except ImageError as e:
+            log.warning(f"item {item}: {e}")
+            image = BAD_IMAGE
+        if isinstance(image, str):
+            self._status[item] = image
+            return image
+        self._status[item] = ""
+        return self._decoded.put(item, image, image.width * image.height * len(image.getbands()))
 
     def check(self, rows: pd.DataFrame) -> np.ndarray:
         """Per row of (user_id, stage, item_id): '' when promptable, else why not (object array)."""
@@ -95,8 +110,9 @@ class VLMContext:
                 reasons[i] = MISSING_PREFERENCE
             elif item not in known:
                 reasons[i] = UNKNOWN_ITEM
-            elif self.use_image and isinstance(self.image(item), str):
-                reasons[i] = self.image(item)
+            elif self.use_image and self._status.get(item, None) != "":
+                image = self.image(item)
+                reasons[i] = image if isinstance(image, str) else ""
         return reasons
 
 

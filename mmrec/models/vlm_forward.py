@@ -109,14 +109,15 @@ def select_cache(cache: Any, rows: torch.Tensor) -> Any:
     from transformers.cache_utils import DynamicLayer
 
     one = int(rows[0]) if bool((rows == rows[0]).all()) else None  # callers pass CPU rows: no device sync
-    rows = rows.to(cache.layers[0].keys.device)
+    on: dict[torch.device, torch.Tensor] = {}  # the rows on each layer's device (`device_map: auto` spreads them)
     new = DynamicCache()
     for layer in cache.layers:
         if one is not None:
             keys = layer.keys[one:one + 1].expand(len(rows), -1, -1, -1)
             values = layer.values[one:one + 1].expand(len(rows), -1, -1, -1)
         else:
-            keys, values = layer.keys[rows], layer.values[rows]
+            here = on.setdefault(layer.keys.device, rows.to(layer.keys.device))
+            keys, values = layer.keys[here], layer.values[here]
         part = DynamicLayer()
         part.lazy_initialization(keys, values)
         part.keys, part.values = keys, values
@@ -165,6 +166,7 @@ class TrainBatch:
     labels: torch.Tensor  # -100 where no loss is taken
     tokens: int  # real (non-pad) tokens, for tokens/s
     answer_pos: torch.Tensor  # per row, the position whose logits predict the answer token (the prompt's last)
+    answer_len: int  # answer tokens per row (the same for every row: Yes/No + end of sequence)
 
 
 def train_batch(prefixes: Sequence[list[int]], items: Sequence[EncodedItem], answers: Sequence[list[int]],
@@ -172,6 +174,8 @@ def train_batch(prefixes: Sequence[list[int]], items: Sequence[EncodedItem], ans
                 pixel_dtype: torch.dtype) -> TrainBatch:
     """Right-padded prompt + answer rows. `answer_only`: loss on the answer tokens; otherwise on every real token
     but the image placeholders (what the reference code trains on, image ids aside)."""
+    if len({len(a) for a in answers}) > 1:
+        raise ValueError("every answer of a training batch must have the same number of tokens")
     seqs = [p + it.ids + a for p, it, a in zip(prefixes, items, answers)]
     ids, mask = _pad(seqs, pad_id)
     labels = torch.full_like(ids, -100)
@@ -183,7 +187,8 @@ def train_batch(prefixes: Sequence[list[int]], items: Sequence[EncodedItem], ans
     inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
               **stack_pixels(items, device, pixel_dtype)}
     answer_pos = torch.tensor([len(p) + len(it.ids) - 1 for p, it in zip(prefixes, items)])
-    return TrainBatch(inputs=inputs, labels=labels.to(device), tokens=int(mask.sum()), answer_pos=answer_pos)
+    return TrainBatch(inputs=inputs, labels=labels.to(device), tokens=int(mask.sum()), answer_pos=answer_pos,
+                      answer_len=len(answers[0]) if answers else 0)
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -196,11 +201,27 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, i
     return loss / max(n, 1), n
 
 
+def _answer_positions(batch: TrainBatch, tokens: int) -> torch.Tensor:
+    """[batch, tokens] positions whose logits predict the first `tokens` answer tokens of each row."""
+    pos = batch.answer_pos[:, None] + torch.arange(tokens)[None, :]
+    return pos.to(batch.inputs["input_ids"].device)
+
+
 def answer_logits(model: Any, batch: TrainBatch) -> torch.Tensor:
     """[batch, vocab] logits at each row's last prompt position only: the vocabulary projection of every other
     position is wasted on the yes/no loss (on a tiny model it was ~40% of a training step)."""
-    keep = batch.answer_pos[:, None].to(batch.inputs["input_ids"].device)
-    return model(**batch.inputs, logits_to_keep=keep).logits[:, 0]
+    return model(**batch.inputs, logits_to_keep=_answer_positions(batch, 1)).logits[:, 0]
+
+
+def answer_loss(model: Any, batch: TrainBatch) -> torch.Tensor:
+    """The `answer` loss: mean next-token cross-entropy over the answer tokens (Yes/No + end of sequence), the same
+    number as `lm_loss` over whole rows labelled on the answer only, but only the positions that predict an answer
+    token are projected onto the vocabulary (all of them: 0.5-1 GB of logits per 4k-token row at 32k vocab)."""
+    keep = _answer_positions(batch, batch.answer_len)
+    logits = model(**batch.inputs, logits_to_keep=keep).logits.float()
+    target = batch.labels.gather(1, keep + 1)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                             ignore_index=-100)
 
 
 def yes_no_loss(logits: torch.Tensor, batch: TrainBatch, yes_id: int, no_id: int) -> torch.Tensor:

@@ -12,6 +12,11 @@ on the item (it is tokenized, and its image processed, once per item). `image_fi
 Both halves come from one chat-template rendering split at a sentinel, and are tokenized separately; training,
 validation and scoring all use these same ids, so a model never sees one tokenization in training and another
 at test time.
+
+One truncation rule (`PromptBuilder.fit`) for every path: a row's prompt plus the answer's tokens must fit
+`max_length`; if not, the prefix is cut from its end (the preference's tail) to exactly that room, whatever the
+user's other candidates and whether the prefix is cached; a row that does not fit even with the preference cut
+away (a large image) raises `PromptTooLong`, and callers report it and score it NaN like a missing image.
 """
 from __future__ import annotations
 
@@ -43,6 +48,26 @@ class EncodedItem:
     image_sizes: torch.Tensor | None = None  # [1, 2] for LLaVA-NeXT (anyres), else None
 
 
+class PromptTooLong(ValueError):
+    """A row whose image + question + answer (+ the template's head) alone exceed `max_length`."""
+
+    def __init__(self, needed: int, max_length: int):
+        super().__init__(f"the prompt needs at least {needed} tokens, max_length is {max_length}")
+        self.needed = needed
+
+
+def context_length(loaded: Any) -> int:
+    """The language model's context length (`max_position_embeddings` of its text config): the default
+    `train.max_length`, so that only prompts the model cannot take at all are refused."""
+    config = loaded.model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n = getattr(text, "max_position_embeddings", None)
+    if not isinstance(n, int) or n < 8:
+        raise ValueError(f"{loaded.spec.name_or_path}: its config gives no max_position_embeddings; "
+                         "set train.max_length")
+    return n
+
+
 class PromptBuilder:
     """Renders and tokenizes prompts for one model's processor/tokenizer.
 
@@ -51,16 +76,17 @@ class PromptBuilder:
     """
 
     def __init__(self, loaded: Any, yes_id: int, no_id: int, *, use_image: bool = True,
-                 order: PromptOrder = "preference_first", max_length: int = 1024):
+                 order: PromptOrder = "preference_first", max_length: int | None = None):
         self.loaded = loaded
         self.processor = loaded.processor
         self.tokenizer = loaded.tokenizer
         self.yes_id, self.no_id = int(yes_id), int(no_id)
         self.use_image = use_image
         self.order = order
-        self.max_length = max_length
+        self.max_length = max_length if max_length is not None else context_length(loaded)
         self.truncated = 0  # prompts whose preference had to be shortened to fit max_length
         self.image_token = getattr(loaded, "image_token", None) or "<image>"
+        self._min_prefix: int | None = None
 
     def texts(self, preference: str, title: str) -> tuple[str, str]:
         """(prefix text, suffix text) of one candidate's prompt, rendered by `mmrec.vlm.render_prompt`."""
@@ -107,18 +133,25 @@ class PromptBuilder:
             ids.append(int(self.tokenizer.eos_token_id))
         return ids
 
-    def fit(self, prefix: list[int], suffix: list[int], extra: int = 0) -> list[int]:
-        """The prefix cut (from its end, i.e. the preference's tail) so prefix+suffix+extra fit `max_length`.
+    @property
+    def min_prefix(self) -> int:
+        """Tokens of the prefix that are never cut: the template's head and the preference's introduction (the
+        whole prefix with `image_first`, where the preference is in the suffix)."""
+        if self._min_prefix is None:
+            self._min_prefix = len(self.encode_prefix(self.prefix_text("")))
+        return self._min_prefix
 
-        The suffix is never cut: it holds the image tokens, and a prompt cut inside them crashes the model
-        (the reference code's MAX_LENGTH failure).
-        """
-        room = self.max_length - len(suffix) - extra
+    def fit(self, prefix: list[int], suffix: list[int]) -> list[int]:
+        """The prefix, cut from its end (the preference's tail) so that prefix + suffix + the answer fit
+        `max_length`. Every path (cached, uncached, training) calls this per row, so a row's prompt depends on
+        nothing else. The suffix is never cut: it holds the image tokens, and a prompt cut inside them crashes the
+        model (the reference code's MAX_LENGTH failure); a row that cannot fit raises `PromptTooLong`."""
+        answer = len(self.answer_ids(1))
+        room = self.max_length - len(suffix) - answer
         if len(prefix) <= room:
             return prefix
-        if room < 1:
-            raise ValueError(f"max_length {self.max_length} is shorter than one item's image + question "
-                             f"({len(suffix) + extra} tokens); raise train.max_length")
+        if room < min(self.min_prefix, len(prefix)):
+            raise PromptTooLong(len(suffix) + answer + min(self.min_prefix, len(prefix)), self.max_length)
         self.truncated += 1
         return prefix[:room]
 
