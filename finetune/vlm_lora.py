@@ -40,8 +40,7 @@ from mmrec.models.vlm_adapter import apply_lora, merge_adapter
 from mmrec.models.vlm_context import report_missing
 from mmrec.models.vlm_forward import (answer_logits, answer_loss, lm_loss, model_device, train_batch, vision_dtype,
                                       yes_no_loss)
-from mmrec.models.vlm_rec import resolve
-from mmrec.models.vlm_scorer import ADAPTER_DIR, RUN_FILE, VLMScorer, build_context, make_builder
+from mmrec.models.vlm_scorer import ADAPTER_DIR, RUN_FILE, VLMScorer, build_context, make_builder, resolve
 from mmrec.progress import get_logger, progress
 from mmrec.seeding import derive_seed, seed_everything
 

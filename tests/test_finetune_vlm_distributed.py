@@ -91,9 +91,8 @@ def _one_process_auc(cfg: Path, name: str, adapter: Path | None) -> float:
     from finetune.vlm_data import validation_rows
     from mmrec.experiment import ExperimentConfig
     from mmrec.metrics import global_auc
-    from mmrec.models.vlm_rec import resolve
-    from mmrec.data.splits import load_split
-    from mmrec.models.vlm_scorer import build_scorer
+        from mmrec.data.splits import load_split
+    from mmrec.models.vlm_scorer import build_scorer, resolve
 
     exp = ExperimentConfig.load(cfg)
     mcfg = resolve(exp, name)

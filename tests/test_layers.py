@@ -72,3 +72,43 @@ def test_every_stage_command_and_hook_is_registered():
         mod = importlib.import_module(module)
         assert callable(mod.configure) and callable(mod.main), name
     assert hook("prepare_dataset").__module__ == "data_prep.config"
+
+
+def _runtime_imports(module: str, path: Path, known: set[str]) -> set[str]:
+    """Project modules `module` imports when it runs (any depth; `if TYPE_CHECKING:` blocks are type-only)."""
+    tree = ast.parse(path.read_text(), str(path))
+    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(
+        node.test) for n in ast.walk(node)}
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    return {n for n in names if n in known and n != module}
+
+
+def test_no_import_cycles():
+    """No module of the project imports, directly or through others, one that imports it back (function-level
+    imports included: a cycle hidden in a function is still a cycle a reader has to untangle)."""
+    files = {}
+    for package in ("mmrec", *STAGES):
+        for f in (ROOT / package).rglob("*.py"):
+            files[".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")] = f
+    graph = {m: _runtime_imports(m, f, set(files)) for m, f in files.items()}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            m = todo.pop()
+            if m == goal:
+                return True
+            if m not in seen:
+                seen.add(m)
+                todo += graph[m]
+        return False
+
+    cycles = sorted({tuple(sorted((a, b))) for a in graph for b in graph[a] if reaches(b, a)})
+    assert cycles == []

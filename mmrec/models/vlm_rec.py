@@ -139,16 +139,6 @@ class VLMRecConfig:
         return self.prompt_order == "preference_first" and self.score.prefix_cache
 
 
-def resolve(cfg: "ExperimentConfig", name: str) -> VLMRecConfig:
-    """The validated config of model `name`, checked to be of this kind."""
-    from mmrec.errors import ConfigError
-
-    mcfg = cfg.model(name)
-    if not isinstance(mcfg, VLMRecConfig):
-        raise ConfigError(f"{cfg.source}: model '{name}' is of kind {mcfg.kind!r}, not 'vlm'")
-    return mcfg
-
-
 def load_scorer(cfg: "ExperimentConfig", name: str, ckpt_dir: Path) -> "VLMScorer":
     """The scorer of model `name` from its checkpoint directory (base model + best adapter, or base alone)."""
     from mmrec.models.vlm_scorer import VLMScorer

@@ -200,7 +200,6 @@ class VLMScorer:
         A model with `finetune: false` (zero-shot, Rec-GPT4V) needs no checkpoint: `ckpt_dir` may be None.
         """
         from mmrec.io import read_json
-        from mmrec.models.vlm_rec import resolve
 
         mcfg = resolve(cfg, name)
         adapter = None
@@ -213,6 +212,15 @@ class VLMScorer:
                 raise MmrecError(f"{ckpt_dir}: the training run of '{name}' has not finished; re-run `mmrec finetune`")
             adapter = Path(ckpt_dir) / ADAPTER_DIR
         return build_scorer(cfg, name, adapter=adapter, desc=f"score {name}")
+
+
+def resolve(cfg: Any, name: str) -> Any:
+    """The validated `VLMRecConfig` of model `name`, checked to be of kind `vlm` (by its kind, so that this module
+    does not import the config module that imports it to load scorers)."""
+    mcfg = cfg.model(name)
+    if mcfg.kind != "vlm":
+        raise ConfigError(f"{cfg.source}: model '{name}' is of kind {mcfg.kind!r}, not 'vlm'")
+    return mcfg
 
 
 def item_nbytes(item: EncodedItem) -> int:
@@ -232,7 +240,6 @@ def build_context(cfg: Any, mcfg: Any, split: Any) -> VLMContext:
 def build_scorer(cfg: Any, name: str, adapter: Path | None = None, desc: str = "score") -> VLMScorer:
     """A scorer for model `name` of experiment `cfg`: the base model, plus `adapter` (a peft directory) if given.
     This is also the Python API for zero-shot scoring without any checkpoint."""
-    from mmrec.models.vlm_rec import resolve
     from mmrec.vlm import load_vlm
 
     mcfg = resolve(cfg, name)
