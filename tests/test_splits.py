@@ -237,3 +237,45 @@ def test_benchmark_script_runs_at_tiny_size(monkeypatch):
     result = bench.child(20_000, 9)
     assert result["kept"] > 0 and result["candidates"] % 10 == 0 and result["peak_gb"] > 0
     assert set(result["wall"]) == {"generate", "kcore", "import", "split"}
+
+
+def _raw_dataset(path, rows):
+    """A hand-written dataset: interactions.parquet exactly as given (no sort by `mmrec prep`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _dataset(path, [])
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).astype({"timestamp": "int64"})
+    pq.write_table(pa.Table.from_pandas(inter, preserve_index=False), path / "interactions.parquet")
+    return path
+
+
+UNSORTED = [("e", "i9", 1), ("e", "i8", 2), ("e", "i7", 3),
+            ("f", "i1", 100), ("f", "i2", 50), ("f", "i3", 70), ("f", "i4", 60), ("f", "i5", 60)]
+
+
+def test_unsorted_times_are_sorted_stably_and_counted(tmp_path):
+    ds = _raw_dataset(tmp_path / "ds", UNSORTED)
+    s = make_split(ds, SplitConfig(negatives=2), tmp_path / "s")
+    ex = _ex(s)
+    # f by time: i2@50, i4@60, i5@60 (tie: file order), i3@70, i1@100
+    assert ex[("f", "train")] == (["i2", "i4"], "i5")
+    assert ex[("f", "valid")] == (["i2", "i4", "i5"], "i3")
+    assert ex[("f", "test")] == (["i2", "i4", "i5", "i3"], "i1")
+    assert ex[("e", "test")] == (["i9", "i8"], "i7")
+    assert s.info["sequence_order"] == {"unsorted": "sort", "users_reordered": 1, "rows_moved": 5}
+    assert s.info["leakage_check"]["passed"]
+
+
+def test_unsorted_times_refused_by_flag(tmp_path):
+    ds = _raw_dataset(tmp_path / "ds", UNSORTED)
+    with pytest.raises(DataError, match=r"user 'f'.*timestamp 50.*after.*100"):
+        make_split(ds, SplitConfig(negatives=2, unsorted="error"), tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+def test_users_not_grouped_are_sorted_too(tmp_path):
+    ds = _raw_dataset(tmp_path / "ds", [("b", "i1", 1), ("a", "i2", 1), ("b", "i3", 2), ("a", "i4", 2)])
+    s = make_split(ds, SplitConfig(negatives=2), tmp_path / "s")
+    assert _ex(s)[("a", "train")] == (["i2"], "i4") and _ex(s)[("b", "train")] == (["i1"], "i3")
+    assert s.info["sequence_order"]["users_reordered"] == 2

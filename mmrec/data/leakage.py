@@ -1,7 +1,8 @@
 """The leakage check run on every split (its result is recorded in split.json; a failure raises).
 
 Works from the persisted tables and the dataset alone, so it verifies what was written, not what the
-splitter meant to write. Positions are a user's interactions in sequence order (docs/artifacts.md):
+splitter meant to write. Positions are a user's interactions in time order -- by timestamp, equal timestamps in
+file order (docs/splits.md) -- whatever the row order of the interactions table:
 
 1. every example's target is an interaction of that user at `target_timestamp`;
 2. every history item was interacted with by the user *before* the target's position -- so no valid/test
@@ -73,6 +74,9 @@ def check_split(interactions: pa.Table, item_ids: pa.Array, examples: pa.Table,
     u = _codes(interactions["user_id"], user_ids, "user")
     i = _codes(interactions["item_id"], item_ids, "item")
     ts = interactions["timestamp"].to_numpy()
+    order = _time_order(u, ts)
+    if order is not None:
+        u, i, ts = u[order], i[order], ts[order]
     key = u * n_items + i
     seen = UserItems.build(u, i, len(user_ids), n_items)
     # rows are in sequence order, so a stable sort by key orders each (user, item) block by position
@@ -139,6 +143,14 @@ def check_split(interactions: pa.Table, item_ids: pa.Array, examples: pa.Table,
             _fail("a training negative is an item the user interacted with", int(bad.sum()), name(nu[k]), "train")
         report["train_negatives"] = int(len(nu))
     return report
+
+
+def _time_order(u: np.ndarray, ts: np.ndarray) -> np.ndarray | None:
+    """Stable order by (user, timestamp), or None when the rows are already in it (the usual case)."""
+    if len(u) < 2:
+        return None
+    back = (u[1:] < u[:-1]) | ((u[1:] == u[:-1]) & (ts[1:] < ts[:-1]))
+    return np.lexsort((ts, u)) if back.any() else None
 
 
 def _history_chunks(history: pa.ChunkedArray | pa.Array) -> Iterator[tuple[int, np.ndarray, pa.Array]]:

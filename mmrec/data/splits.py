@@ -7,8 +7,10 @@ Protocols (docs/splits.md):
 - `paper`: MLLM-MSR's protocol -- per user the `top_k` most popular items re-sorted by time, last one the
   target; users split at random into train/valid/test.
 
-Sequence order is the dataset's: by timestamp, equal timestamps in source order (stable sort). Everything
-is computed on integer codes with numpy (no Python loop per interaction or per user).
+Sequence order: by user, then timestamp, equal timestamps in file order (stable sort). `mmrec prep` writes
+interactions in that order; a hand-written file that is not is sorted here and counted in split.json
+(`sequence_order`), or refused with `unsorted: error`. Everything is computed on integer codes with numpy (no
+Python loop per interaction or per user).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import pyarrow.parquet as pq
 
 from mmrec.config import from_dict, to_dict
 from mmrec.data import candidates as cand
-from mmrec.data.canonical import INTERACTIONS_FILE, ITEMS_FILE, CanonicalDataset, load_dataset
+from mmrec.data.canonical import INTERACTIONS_FILE, ITEMS_FILE, CanonicalDataset, load_dataset, sort_interactions
 from mmrec.data.leakage import STAGES, check_split
 from mmrec.errors import ConfigError, DataError
 from mmrec.io import atomic_dir, atomic_path, read_json, sha256_file, write_json
@@ -37,6 +39,7 @@ log = get_logger(__name__)
 EXAMPLES_FILE, CANDIDATES_FILE, TRAIN_NEG_FILE, SPLIT_FILE = (
     "examples.parquet", "candidates.parquet", "train_negatives.parquet", "split.json")
 TIE_BREAK = "equal timestamps keep the dataset's source order (stable sort by user, then timestamp)"
+UNSORTED_HINT = "set split.unsorted: sort (`mmrec split --unsorted sort`) to sort it stably by time, or re-import it"
 
 
 @dataclass
@@ -60,6 +63,8 @@ class SplitConfig:
     # paper: top_k most popular items per user (6 MicroLens, 11 Amazon), user fractions train/valid/test
     top_k: int = 6
     user_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    # interactions not in time order per user: sort them stably (counted in split.json) or refuse
+    unsorted: Literal["sort", "error"] = "sort"
 
     def __post_init__(self) -> None:
         if self.negatives < 0 or self.train_negatives < 0 or (self.valid_negatives or 0) < 0:
@@ -269,6 +274,40 @@ class Split:
         return self.candidates[self.candidates["stage"] == stage].reset_index(drop=True)
 
 
+def sequence_order(interactions: pa.Table, policy: Literal["sort", "error"], where: Path | str
+                   ) -> tuple[pa.Table, dict[str, Any]]:
+    """Interactions in sequence order (user, then timestamp; ties keep file order) and what it took to get there.
+
+    Already-ordered input (what `mmrec prep` writes) is returned as is after a linear check; otherwise it is
+    sorted stably, or refused with the first offending user under `policy: error`."""
+    import pyarrow.compute as pc
+
+    report: dict[str, Any] = {"unsorted": policy, "users_reordered": 0, "rows_moved": 0}
+    uid = interactions["user_id"].combine_chunks()
+    ts = interactions["timestamp"].to_numpy()
+    if len(uid) < 2:
+        return interactions, report
+    same = pc.equal(uid[1:], uid[:-1]).to_numpy(zero_copy_only=False)
+    bad = pc.less(uid[1:], uid[:-1]).to_numpy(zero_copy_only=False) | (same & (ts[1:] < ts[:-1]))
+    if not bad.any():
+        return interactions, report
+    k = int(np.flatnonzero(bad)[0]) + 1
+    if policy == "error":
+        if same[k - 1]:
+            problem = (f"user {uid[k].as_py()!r} has timestamp {ts[k]} at row {k + 1} after timestamp {ts[k - 1]} "
+                       f"at row {k}")
+        else:
+            problem = f"user {uid[k].as_py()!r} at row {k + 1} comes after user {uid[k - 1].as_py()!r} (not grouped)"
+        raise DataError(f"{where}: interactions are not in sequence order (user, then time): {problem}; "
+                        f"{UNSORTED_HINT}")
+    order = pc.sort_indices(interactions, sort_keys=[("user_id", "ascending"), ("timestamp", "ascending")])
+    moved = order.to_numpy() != np.arange(len(uid))
+    report.update(users_reordered=len(pc.unique(uid.filter(pa.array(moved)))), rows_moved=int(moved.sum()))
+    log.warning("%s: %d interaction(s) of %d user(s) were not in time order; sorted stably by (user, timestamp)",
+                where, report["rows_moved"], report["users_reordered"])
+    return sort_interactions(interactions), report
+
+
 def _examples_table(c: Coded, ex: Examples) -> pa.Table:
     values = c.item_ids.take(pa.array(c.item[ex.hist_index]))
     list_type = pa.large_list if ex.hist_offsets[-1] >= 2**31 else pa.list_
@@ -352,6 +391,7 @@ def make_split(dataset_dir: str | Path, cfg: SplitConfig, out_dir: str | Path, o
     t0 = time.perf_counter()
     items = pq.read_table(dataset_dir / ITEMS_FILE, columns=["item_id"])["item_id"].combine_chunks()
     interactions = pq.read_table(dataset_dir / INTERACTIONS_FILE, columns=["user_id", "item_id", "timestamp"])
+    interactions, order_report = sequence_order(interactions, cfg.unsorted, dataset_dir / INTERACTIONS_FILE)
     c = Coded.from_table(interactions, items)
     if not len(c.user):
         raise DataError(f"{dataset_dir / INTERACTIONS_FILE}: no interactions to split")
@@ -373,6 +413,7 @@ def make_split(dataset_dir: str | Path, cfg: SplitConfig, out_dir: str | Path, o
         stage_counts = {s: int((ex.stage == k).sum()) for k, s in enumerate(STAGES)}
         info = {
             "protocol": cfg.protocol, "config": to_dict(cfg), "seed": cfg.seed, "params": ex.params, "tie_break": TIE_BREAK,
+            "sequence_order": order_report,
             "dataset": {"path": _dataset_ref(dataset_dir, out_dir), "fingerprint": fingerprint},
             "files": {f: sha256_file(tmp / f) for f in (EXAMPLES_FILE, CANDIDATES_FILE, TRAIN_NEG_FILE)},
             "counts": {"users": len(c.user_ids), "items": len(c.item_ids), "interactions": len(c.user),
