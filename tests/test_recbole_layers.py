@@ -24,6 +24,11 @@ def _dropout(x: torch.Tensor, p: float, train: bool) -> torch.Tensor:
     return F.dropout(x, p, training=train)
 
 
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, L, H] -> [B, heads, L, H / heads]."""
+    return x.view(x.shape[0], x.shape[1], heads, x.shape[2] // heads).transpose(1, 2)
+
+
 def recbole_sasrec(model: SASRec, items: torch.Tensor, p: float, train: bool) -> torch.Tensor:
     """RecBole SASRec.forward on `model`'s weights, every position's output [B, L, H]."""
     n_batch, length = items.shape
@@ -39,10 +44,7 @@ def recbole_sasrec(model: SASRec, items: torch.Tensor, p: float, train: bool) ->
         wq, wk, wv = att.in_proj_weight.chunk(3)
         bq, bk, bv = att.in_proj_bias.chunk(3)
 
-        def split(x: torch.Tensor) -> torch.Tensor:  # [B, L, H] -> [B, heads, L, size]
-            return x.view(n_batch, length, heads, size).transpose(1, 2)
-
-        q, k, v = split(h @ wq.T + bq), split(h @ wk.T + bk), split(h @ wv.T + bv)
+        q, k, v = (_heads(h @ w.T + b, heads) for w, b in ((wq, bq), (wk, bk), (wv, bv)))
         probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(size) + mask, dim=-1)
         ctx = (_dropout(probs, p, train) @ v).transpose(1, 2).reshape(n_batch, length, -1)
         attn_out = _dropout(ctx @ att.out_proj.weight.T + att.out_proj.bias, p, train)
