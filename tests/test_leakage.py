@@ -174,3 +174,14 @@ def test_positions_are_times_not_rows(tmp_path):
                             "history": [["i02"], ["i02", "i04"], ["i02", "i04", "i03"]],
                             "target": ["i04", "i03", "i01"], "target_timestamp": [60, 70, 100]})
     assert check_split(inter, items, pa.Table.from_pandas(by_time, preserve_index=False))["passed"]
+
+
+def test_train_negative_may_be_a_later_item(tables):
+    inter, items, ex, cand, neg = tables
+    later = neg.copy()
+    later.loc[0, "item_id"] = ex.loc[_row(ex, later.loc[0, "user_id"], "test"), "target"]
+    assert _check(inter, items, ex, cand, later)["passed"]
+    earlier = neg.copy()
+    earlier.loc[0, "item_id"] = ex.loc[_row(ex, earlier.loc[0, "user_id"], "train"), "history"][0]
+    with pytest.raises(DataError, match="training negative is an item the user interacted with by their train"):
+        _check(inter, items, ex, cand, earlier)

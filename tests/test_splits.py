@@ -61,7 +61,8 @@ def test_loo_candidates_and_train_negatives(small, tmp_path):
         assert grp.loc[grp.label == 1, "item_id"].item() == _ex(s)[(user, stage)][1]
         assert not set(grp.loc[grp.label == 0, "item_id"]) & user_items[user]
     assert s.train_negatives.groupby("user_id").size().to_dict() == {"a": 3, "b": 3, "c": 3}
-    assert not any(r.item_id in user_items[r.user_id] for r in s.train_negatives.itertuples())
+    train_items = {u: set(h) | {t} for u, h, t in zip(*s.examples_for("train")[["user_id", "history", "target"]].T.values)}
+    assert not any(r.item_id in train_items[r.user_id] for r in s.train_negatives.itertuples())
 
 
 def test_max_history(small, tmp_path):
@@ -279,3 +280,32 @@ def test_users_not_grouped_are_sorted_too(tmp_path):
     s = make_split(ds, SplitConfig(negatives=2), tmp_path / "s")
     assert _ex(s)[("a", "train")] == (["i2"], "i4") and _ex(s)[("b", "train")] == (["i1"], "i3")
     assert s.info["sequence_order"]["users_reordered"] == 2
+
+
+def test_train_negatives_know_only_training_items(tmp_path):
+    """A training negative may be a later item of the user (the model cannot know it); never a training item."""
+    items = pd.DataFrame({"item_id": [f"i{k}" for k in range(6)]})
+    write_tables(tmp_path / "ds", items, pd.DataFrame([("a", f"i{k}", k) for k in range(5)],
+                                                      columns=["user_id", "item_id", "timestamp"]))
+    s = make_split(tmp_path / "ds", SplitConfig(negatives=1, train_negatives=3), tmp_path / "s")
+    assert _ex(s)[("a", "train")] == (["i0", "i1"], "i2")
+    assert sorted(s.train_negatives.item_id) == ["i3", "i4", "i5"]     # valid and test targets included
+    assert s.candidates_for("test").item_id.tolist().count("i5") == 1   # evaluation negatives: never the user's
+    with pytest.raises(DataError, match="cannot draw 3 training negatives"):   # the old rule, kept behind a flag
+        make_split(tmp_path / "ds", SplitConfig(negatives=1, train_negatives=3, sampling_data="all"), tmp_path / "o")
+
+
+def test_popularity_sampling_counts_training_interactions_only(tmp_path):
+    """'hot' is only ever a test target: it has no training popularity, so it is never drawn as a negative."""
+    rows = [(f"u{k}", it, t) for k in range(10)
+            for t, it in enumerate([f"i{k}", f"i{(k + 1) % 10}", f"i{(k + 2) % 10}", "hot"])]
+    rows += [("z", "i20", 0), ("z", "i21", 1), ("z", "i22", 2)]
+    ds = tmp_path / "ds"
+    write_tables(ds, pd.DataFrame({"item_id": [*ITEMS, "hot"]}),
+                 pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]))
+    cfg = dict(negatives=8, train_negatives=2, sampling="popularity", seed=3)
+    s = make_split(ds, SplitConfig(**cfg), tmp_path / "s")
+    drawn = pd.concat([s.candidates.query("label == 0").item_id, s.train_negatives.item_id])
+    assert "hot" not in set(drawn) and set(drawn) <= {f"i{k}" for k in range(10)} | {"i20", "i21", "i22"}
+    old = make_split(ds, SplitConfig(**cfg, sampling_data="all"), tmp_path / "old")
+    assert "hot" in set(old.candidates.query("user_id == 'z' and label == 0").item_id)

@@ -11,7 +11,8 @@ file order (docs/splits.md) -- whatever the row order of the interactions table:
 3. one example per (user, stage), and a user's train target comes before their valid target, which comes
    before their test target, so a train sequence never contains a valid/test target event;
 4. candidates (valid/test only): exactly the example's target has label 1, an example's candidates are
-   distinct, and no negative is an item the user interacted with at any time; training negatives likewise.
+   distinct, and no negative is an item the user interacted with at any time; a training negative is not an
+   item the user interacted with up to their train target (a later item may be one: the model cannot know it).
 
 All of it is sorting and searching on integer codes; histories and candidates are checked in chunks so
 memory stays bounded on large splits.
@@ -137,10 +138,20 @@ def check_split(interactions: pa.Table, item_ids: pa.Array, examples: pa.Table,
     if train_negatives is not None and len(train_negatives):
         nu = _codes(train_negatives["user_id"], user_ids, "train-negative user")
         ni = _codes(train_negatives["item_id"], item_ids, "train-negative item")
-        bad = seen.contains(nu, ni)
+        train = ex_stage == 0
+        train_pos = np.full(len(user_ids), -1, dtype=np.int64)
+        train_pos[ex_u[train]] = t_pos[train]
+        orphan = train_pos[nu] < 0
+        if orphan.any():
+            k = int(np.flatnonzero(orphan)[0])
+            _fail("a training negative belongs to a user without a train example", int(orphan.sum()), name(nu[k]),
+                  "train")
+        known, at = _lookup(uniq, nu * n_items + ni)
+        bad = known & (first[at] <= train_pos[nu])
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
-            _fail("a training negative is an item the user interacted with", int(bad.sum()), name(nu[k]), "train")
+            _fail("a training negative is an item the user interacted with by their train target", int(bad.sum()),
+                  name(nu[k]), "train")
         report["train_negatives"] = int(len(nu))
     return report
 

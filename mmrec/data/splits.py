@@ -54,6 +54,9 @@ class SplitConfig:
     sampling: Literal["uniform", "popularity"] = "uniform"
     popularity_alpha: float = 1.0           # popularity sampling weight = count ** alpha
     train_negatives: int = 1                # negatives per train example, from a separate seeded stream
+    # what the samplers may know: "train" = popularity counted on training interactions, training negatives avoid
+    # the user's training items only; "all" = every interaction (MLLM-MSR's training negatives, RecBole's popN)
+    sampling_data: Literal["train", "all"] = "train"
     max_history: int | None = None          # keep only the last N history items of every example
     # temporal: cut times as quantiles of all timestamps, or absolute timestamps when given
     valid_quantile: float = 0.8
@@ -360,6 +363,15 @@ def _train_negatives(c: Coded, ex: Examples, cfg: SplitConfig, seen: cand.UserIt
                      "item_id": c.item_ids.take(pa.array(items))})
 
 
+def _training_rows(c: Coded, ex: Examples) -> np.ndarray:
+    """Interactions a model may train on: each user's rows up to and including their train target (none for a
+    user without a train example). Popularity for sampling is counted on these, so no valid/test event weighs."""
+    end = np.full(len(c.starts), -1, dtype=np.int64)
+    train = ex.stage == 0
+    end[ex.user[train]] = ex.target[train]
+    return np.arange(len(c.user), dtype=np.int64) <= end[c.user]
+
+
 def _dataset_ref(dataset_dir: Path, out_dir: Path) -> str:
     return os.path.relpath(dataset_dir.resolve(), out_dir.resolve())
 
@@ -402,12 +414,16 @@ def make_split(dataset_dir: str | Path, cfg: SplitConfig, out_dir: str | Path, o
     if not (ex.stage == 2).any():
         log.warning("split %s: no test examples under protocol %r", out_dir, cfg.protocol)
     seen = cand.UserItems.build(c.user, c.item, len(c.user_ids), len(c.item_ids))
-    weights = cand.item_weights(cfg.sampling, np.bincount(c.item, minlength=len(c.item_ids)), cfg.popularity_alpha)
+    known = _training_rows(c, ex) if cfg.sampling_data == "train" else np.ones(len(c.user), dtype=bool)
+    train_seen = seen if cfg.sampling_data == "all" else cand.UserItems.build(
+        c.user[known], c.item[known], len(c.user_ids), len(c.item_ids))
+    weights = cand.item_weights(cfg.sampling, np.bincount(c.item[known], minlength=len(c.item_ids)),
+                                cfg.popularity_alpha)
     examples = _examples_table(c, ex)
     with atomic_dir(out_dir) as tmp:
         pq.write_table(examples, tmp / EXAMPLES_FILE)
         cand_counts = _write_candidates(tmp / CANDIDATES_FILE, c, ex, cfg, seen, weights)
-        train_neg = _train_negatives(c, ex, cfg, seen, weights)
+        train_neg = _train_negatives(c, ex, cfg, train_seen, weights)
         pq.write_table(train_neg, tmp / TRAIN_NEG_FILE)
         leakage = check_split(interactions, items, examples, tmp / CANDIDATES_FILE, train_neg)
         stage_counts = {s: int((ex.stage == k).sum()) for k, s in enumerate(STAGES)}
