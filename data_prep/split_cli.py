@@ -30,7 +30,7 @@ _FIELDS = {  # SplitConfig field -> (type, help); an option left out keeps the d
     "valid_time": (int, "temporal: absolute valid cut timestamp"),
     "test_time": (int, "temporal: absolute test cut timestamp"),
     "top_k": (int, "paper: most popular items kept per user (6 MicroLens, 11 Amazon)"),
-    "sampling_data": (str, "what the samplers know: train (training interactions only) or all (MLLM-MSR, RecBole popN)"),
+    "sampling_data": (str, "what the samplers know: train (training interactions) or all (MLLM-MSR, RecBole popN)"),
     "unsorted": (str, "interactions not in time order per user: sort them stably (counted) or stop with an error"),
 }
 

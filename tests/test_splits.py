@@ -61,7 +61,8 @@ def test_loo_candidates_and_train_negatives(small, tmp_path):
         assert grp.loc[grp.label == 1, "item_id"].item() == _ex(s)[(user, stage)][1]
         assert not set(grp.loc[grp.label == 0, "item_id"]) & user_items[user]
     assert s.train_negatives.groupby("user_id").size().to_dict() == {"a": 3, "b": 3, "c": 3}
-    train_items = {u: set(h) | {t} for u, h, t in zip(*s.examples_for("train")[["user_id", "history", "target"]].T.values)}
+    train = s.examples_for("train")
+    train_items = {u: set(h) | {t} for u, h, t in zip(train.user_id, train.history, train.target)}
     assert not any(r.item_id in train_items[r.user_id] for r in s.train_negatives.itertuples())
 
 
