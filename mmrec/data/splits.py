@@ -270,6 +270,31 @@ class Split:
             raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
         return self.examples[self.examples["stage"] == stage].reset_index(drop=True)
 
+    def pre_target_items(self, examples: pd.DataFrame) -> pd.Series:
+        """Per example (aligned with `examples`' rows) every item its user interacted with before the target, in
+        sequence order: the history before any `max_history` cut, and for the paper protocol the items outside
+        the top-k too. What `eval.mask_history` leaves out of a full ranking (docs/evaluation.md)."""
+        items = pq.read_table(self.dataset_dir / ITEMS_FILE, columns=["item_id"])["item_id"].combine_chunks()
+        table = pq.read_table(self.dataset_dir / INTERACTIONS_FILE, columns=["user_id", "item_id", "timestamp"])
+        c = Coded.from_table(sequence_order(table, "sort", self.dataset_dir / INTERACTIONS_FILE)[0], items)
+        rows = pd.DataFrame({"user_id": c.user_ids.take(pa.array(c.user)).to_pandas(),
+                             "target": c.item_ids.take(pa.array(c.item)).to_pandas(),
+                             "target_timestamp": c.ts.astype(np.int64), "row": np.arange(len(c.user))})
+        # the target event is the user's last interaction with the target item at target_timestamp
+        rows = rows.drop_duplicates(["user_id", "target", "target_timestamp"], keep="last")
+        keys = examples[["user_id", "target", "target_timestamp"]].astype({"target_timestamp": np.int64})
+        row = keys.merge(rows, how="left", on=["user_id", "target", "target_timestamp"])["row"]
+        if row.isna().any():
+            k = int(np.flatnonzero(row.isna())[0])
+            raise DataError(f"{self.root}: example of user {keys['user_id'].iloc[k]!r} has no target interaction in "
+                            f"{self.dataset_dir / INTERACTIONS_FILE}; re-create the split")
+        if not len(row):
+            return pd.Series([], index=examples.index, dtype=object)
+        row = row.to_numpy(np.int64)
+        offsets, idx = _ranges(c.starts[c.user[row]], row)
+        flat = np.asarray(c.item_ids.to_pylist(), dtype=object)[c.item[idx]]
+        return pd.Series(np.split(flat, offsets[1:-1]), index=examples.index, dtype=object)
+
     def candidates_for(self, stage: str) -> pd.DataFrame:
         """The persisted candidates of one evaluated stage (valid or test)."""
         if stage not in ("valid", "test"):
