@@ -30,6 +30,8 @@ _FIELDS = {  # SplitConfig field -> (type, help); an option left out keeps the d
     "valid_time": (int, "temporal: absolute valid cut timestamp"),
     "test_time": (int, "temporal: absolute test cut timestamp"),
     "top_k": (int, "paper: most popular items kept per user (6 MicroLens, 11 Amazon)"),
+    "sampling_data": (str, "what the samplers know: train (training interactions) or all (MLLM-MSR, RecBole popN)"),
+    "unsorted": (str, "interactions not in time order per user: sort them stably (counted) or stop with an error"),
 }
 
 
@@ -37,7 +39,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", type=Path, help="canonical dataset directory (from `mmrec prep`)")
     parser.add_argument("--out", type=Path, help="split directory (default DATASET/splits/<name or protocol>)")
     parser.add_argument("--force", action="store_true", help="replace an existing split made with other options")
-    choices = {"protocol": ["loo", "temporal", "paper"], "sampling": ["uniform", "popularity"]}
+    choices = {"protocol": ["loo", "temporal", "paper"], "sampling": ["uniform", "popularity"],
+               "unsorted": ["sort", "error"], "sampling_data": ["train", "all"]}
     for name, (typ, helptext) in _FIELDS.items():
         default = SplitConfig.__dataclass_fields__[name].default
         parser.add_argument("--" + name.replace("_", "-"), type=typ, default=None, choices=choices.get(name),

@@ -117,6 +117,8 @@ def export_recbole(split: Any, out: Path, name: str, max_history: int | None = 5
     ex = split.examples
     counts: dict[str, Any] = {}
     with atomic_dir(Path(out) / name) as tmp:
+        # sequence order (user, then time; ties in file order), as the split took it, even for an unsorted file
+        inter = inter.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
         seq_pos = inter.groupby("user_id", sort=False).cumcount().astype(float)
         cols = {"user_id": inter["user_id"], "item_id": inter["item_id"], "timestamp": seq_pos}
         header = ["user_id:token", "item_id:token", "timestamp:float"]

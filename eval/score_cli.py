@@ -167,11 +167,13 @@ def history_columns(histories: pd.Series, pos: pd.Series) -> tuple[np.ndarray, n
 
 
 def score_full(scorer: Any, examples: pd.DataFrame, mask_history: bool, batch_users: int, parts_dir: Path,
-               key: str, run: str) -> pd.DataFrame:
-    """Rank the whole catalogue for every example; keep the target's counts (see `target_ranks`)."""
+               key: str, run: str, mask_items: pd.Series | None = None) -> pd.DataFrame:
+    """Rank the whole catalogue for every example; keep the target's counts (see `target_ranks`). With
+    `mask_history`, `mask_items` (aligned with `examples`; default: each example's history) are left out."""
     items = list(scorer.item_ids)
     pos = pd.Series(np.arange(len(items)), index=pd.Index(items))
     ex = examples[["user_id", "stage", "history", "target"]].reset_index(drop=True)
+    ex["mask_items"] = ex["history"] if mask_items is None else mask_items.to_numpy()
     n_chunks = (len(ex) + batch_users - 1) // batch_users
 
     def compute(i: int) -> pd.DataFrame:
@@ -181,7 +183,7 @@ def score_full(scorer: Any, examples: pd.DataFrame, mask_history: bool, batch_us
             raise DataError(f"model run '{run}' returned a catalogue score matrix of shape {mat.shape}; expected "
                             f"({len(rows)}, {len(items)}) = (examples, item_ids)")
         tcol = pos.reindex(rows["target"].to_numpy()).fillna(-1).to_numpy(np.int64)
-        hist = history_columns(rows["history"], pos) if mask_history else None
+        hist = history_columns(rows["mask_items"], pos) if mask_history else None
         out = target_ranks(mat, tcol, hist)
         return pd.DataFrame({"user_id": rows["user_id"], "stage": rows["stage"], "item_id": rows["target"], **out})
 
@@ -204,7 +206,10 @@ def score_run(cfg: ExperimentConfig, run_cfg: ExperimentConfig, name: str, run: 
             "model_config": hash_json(to_dict(run_cfg.model(name))), "experiment_seed": run_cfg.seed}
     jobs: list[tuple[str, Path, dict[str, Any]]] = [("sampled", paths.scores(run), {**base, "protocol": "sampled"})]
     if ev.protocol == "full":
-        jobs.append(("full", full_ranks_path(paths, run), {**base, "protocol": "full", "mask_history": ev.mask_history}))
+        # in the key, so ranks masked from the truncated history (before this was fixed) are re-scored
+        masked = {"masked": "pre_target_items"} if ev.mask_history else {}
+        jobs.append(("full", full_ranks_path(paths, run),
+                     {**base, "protocol": "full", "mask_history": ev.mask_history, **masked}))
     todo = [(p, out, meta) for p, out, meta in jobs
             if force or not out.is_file() or scores_metadata(out).get("key") != hash_json(meta)]
     if not todo:
@@ -229,7 +234,8 @@ def score_run(cfg: ExperimentConfig, run_cfg: ExperimentConfig, name: str, run: 
                 raise ConfigError(f"{cfg.source}: model '{name}' (kind {run_cfg.model(name).kind}) cannot rank the whole "
                                   "catalogue; use eval.protocol=sampled or leave it out with eval.models")
             examples = split.examples[split.examples["stage"].isin(stages)]
-            df = score_full(scorer, examples, ev.mask_history, ev.batch_users, parts, key, run)
+            masked = split.pre_target_items(examples) if ev.mask_history else None
+            df = score_full(scorer, examples, ev.mask_history, ev.batch_users, parts, key, run, masked)
             n_nan = int(df["score"].isna().sum())
             summary = f"{len(df)} examples ranked over {len(scorer.item_ids)} items, {n_nan} invalid target scores"
         write_with_meta(df, out, {**meta, "key": key, "invalid_scores": n_nan})

@@ -162,6 +162,7 @@ def test_paper_protocol_and_models(dataset):
     split = paper.section("split")
     assert (split.protocol, split.top_k, split.user_fractions) == ("paper", top_k, fractions)
     assert (split.negatives, split.n_valid_negatives, split.train_negatives) == (20, 1, 1)
+    assert split.sampling_data == "all"  # its training negatives avoid every item of the user, as the reference code
     assert paper.section("item_summaries").model.name_or_path == LLAVA
     assert paper.section("item_summaries").template == template
     users = paper.section("user_summaries")

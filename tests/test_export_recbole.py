@@ -62,3 +62,22 @@ def test_sequence_separator(ids, sep) -> None:
     from eval.recbole_export import _separator
 
     assert _separator(pd.Series(ids)) == sep
+
+
+def test_positions_follow_time_order_of_an_unsorted_file(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from eval.recbole_export import export_recbole
+    from mmrec.data.canonical import write_tables
+    from mmrec.data.splits import SplitConfig, make_split
+
+    items = pd.DataFrame({"item_id": [f"i{k}" for k in range(20)], "title": "t"})
+    write_tables(tmp_path / "ds", items, pd.DataFrame(columns=["user_id", "item_id", "timestamp"]))
+    rows = pd.DataFrame({"user_id": ["f"] * 4, "item_id": ["i1", "i2", "i3", "i4"], "timestamp": [100, 50, 70, 60]})
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), tmp_path / "ds" / "interactions.parquet")
+    split = make_split(tmp_path / "ds", SplitConfig(negatives=2), tmp_path / "s")
+    export_recbole(split, tmp_path / "rb", "x")
+    inter = _read(tmp_path / "rb" / "x" / "x.inter")
+    assert inter["item_id:token"].tolist() == ["i2", "i4", "i3", "i1"]
+    assert inter["timestamp:float"].astype(float).tolist() == [0.0, 1.0, 2.0, 3.0]

@@ -45,9 +45,10 @@ def learnable_split(tmp_path_factory):
     assert main(["prep", "synthetic", "--users", "1500", "--items", "400", "--interactions-per-user", "8",
                  "--noise", "0", "--drift", "0", "--seed", "0", "--out", str(root / "dataset")]) == 0
     # the paper's protocol: 1,200 training users (2,400 rows), 150 disjoint validation users (750 candidates) and
-    # 150 test users (3,150)
+    # 150 test users (3,150); training negatives by the paper's rule (never an item of the user), as measured
     assert main(["split", str(root / "dataset"), "--protocol", "paper", "--user-fractions", "0.8", "0.1", "0.1",
-                 "--negatives", "20", "--valid-negatives", "4", "--seed", "0", "--out", str(root / "split")]) == 0
+                 "--negatives", "20", "--valid-negatives", "4", "--seed", "0", "--sampling-data", "all",
+                 "--out", str(root / "split")]) == 0
     return root / "split"
 
 

@@ -158,3 +158,30 @@ def test_candidates_file_checked_by_row_group(tables, tmp_path):
     pq.write_table(table, torn, row_group_size=21 * 50 + 5)  # an example's rows straddle two row groups
     with pytest.raises(DataError, match="split across row groups"):
         check_split(inter, items, ex_t, torn)
+
+
+def test_positions_are_times_not_rows(tmp_path):
+    """A split made by row position from unsorted interactions (test target before the valid target) fails."""
+    items = pa.array([f"i{k:02d}" for k in range(10)])
+    inter = pa.table({"user_id": ["F"] * 4, "item_id": ["i01", "i02", "i03", "i04"],
+                      "timestamp": pa.array([100, 50, 70, 60], pa.int64())})
+    ex = pd.DataFrame({"user_id": ["F", "F", "F"], "stage": ["train", "valid", "test"],
+                       "history": [["i01"], ["i01", "i02"], ["i01", "i02", "i03"]],
+                       "target": ["i02", "i03", "i04"], "target_timestamp": [50, 70, 60]})
+    with pytest.raises(DataError, match="leakage check failed.*user 'F'"):
+        check_split(inter, items, pa.Table.from_pandas(ex, preserve_index=False))
+    by_time = pd.DataFrame({"user_id": ["F", "F", "F"], "stage": ["train", "valid", "test"],
+                            "history": [["i02"], ["i02", "i04"], ["i02", "i04", "i03"]],
+                            "target": ["i04", "i03", "i01"], "target_timestamp": [60, 70, 100]})
+    assert check_split(inter, items, pa.Table.from_pandas(by_time, preserve_index=False))["passed"]
+
+
+def test_train_negative_may_be_a_later_item(tables):
+    inter, items, ex, cand, neg = tables
+    later = neg.copy()
+    later.loc[0, "item_id"] = ex.loc[_row(ex, later.loc[0, "user_id"], "test"), "target"]
+    assert _check(inter, items, ex, cand, later)["passed"]
+    earlier = neg.copy()
+    earlier.loc[0, "item_id"] = ex.loc[_row(ex, earlier.loc[0, "user_id"], "train"), "history"][0]
+    with pytest.raises(DataError, match="training negative is an item the user interacted with by their train"):
+        _check(inter, items, ex, cand, earlier)

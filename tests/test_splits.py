@@ -61,7 +61,9 @@ def test_loo_candidates_and_train_negatives(small, tmp_path):
         assert grp.loc[grp.label == 1, "item_id"].item() == _ex(s)[(user, stage)][1]
         assert not set(grp.loc[grp.label == 0, "item_id"]) & user_items[user]
     assert s.train_negatives.groupby("user_id").size().to_dict() == {"a": 3, "b": 3, "c": 3}
-    assert not any(r.item_id in user_items[r.user_id] for r in s.train_negatives.itertuples())
+    train = s.examples_for("train")
+    train_items = {u: set(h) | {t} for u, h, t in zip(train.user_id, train.history, train.target)}
+    assert not any(r.item_id in train_items[r.user_id] for r in s.train_negatives.itertuples())
 
 
 def test_max_history(small, tmp_path):
@@ -237,3 +239,74 @@ def test_benchmark_script_runs_at_tiny_size(monkeypatch):
     result = bench.child(20_000, 9)
     assert result["kept"] > 0 and result["candidates"] % 10 == 0 and result["peak_gb"] > 0
     assert set(result["wall"]) == {"generate", "kcore", "import", "split"}
+
+
+def _raw_dataset(path, rows):
+    """A hand-written dataset: interactions.parquet exactly as given (no sort by `mmrec prep`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _dataset(path, [])
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).astype({"timestamp": "int64"})
+    pq.write_table(pa.Table.from_pandas(inter, preserve_index=False), path / "interactions.parquet")
+    return path
+
+
+UNSORTED = [("e", "i9", 1), ("e", "i8", 2), ("e", "i7", 3),
+            ("f", "i1", 100), ("f", "i2", 50), ("f", "i3", 70), ("f", "i4", 60), ("f", "i5", 60)]
+
+
+def test_unsorted_times_are_sorted_stably_and_counted(tmp_path):
+    ds = _raw_dataset(tmp_path / "ds", UNSORTED)
+    s = make_split(ds, SplitConfig(negatives=2), tmp_path / "s")
+    ex = _ex(s)
+    # f by time: i2@50, i4@60, i5@60 (tie: file order), i3@70, i1@100
+    assert ex[("f", "train")] == (["i2", "i4"], "i5")
+    assert ex[("f", "valid")] == (["i2", "i4", "i5"], "i3")
+    assert ex[("f", "test")] == (["i2", "i4", "i5", "i3"], "i1")
+    assert ex[("e", "test")] == (["i9", "i8"], "i7")
+    assert s.info["sequence_order"] == {"unsorted": "sort", "users_reordered": 1, "rows_moved": 5}
+    assert s.info["leakage_check"]["passed"]
+
+
+def test_unsorted_times_refused_by_flag(tmp_path):
+    ds = _raw_dataset(tmp_path / "ds", UNSORTED)
+    with pytest.raises(DataError, match=r"user 'f'.*timestamp 50.*after.*100"):
+        make_split(ds, SplitConfig(negatives=2, unsorted="error"), tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+def test_users_not_grouped_are_sorted_too(tmp_path):
+    ds = _raw_dataset(tmp_path / "ds", [("b", "i1", 1), ("a", "i2", 1), ("b", "i3", 2), ("a", "i4", 2)])
+    s = make_split(ds, SplitConfig(negatives=2), tmp_path / "s")
+    assert _ex(s)[("a", "train")] == (["i2"], "i4") and _ex(s)[("b", "train")] == (["i1"], "i3")
+    assert s.info["sequence_order"]["users_reordered"] == 2
+
+
+def test_train_negatives_know_only_training_items(tmp_path):
+    """A training negative may be a later item of the user (the model cannot know it); never a training item."""
+    items = pd.DataFrame({"item_id": [f"i{k}" for k in range(6)]})
+    write_tables(tmp_path / "ds", items, pd.DataFrame([("a", f"i{k}", k) for k in range(5)],
+                                                      columns=["user_id", "item_id", "timestamp"]))
+    s = make_split(tmp_path / "ds", SplitConfig(negatives=1, train_negatives=3), tmp_path / "s")
+    assert _ex(s)[("a", "train")] == (["i0", "i1"], "i2")
+    assert sorted(s.train_negatives.item_id) == ["i3", "i4", "i5"]     # valid and test targets included
+    assert s.candidates_for("test").item_id.tolist().count("i5") == 1   # evaluation negatives: never the user's
+    with pytest.raises(DataError, match="cannot draw 3 training negatives"):   # the old rule, kept behind a flag
+        make_split(tmp_path / "ds", SplitConfig(negatives=1, train_negatives=3, sampling_data="all"), tmp_path / "o")
+
+
+def test_popularity_sampling_counts_training_interactions_only(tmp_path):
+    """'hot' is only ever a test target: it has no training popularity, so it is never drawn as a negative."""
+    rows = [(f"u{k}", it, t) for k in range(10)
+            for t, it in enumerate([f"i{k}", f"i{(k + 1) % 10}", f"i{(k + 2) % 10}", "hot"])]
+    rows += [("z", "i20", 0), ("z", "i21", 1), ("z", "i22", 2)]
+    ds = tmp_path / "ds"
+    write_tables(ds, pd.DataFrame({"item_id": [*ITEMS, "hot"]}),
+                 pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]))
+    cfg = dict(negatives=8, train_negatives=2, sampling="popularity", seed=3)
+    s = make_split(ds, SplitConfig(**cfg), tmp_path / "s")
+    drawn = pd.concat([s.candidates.query("label == 0").item_id, s.train_negatives.item_id])
+    assert "hot" not in set(drawn) and set(drawn) <= {f"i{k}" for k in range(10)} | {"i20", "i21", "i22"}
+    old = make_split(ds, SplitConfig(**cfg, sampling_data="all"), tmp_path / "old")
+    assert "hot" in set(old.candidates.query("user_id == 'z' and label == 0").item_id)

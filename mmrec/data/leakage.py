@@ -1,7 +1,8 @@
 """The leakage check run on every split (its result is recorded in split.json; a failure raises).
 
 Works from the persisted tables and the dataset alone, so it verifies what was written, not what the
-splitter meant to write. Positions are a user's interactions in sequence order (docs/artifacts.md):
+splitter meant to write. Positions are a user's interactions in time order -- by timestamp, equal timestamps in
+file order (docs/splits.md) -- whatever the row order of the interactions table:
 
 1. every example's target is an interaction of that user at `target_timestamp`;
 2. every history item was interacted with by the user *before* the target's position -- so no valid/test
@@ -10,7 +11,8 @@ splitter meant to write. Positions are a user's interactions in sequence order (
 3. one example per (user, stage), and a user's train target comes before their valid target, which comes
    before their test target, so a train sequence never contains a valid/test target event;
 4. candidates (valid/test only): exactly the example's target has label 1, an example's candidates are
-   distinct, and no negative is an item the user interacted with at any time; training negatives likewise.
+   distinct, and no negative is an item the user interacted with at any time; a training negative is not an
+   item the user interacted with up to their train target (a later item may be one: the model cannot know it).
 
 All of it is sorting and searching on integer codes; histories and candidates are checked in chunks so
 memory stays bounded on large splits.
@@ -73,6 +75,9 @@ def check_split(interactions: pa.Table, item_ids: pa.Array, examples: pa.Table,
     u = _codes(interactions["user_id"], user_ids, "user")
     i = _codes(interactions["item_id"], item_ids, "item")
     ts = interactions["timestamp"].to_numpy()
+    order = _time_order(u, ts)
+    if order is not None:
+        u, i, ts = u[order], i[order], ts[order]
     key = u * n_items + i
     seen = UserItems.build(u, i, len(user_ids), n_items)
     # rows are in sequence order, so a stable sort by key orders each (user, item) block by position
@@ -133,12 +138,30 @@ def check_split(interactions: pa.Table, item_ids: pa.Array, examples: pa.Table,
     if train_negatives is not None and len(train_negatives):
         nu = _codes(train_negatives["user_id"], user_ids, "train-negative user")
         ni = _codes(train_negatives["item_id"], item_ids, "train-negative item")
-        bad = seen.contains(nu, ni)
+        train = ex_stage == 0
+        train_pos = np.full(len(user_ids), -1, dtype=np.int64)
+        train_pos[ex_u[train]] = t_pos[train]
+        orphan = train_pos[nu] < 0
+        if orphan.any():
+            k = int(np.flatnonzero(orphan)[0])
+            _fail("a training negative belongs to a user without a train example", int(orphan.sum()), name(nu[k]),
+                  "train")
+        known, at = _lookup(uniq, nu * n_items + ni)
+        bad = known & (first[at] <= train_pos[nu])
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
-            _fail("a training negative is an item the user interacted with", int(bad.sum()), name(nu[k]), "train")
+            _fail("a training negative is an item the user interacted with by their train target", int(bad.sum()),
+                  name(nu[k]), "train")
         report["train_negatives"] = int(len(nu))
     return report
+
+
+def _time_order(u: np.ndarray, ts: np.ndarray) -> np.ndarray | None:
+    """Stable order by (user, timestamp), or None when the rows are already in it (the usual case)."""
+    if len(u) < 2:
+        return None
+    back = (u[1:] < u[:-1]) | ((u[1:] == u[:-1]) & (ts[1:] < ts[:-1]))
+    return np.lexsort((ts, u)) if back.any() else None
 
 
 def _history_chunks(history: pa.ChunkedArray | pa.Array) -> Iterator[tuple[int, np.ndarray, pa.Array]]:

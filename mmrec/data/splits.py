@@ -7,8 +7,10 @@ Protocols (docs/splits.md):
 - `paper`: MLLM-MSR's protocol -- per user the `top_k` most popular items re-sorted by time, last one the
   target; users split at random into train/valid/test.
 
-Sequence order is the dataset's: by timestamp, equal timestamps in source order (stable sort). Everything
-is computed on integer codes with numpy (no Python loop per interaction or per user).
+Sequence order: by user, then timestamp, equal timestamps in file order (stable sort). `mmrec prep` writes
+interactions in that order; a hand-written file that is not is sorted here and counted in split.json
+(`sequence_order`), or refused with `unsorted: error`. Everything is computed on integer codes with numpy (no
+Python loop per interaction or per user).
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import pyarrow.parquet as pq
 
 from mmrec.config import from_dict, to_dict
 from mmrec.data import candidates as cand
-from mmrec.data.canonical import INTERACTIONS_FILE, ITEMS_FILE, REMAKE, CanonicalDataset, load_dataset
+from mmrec.data.canonical import (INTERACTIONS_FILE, ITEMS_FILE, REMAKE, CanonicalDataset, load_dataset,
+                                  sort_interactions)
 from mmrec.data.leakage import STAGES, check_split
 from mmrec.errors import ConfigError, DataError
 from mmrec.io import atomic_dir, atomic_path, read_json, read_table, sha256_file, write_json
@@ -37,6 +40,7 @@ log = get_logger(__name__)
 EXAMPLES_FILE, CANDIDATES_FILE, TRAIN_NEG_FILE, SPLIT_FILE = (
     "examples.parquet", "candidates.parquet", "train_negatives.parquet", "split.json")
 TIE_BREAK = "equal timestamps keep the dataset's source order (stable sort by user, then timestamp)"
+UNSORTED_HINT = "set split.unsorted: sort (`mmrec split --unsorted sort`) to sort it stably by time, or re-import it"
 
 
 @dataclass
@@ -51,6 +55,9 @@ class SplitConfig:
     sampling: Literal["uniform", "popularity"] = "uniform"
     popularity_alpha: float = 1.0           # popularity sampling weight = count ** alpha
     train_negatives: int = 1                # negatives per train example, from a separate seeded stream
+    # what the samplers may know: "train" = popularity counted on training interactions, training negatives avoid
+    # the user's training items only; "all" = every interaction (MLLM-MSR's training negatives, RecBole's popN)
+    sampling_data: Literal["train", "all"] = "train"
     max_history: int | None = None          # keep only the last N history items of every example
     # temporal: cut times as quantiles of all timestamps, or absolute timestamps when given
     valid_quantile: float = 0.8
@@ -60,6 +67,8 @@ class SplitConfig:
     # paper: top_k most popular items per user (6 MicroLens, 11 Amazon), user fractions train/valid/test
     top_k: int = 6
     user_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    # interactions not in time order per user: sort them stably (counted in split.json) or refuse
+    unsorted: Literal["sort", "error"] = "sort"
 
     def __post_init__(self) -> None:
         if self.negatives < 0 or self.train_negatives < 0 or (self.valid_negatives or 0) < 0:
@@ -262,11 +271,70 @@ class Split:
             raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
         return self.examples[self.examples["stage"] == stage].reset_index(drop=True)
 
+    def pre_target_items(self, examples: pd.DataFrame) -> pd.Series:
+        """Per example (aligned with `examples`' rows) every item its user interacted with before the target, in
+        sequence order: the history before any `max_history` cut, and for the paper protocol the items outside
+        the top-k too. What `eval.mask_history` leaves out of a full ranking (docs/evaluation.md)."""
+        items = read_table(self.dataset_dir / ITEMS_FILE, ["item_id"], remedy=REMAKE)["item_id"].combine_chunks()
+        table = read_table(self.dataset_dir / INTERACTIONS_FILE, ["user_id", "item_id", "timestamp"], remedy=REMAKE)
+        c = Coded.from_table(sequence_order(table, "sort", self.dataset_dir / INTERACTIONS_FILE)[0], items)
+        rows = pd.DataFrame({"user_id": c.user_ids.take(pa.array(c.user)).to_pandas(),
+                             "target": c.item_ids.take(pa.array(c.item)).to_pandas(),
+                             "target_timestamp": c.ts.astype(np.int64), "row": np.arange(len(c.user))})
+        # the target event is the user's last interaction with the target item at target_timestamp
+        rows = rows.drop_duplicates(["user_id", "target", "target_timestamp"], keep="last")
+        keys = examples[["user_id", "target", "target_timestamp"]].astype({"target_timestamp": np.int64})
+        row = keys.merge(rows, how="left", on=["user_id", "target", "target_timestamp"])["row"]
+        if row.isna().any():
+            k = int(np.flatnonzero(row.isna())[0])
+            raise DataError(f"{self.root}: example of user {keys['user_id'].iloc[k]!r} has no target interaction in "
+                            f"{self.dataset_dir / INTERACTIONS_FILE}; re-create the split")
+        if not len(row):
+            return pd.Series([], index=examples.index, dtype=object)
+        row = row.to_numpy(np.int64)
+        offsets, idx = _ranges(c.starts[c.user[row]], row)
+        flat = np.asarray(c.item_ids.to_pylist(), dtype=object)[c.item[idx]]
+        return pd.Series(np.split(flat, offsets[1:-1]), index=examples.index, dtype=object)
+
     def candidates_for(self, stage: str) -> pd.DataFrame:
         """The persisted candidates of one evaluated stage (valid or test)."""
         if stage not in ("valid", "test"):
             raise ConfigError(f"candidates exist for stages valid and test, got {stage!r}")
         return self.candidates[self.candidates["stage"] == stage].reset_index(drop=True)
+
+
+def sequence_order(interactions: pa.Table, policy: Literal["sort", "error"], where: Path | str
+                   ) -> tuple[pa.Table, dict[str, Any]]:
+    """Interactions in sequence order (user, then timestamp; ties keep file order) and what it took to get there.
+
+    Already-ordered input (what `mmrec prep` writes) is returned as is after a linear check; otherwise it is
+    sorted stably, or refused with the first offending user under `policy: error`."""
+    import pyarrow.compute as pc
+
+    report: dict[str, Any] = {"unsorted": policy, "users_reordered": 0, "rows_moved": 0}
+    uid = interactions["user_id"].combine_chunks()
+    ts = interactions["timestamp"].to_numpy()
+    if len(uid) < 2:
+        return interactions, report
+    same = pc.equal(uid[1:], uid[:-1]).to_numpy(zero_copy_only=False)
+    bad = pc.less(uid[1:], uid[:-1]).to_numpy(zero_copy_only=False) | (same & (ts[1:] < ts[:-1]))
+    if not bad.any():
+        return interactions, report
+    k = int(np.flatnonzero(bad)[0]) + 1
+    if policy == "error":
+        if same[k - 1]:
+            problem = (f"user {uid[k].as_py()!r} has timestamp {ts[k]} at row {k + 1} after timestamp {ts[k - 1]} "
+                       f"at row {k}")
+        else:
+            problem = f"user {uid[k].as_py()!r} at row {k + 1} comes after user {uid[k - 1].as_py()!r} (not grouped)"
+        raise DataError(f"{where}: interactions are not in sequence order (user, then time): {problem}; "
+                        f"{UNSORTED_HINT}")
+    order = pc.sort_indices(interactions, sort_keys=[("user_id", "ascending"), ("timestamp", "ascending")])
+    moved = order.to_numpy() != np.arange(len(uid))
+    report.update(users_reordered=len(pc.unique(uid.filter(pa.array(moved)))), rows_moved=int(moved.sum()))
+    log.warning("%s: %d interaction(s) of %d user(s) were not in time order; sorted stably by (user, timestamp)",
+                where, report["rows_moved"], report["users_reordered"])
+    return sort_interactions(interactions), report
 
 
 def _examples_table(c: Coded, ex: Examples) -> pa.Table:
@@ -321,6 +389,15 @@ def _train_negatives(c: Coded, ex: Examples, cfg: SplitConfig, seen: cand.UserIt
                      "item_id": c.item_ids.take(pa.array(items))})
 
 
+def _training_rows(c: Coded, ex: Examples) -> np.ndarray:
+    """Interactions a model may train on: each user's rows up to and including their train target (none for a
+    user without a train example). Popularity for sampling is counted on these, so no valid/test event weighs."""
+    end = np.full(len(c.starts), -1, dtype=np.int64)
+    train = ex.stage == 0
+    end[ex.user[train]] = ex.target[train]
+    return np.arange(len(c.user), dtype=np.int64) <= end[c.user]
+
+
 def _dataset_ref(dataset_dir: Path, out_dir: Path) -> str:
     return os.path.relpath(dataset_dir.resolve(), out_dir.resolve())
 
@@ -352,6 +429,7 @@ def make_split(dataset_dir: str | Path, cfg: SplitConfig, out_dir: str | Path, o
     t0 = time.perf_counter()
     items = read_table(dataset_dir / ITEMS_FILE, ["item_id"], remedy=REMAKE)["item_id"].combine_chunks()
     interactions = read_table(dataset_dir / INTERACTIONS_FILE, ["user_id", "item_id", "timestamp"], remedy=REMAKE)
+    interactions, order_report = sequence_order(interactions, cfg.unsorted, dataset_dir / INTERACTIONS_FILE)
     c = Coded.from_table(interactions, items)
     if not len(c.user):
         raise DataError(f"{dataset_dir / INTERACTIONS_FILE}: no interactions to split")
@@ -362,17 +440,22 @@ def make_split(dataset_dir: str | Path, cfg: SplitConfig, out_dir: str | Path, o
     if not (ex.stage == 2).any():
         log.warning("split %s: no test examples under protocol %r", out_dir, cfg.protocol)
     seen = cand.UserItems.build(c.user, c.item, len(c.user_ids), len(c.item_ids))
-    weights = cand.item_weights(cfg.sampling, np.bincount(c.item, minlength=len(c.item_ids)), cfg.popularity_alpha)
+    known = _training_rows(c, ex) if cfg.sampling_data == "train" else np.ones(len(c.user), dtype=bool)
+    train_seen = seen if cfg.sampling_data == "all" else cand.UserItems.build(
+        c.user[known], c.item[known], len(c.user_ids), len(c.item_ids))
+    weights = cand.item_weights(cfg.sampling, np.bincount(c.item[known], minlength=len(c.item_ids)),
+                                cfg.popularity_alpha)
     examples = _examples_table(c, ex)
     with atomic_dir(out_dir) as tmp:
         pq.write_table(examples, tmp / EXAMPLES_FILE)
         cand_counts = _write_candidates(tmp / CANDIDATES_FILE, c, ex, cfg, seen, weights)
-        train_neg = _train_negatives(c, ex, cfg, seen, weights)
+        train_neg = _train_negatives(c, ex, cfg, train_seen, weights)
         pq.write_table(train_neg, tmp / TRAIN_NEG_FILE)
         leakage = check_split(interactions, items, examples, tmp / CANDIDATES_FILE, train_neg)
         stage_counts = {s: int((ex.stage == k).sum()) for k, s in enumerate(STAGES)}
         info = {
             "protocol": cfg.protocol, "config": to_dict(cfg), "seed": cfg.seed, "params": ex.params, "tie_break": TIE_BREAK,
+            "sequence_order": order_report,
             "dataset": {"path": _dataset_ref(dataset_dir, out_dir), "fingerprint": fingerprint},
             "files": {f: sha256_file(tmp / f) for f in (EXAMPLES_FILE, CANDIDATES_FILE, TRAIN_NEG_FILE)},
             "counts": {"users": len(c.user_ids), "items": len(c.item_ids), "interactions": len(c.user),

@@ -1,5 +1,7 @@
 """GRU4Rec (Hidasi et al. 2016; RecBole's variant): item embeddings -> GRU -> projection, scored against the
-tied item embeddings. Sizes follow RecBole: embedding 64, GRU hidden 128, 1 layer, embedding dropout 0.3."""
+tied item embeddings. Sizes follow RecBole: embedding 64, GRU hidden 128, 1 layer, embedding dropout 0.3.
+Layers and initialisation are RecBole 1.2.1's (tests/test_recbole_layers.py): xavier-normal embeddings,
+xavier-uniform on the first GRU layer only, PyTorch's defaults for deeper GRU layers and the projection."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,11 +42,9 @@ class GRU4Rec(SequentialModel):
         nn.init.xavier_normal_(self.item_embedding.weight)
         with torch.no_grad():
             self.item_embedding.weight[PAD].zero_()
-        for name, param in self.gru.named_parameters():
-            if "weight_hh" in name:
-                nn.init.xavier_uniform_(param)
-            elif "weight_ih" in name:
-                nn.init.xavier_uniform_(param)
+        # as RecBole: xavier on the first layer only; deeper layers keep PyTorch's uniform(+-1/sqrt(gru_size))
+        nn.init.xavier_uniform_(self.gru.weight_hh_l0)
+        nn.init.xavier_uniform_(self.gru.weight_ih_l0)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """[B, L] right-padded item indices -> [B, L, hidden]; a GRU reads left to right, so position t

@@ -1,14 +1,21 @@
 """SASRec (Kang & McAuley 2018; RecBole's variant): item + position embeddings -> causal self-attention
 blocks (post-LayerNorm, GELU) -> scored against the tied item embeddings. Sizes follow RecBole: hidden 64,
-2 layers, 2 heads, inner 256, dropout 0.5, max length 50, LayerNorm eps 1e-12, normal(0, 0.02) init."""
+2 layers, 2 heads, inner 256, dropout 0.5, max length 50, LayerNorm eps 1e-12, normal(0, 0.02) init.
+
+The layers are RecBole 1.2.1's (tests/test_recbole_layers.py runs its equations on these weights): dropout on
+the embeddings, the attention probabilities, the attention output and the FFN output, none between the FFN's
+activation and its second linear layer (where `nn.TransformerEncoderLayer` has one); every projection, Q/K/V
+included, starts from normal(0, 0.02)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from mmrec.models.sequential import PAD, SequentialConfig, SequentialModel, SequentialScorer, load_sequential_scorer
 
@@ -32,6 +39,34 @@ class SASRecConfig(SequentialConfig):
             raise ValueError(f"'hidden_size' ({self.hidden_size}) must be divisible by 'num_heads' ({self.num_heads})")
 
 
+class RecBoleLayer(nn.TransformerEncoderLayer):
+    """A post-LayerNorm encoder layer with RecBole's dropout placement. In training, attention is computed
+    explicitly so the attention-probability dropout is a plain dropout on the softmax output, as in RecBole
+    (PyTorch's fused attention draws its mask differently); evaluation keeps PyTorch's path (no dropout there).
+    The FFN's inner dropout is removed. Parameter names are `nn.TransformerEncoderLayer`'s."""
+
+    def __init__(self, hidden_size: int, num_heads: int, inner_size: int, dropout: float):
+        super().__init__(hidden_size, num_heads, inner_size, dropout, activation="gelu", layer_norm_eps=1e-12,
+                         batch_first=True)
+        self.dropout = nn.Identity()  # RecBole's FeedForward: dense_1 -> act -> dense_2 -> dropout
+
+    def _sa_block(self, x: torch.Tensor, attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None,
+                  is_causal: bool = False) -> torch.Tensor:
+        if not self.training:
+            return super()._sa_block(x, attn_mask, key_padding_mask, is_causal)
+        att = self.self_attn
+        n_batch, length, hidden = x.shape
+        size = hidden // att.num_heads
+        qkv = F.linear(x, att.in_proj_weight, att.in_proj_bias).view(n_batch, length, 3, att.num_heads, size)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, heads, L, size]
+        scores = q @ k.transpose(-1, -2) / math.sqrt(size)
+        if attn_mask is not None:
+            scores = scores + attn_mask
+        probs = F.dropout(scores.softmax(-1), att.dropout, training=True)
+        context = (probs @ v).transpose(1, 2).reshape(n_batch, length, hidden)
+        return self.dropout1(att.out_proj(context))
+
+
 class SASRec(SequentialModel):
     def __init__(self, n_items: int, max_len: int = 50, hidden_size: int = 64, num_layers: int = 2,
                  num_heads: int = 2, inner_size: int = 256, dropout: float = 0.5):
@@ -40,8 +75,7 @@ class SASRec(SequentialModel):
         self.position_embedding = nn.Embedding(max_len, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=1e-12)
         self.dropout = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(hidden_size, num_heads, inner_size, dropout, activation="gelu",
-                                           layer_norm_eps=1e-12, batch_first=True)
+        layer = RecBoleLayer(hidden_size, num_heads, inner_size, dropout)
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.apply(self._init)
 
@@ -51,6 +85,9 @@ class SASRec(SequentialModel):
             nn.init.normal_(module.weight, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+        if isinstance(module, nn.MultiheadAttention):  # Q/K/V are one packed parameter, not nn.Linear
+            nn.init.normal_(module.in_proj_weight, std=0.02)
+            nn.init.zeros_(module.in_proj_bias)
         if isinstance(module, nn.Embedding) and module.padding_idx is not None:
             with torch.no_grad():
                 module.weight[module.padding_idx].zero_()
