@@ -89,9 +89,9 @@ def _one_process_auc(cfg: Path, name: str, adapter: Path | None) -> float:
     """The validation AUC of `adapter` (None: the base model), re-scored in this process with `mmrec score`'s
     scorer."""
     from finetune.vlm_data import validation_rows
+    from mmrec.data.splits import load_split
     from mmrec.experiment import ExperimentConfig
     from mmrec.metrics import global_auc
-        from mmrec.data.splits import load_split
     from mmrec.models.vlm_scorer import build_scorer, resolve
 
     exp = ExperimentConfig.load(cfg)
