@@ -108,7 +108,7 @@ def summary_truth(dataset_root: Path, paths: ExperimentPaths, examples: pd.DataF
 
 
 TRUTH_CAPTION = ("Summaries against the benchmark's truth: share naming the true colour, the true pattern, both, "
-                 "and share naming a wrong colour or pattern (~0 for random tiny models)")
+                 "and share naming a wrong colour or pattern")
 TRUTH_HEADER = ["summaries", "n", "colour", "pattern", "both", "wrong"]
 
 
