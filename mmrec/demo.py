@@ -56,7 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="'small' is a faster smoke run (used by the tests)")
     parser.add_argument("--generated", action="store_true",
                         help="also train MLLM-MSR on the tiny LLM's preferences (the whole chain, row "
-                             "mllm_msr_generated; about 2.5 more CPU minutes at the default size)")
+                             "mllm_msr_generated; about 3 more CPU minutes at the default size)")
     parser.add_argument("--dry-run", action="store_true", help="write the config and print the plan; run nothing")
 
 
@@ -165,7 +165,7 @@ def notes(cfg: ExperimentConfig) -> str:
     chain = ("`mllm_msr_generated` reads the tiny LLM's preferences, as the paper's pipeline does: the gap to "
              "`mllm_msr` is what the summarizer loses." if "mllm_msr_generated" in cfg.model_names() else
              "`mmrec demo --generated` adds `mllm_msr_generated`, the same recommender reading the tiny LLM's "
-             "preferences as the paper's pipeline does (about 2.5 more CPU minutes).")
+             "preferences as the paper's pipeline does (about 3 more CPU minutes).")
     return ("Reading the table: the tiny models have random weights, so their item summaries and user preferences are "
             "meaningless text (the truth metrics above: they name the true colour and pattern only by chance). "
             "`mllm_msr` and `tallrec` therefore read the benchmark's true preference sentence instead: an upper "
