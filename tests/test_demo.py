@@ -58,3 +58,10 @@ def test_demo_config_validates(tmp_path, size, generated):
     assert set(cfg.model_names()) == set(MODELS) | ({"mllm_msr_generated"} if generated else set())
     expected = {"mllm_msr": "truth", "tallrec": "truth", **({"mllm_msr_generated": "summaries"} if generated else {})}
     assert {m: cfg.model(m).preference_source for m in expected} == expected
+
+
+def test_demo_generated_dry_run_plans_the_whole_chain(tmp_path, run_cli):
+    code, stdout, stderr = run_cli("demo", "--out", tmp_path / "demo", "--size", "small", "--generated", "--dry-run")
+    assert code == 0, stderr
+    assert "[would run] finetune:mllm_msr_generated" in stdout and "[would run] summarize-users" in stdout
+    assert not (tmp_path / "demo" / "metrics").exists()  # a dry run trains nothing
