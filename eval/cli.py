@@ -2,7 +2,9 @@
 
 Writes, per run, `metrics/<run>.json` (metrics per stage, counts, and the protocol manifest) and
 `metrics/<run>.per_user.parquet` (every example's metrics, for paired tests and the report); prints a table;
-aggregates `<model>@seed<k>` runs into mean ± 95% t-interval; writes the experiment's `manifest.json`.
+aggregates `<model>@seed<k>` runs into mean ± 95% t-interval; writes the experiment's `manifest.json`. On the
+synthetic benchmark it also scores the item and user summaries against the known truth (`eval/truth.py`,
+`metrics/truth/summaries.json`).
 Scores produced on another candidate file than the split's current one are refused.
 """
 from __future__ import annotations
@@ -231,4 +233,18 @@ def main(args: argparse.Namespace) -> int:
             comparisons.append(c)
             print(format_comparison(c))
     write_experiment_manifest(cfg, results, agg, comparisons, cands_sha)
+    write_summary_truth(paths, split)
     return 0
+
+
+def write_summary_truth(paths: ExperimentPaths, split: Any) -> None:
+    """On a benchmark with known truth (synthetic), score the summaries against it: print and write the metrics."""
+    from eval.truth import format_truth, summary_truth, truth_path
+
+    truth = summary_truth(split.dataset.root, paths, split.examples)
+    if truth is None:
+        truth_path(paths).unlink(missing_ok=True)  # metrics of summaries that are gone would be stale
+        return
+    print("\n" + format_truth(truth))
+    write_json(truth, truth_path(paths))
+    log.info(f"summary truth metrics -> {truth_path(paths)}")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from eval.report_data import best_of, fmt_cell, key_facts, metric_label, table_layout
 from eval.report_gallery import GalleryItem, GalleryUser, fmt_score
 from eval.report_images import data_uri
+from eval.truth import TRUTH_CAPTION, TRUTH_HEADER, truth_rows
 
 if TYPE_CHECKING:
     from eval.report import Report
@@ -98,6 +99,16 @@ def _comparisons(report: "Report") -> str:
             f"(seeds averaged)</p><div class='wrap'><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>")
 
 
+def _truth(report: "Report") -> str:
+    if not report.truth:
+        return ""
+    head = "".join(f"<th>{escape(h)}</th>" for h in TRUTH_HEADER)
+    rows = "".join(f"<tr><td>{escape(r[0])}</td>" + "".join(f"<td class='num'>{escape(c)}</td>" for c in r[1:])
+                   + "</tr>" for r in truth_rows(report.truth))
+    return (f"<p class='label'>{escape(TRUTH_CAPTION)}</p>"
+            f"<div class='wrap'><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>")
+
+
 def _kv_table(entries: dict[str, str]) -> str:
     rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in entries.items())
     return f"<table>{rows}</table>"
@@ -158,7 +169,7 @@ def render_html(report: "Report") -> str:
             f"<p class='sub'>Experiment <code>{escape(report.experiment_dir)}</code> · stage <b>{escape(report.stage)}</b> · "
             f"{len(report.runs)} run(s) of {len(t.rows)} model(s)</p>",
             "<nav>" + "".join(f"<a href='#{s}'>{s.capitalize()}</a>" for s in sections) + "</nav>",
-            f"<h2 id='results'>Results</h2>{_results(report)}{_comparisons(report)}",
+            f"<h2 id='results'>Results</h2>{_results(report)}{_comparisons(report)}{_truth(report)}",
             f"<h2 id='manifest'>Protocol manifest</h2>{_manifest(report)}"]
     if report.plots:
         figs = "".join(f"<figure><img src='{data_uri(p.svg.encode(), SVG)}' alt='{escape(p.caption)}'>"

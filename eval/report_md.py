@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from eval.report_data import fmt_cell, key_facts, metric_label, table_layout
 from eval.report_gallery import GalleryItem, GalleryUser, fmt_score
+from eval.truth import TRUTH_CAPTION, TRUTH_HEADER, truth_rows
 
 if TYPE_CHECKING:
     from eval.report import Report
@@ -101,6 +102,8 @@ def render_markdown(report: "Report", assets_folder: str) -> tuple[str, dict[str
                         f"{c['mean_diff']:+.4f} [{c['ci95_low']:+.4f}, {c['ci95_high']:+.4f}]",
                         f"{c['t_pvalue']:.3g}", f"{c['wilcoxon_pvalue']:.3g}"] for c in report.comparisons])
         out.append("")
+    if report.truth:
+        out += [f"{TRUTH_CAPTION}:", ""] + _table(TRUTH_HEADER, truth_rows(report.truth)) + [""]
     out += ["## Protocol manifest", ""]
     facts = key_facts(report.shared_manifest)
     if report.shared_manifest:

@@ -9,6 +9,7 @@ changes with it. A stage that was interrupted is simply run again: every stage r
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,12 @@ KIND_INPUTS: dict[str, tuple[str, ...]] = {
     "ctr": ("summarize-items",),
     "vlm": ("summarize-items", "summarize-users"),
 }
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (user + system): what a stage costs whatever the load."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 @dataclass
@@ -215,9 +222,11 @@ class Pipeline:
             stale = started.is_file() and read_json(started).get("fingerprint") != stage.fingerprint
             fresh = stale or why.startswith("requested")
             write_json({"fingerprint": stage.fingerprint, "started_at": time.time()}, started)
-            t0 = time.time()
+            t0, cpu0 = time.time(), cpu_seconds()
             stage.run(fresh)
-            write_json({"fingerprint": stage.fingerprint, "seconds": round(time.time() - t0, 2),
+            seconds, cpu = round(time.time() - t0, 2), round(cpu_seconds() - cpu0, 2)
+            write_json({"fingerprint": stage.fingerprint, "seconds": seconds, "cpu_seconds": cpu,
                         "outputs": [str(p) for p in stage.outputs()]}, self._stamp(stage))
+            print(f"[     done] {stage.name:<26} {seconds:.1f} s wall, {cpu:.1f} s CPU", flush=True)
             ran.append(stage.name)
         return ran

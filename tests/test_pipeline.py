@@ -47,6 +47,11 @@ def test_run_skips_finished_stages_and_reruns_only_what_a_change_affects(tmp_pat
     exp = tmp_path / "exp"
     assert (exp / "metrics" / "pop.json").is_file() and (exp / "report.html").is_file()
     first_metrics = json.loads((exp / "metrics" / "pop.json").read_text())
+    # every stage that ran says how long it took, in wall and CPU time (the CPU time does not depend on the load)
+    done = {line.split()[2] for line in out.splitlines() if line.startswith("[     done]") and line.endswith(" s CPU")}
+    assert done == set(STAGES)
+    stamps = [json.loads((exp / ".mmrec" / "stages" / f"{s.replace(':', '__')}.json").read_text()) for s in STAGES]
+    assert all(stamp["cpu_seconds"] >= 0 for stamp in stamps)
 
     code, out, _ = run_cli("run", config)
     assert code == 0 and plan_lines(out) == {s: "skip" for s in STAGES}
