@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "summarize-items": ("mmrec.summarize.items_cli", "VLM: turn every item image (and text) into a text summary"),
     "summarize-users": ("mmrec.summarize.users_cli", "LLM: recurrent natural-language preference per user"),
     "finetune": ("finetune.cli", "train a model of the experiment (LoRA VLM, CTR head, sequential baselines)"),
+    "distill-signals": ("mmrec.distill.cli", "VLM teacher: score training examples' candidates for a distilled student"),
     "score": ("eval.score_cli", "score a model on the split's persisted candidates -> scores/<model>.parquet"),
     "eval": ("eval.cli", "metrics + protocol manifest for every scored model"),
     "report": ("eval.report_cli", "Markdown and self-contained HTML report of an experiment"),

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mmrec.distill.config import DistillSection
 from mmrec.errors import ConfigError, DataError, MmrecError
 from mmrec.io import read_json
 
@@ -51,6 +52,7 @@ class SequentialConfig:
     valid_metric: str = "ndcg@10"
     eval_batch_size: int = 512
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    distill: DistillSection | None = None  # learn from a VLM teacher's signals too (docs/distillation.md)
 
     def __post_init__(self) -> None:
         for key in ("hidden_size", "max_len", "bce_negatives", "epochs", "batch_size", "patience", "eval_batch_size"):
