@@ -246,7 +246,7 @@ def test_cli_runs_the_signals_stage_with_a_tiny_vlm(tmp_path, synthetic_dataset,
     raw = cfg.raw
     raw["models"]["teacher"]["model"]["name_or_path"] = str(model)
     config = tmp_path / "exp" / "config.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
     code, _, err = run_cli("distill-signals", config)
     assert code == 0, err
     files = list((tmp_path / "exp" / "distill").glob("teacher.*.parquet"))
