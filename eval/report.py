@@ -47,6 +47,7 @@ class Report:
     gallery: list[GalleryUser] = field(default_factory=list)
     comparisons: list[dict[str, Any]] = field(default_factory=list)  # eval.significance.compare results
     notes: list[str] = field(default_factory=list)
+    distillation: list[dict[str, Any]] = field(default_factory=list)  # eval.report_distill rows
 
 
 def _read_parquet(path: Path, what: str, needed: set[str]) -> pd.DataFrame | None:
@@ -197,7 +198,15 @@ def gather(paths: ExperimentPaths, opts: ReportConfig, *, split: str | None = No
     gallery = _gallery(paths, split_data, runs, table, scores, opts, gallery_users, notes)
     return Report(title=opts.title or title or "mmrec experiment report", experiment_dir=str(paths.root),
                   stage=opts.stage, runs=runs, table=table, shared_manifest=shared, run_manifests=per_run,
-                  plots=plots, gallery=gallery, comparisons=comparisons, notes=notes)
+                  plots=plots, gallery=gallery, comparisons=comparisons, notes=notes,
+                  distillation=_distillation(paths, runs, table))
+
+
+def _distillation(paths: ExperimentPaths, runs: list[rd.RunResult], table: rd.ResultsTable) -> list[dict[str, Any]]:
+    from eval.report_distill import distillation
+
+    metrics = [m for m in ("auc", table.primary_metric()) if m in table.columns]
+    return distillation(paths, runs, list(dict.fromkeys(metrics)))
 
 
 def _gallery(paths: ExperimentPaths, split: Any, runs: list[rd.RunResult], table: rd.ResultsTable,

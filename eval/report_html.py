@@ -83,6 +83,12 @@ def _results(report: "Report") -> str:
     return "<div class='tables'>" + "".join(parts) + "</div>"
 
 
+def _distillation(report: "Report") -> str:
+    from eval.report_distill import html
+
+    return html(report.distillation)
+
+
 def _comparisons(report: "Report") -> str:
     if not report.comparisons:
         return ""
@@ -158,7 +164,7 @@ def render_html(report: "Report") -> str:
             f"<p class='sub'>Experiment <code>{escape(report.experiment_dir)}</code> · stage <b>{escape(report.stage)}</b> · "
             f"{len(report.runs)} run(s) of {len(t.rows)} model(s)</p>",
             "<nav>" + "".join(f"<a href='#{s}'>{s.capitalize()}</a>" for s in sections) + "</nav>",
-            f"<h2 id='results'>Results</h2>{_results(report)}{_comparisons(report)}",
+            f"<h2 id='results'>Results</h2>{_results(report)}{_comparisons(report)}{_distillation(report)}",
             f"<h2 id='manifest'>Protocol manifest</h2>{_manifest(report)}"]
     if report.plots:
         figs = "".join(f"<figure><img src='{data_uri(p.svg.encode(), SVG)}' alt='{escape(p.caption)}'>"

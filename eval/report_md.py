@@ -101,6 +101,9 @@ def render_markdown(report: "Report", assets_folder: str) -> tuple[str, dict[str
                         f"{c['mean_diff']:+.4f} [{c['ci95_low']:+.4f}, {c['ci95_high']:+.4f}]",
                         f"{c['t_pvalue']:.3g}", f"{c['wilcoxon_pvalue']:.3g}"] for c in report.comparisons])
         out.append("")
+    from eval.report_distill import markdown as distill_markdown
+
+    out += distill_markdown(report.distillation)
     out += ["## Protocol manifest", ""]
     facts = key_facts(report.shared_manifest)
     if report.shared_manifest:

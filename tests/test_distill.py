@@ -278,3 +278,25 @@ def test_pipeline_orders_teacher_signals_student(tmp_path):
                                               "teacher": {"kind": "vlm"}}}, sort_keys=False))
     with pytest.raises(ConfigError, match="listed before"):
         Pipeline(ExperimentConfig.load(bad), str(bad), [])
+
+
+def test_report_table_pairs_teacher_plain_distilled_and_computes_the_gap(tmp_path):
+    from eval.report_data import RunResult
+    from eval.report_distill import distillation, markdown
+    from mmrec.experiment import ExperimentPaths
+    from mmrec.io import write_json
+
+    paths = ExperimentPaths(tmp_path)
+    base = {"kind": "sasrec", "hidden_size": 32, "device": "cpu"}
+    runs = [RunResult("teacher", "teacher", None, "test", {"auc": 0.9})]
+    for seed, (plain, dist) in enumerate([(0.7, 0.8), (0.8, 0.85)]):
+        for model, value, cfg in (("sasrec", plain, base),
+                                  ("sasrec_d", dist, {**base, "device": "auto", "distill": {"teacher": "teacher"}})):
+            run = f"{model}@seed{seed}"
+            write_json({"config": cfg}, paths.checkpoint(run) / "run.json")
+            runs.append(RunResult(run, model, seed, "test", {"auc": value}))
+    rows = distillation(paths, runs, ["auc"])
+    assert [(r["model"], r["plain"], r["teacher"]) for r in rows] == [("sasrec_d", "sasrec", "teacher")]
+    # per seed: (0.8 - 0.7) / (0.9 - 0.7) = 0.5 and (0.85 - 0.8) / (0.9 - 0.8) = 0.5
+    assert rows[0]["gap"]["per_seed"] == pytest.approx([0.5, 0.5]) and rows[0]["gap"]["mean"] == pytest.approx(0.5)
+    assert "| sasrec_d | teacher | sasrec | AUC |" in "\n".join(markdown(rows))
