@@ -127,6 +127,27 @@ def test_signals_hold_only_training_data(tmp_path, synthetic_dataset):
     assert stats.complete and stats.pairs <= len(table)
 
 
+def test_student_top_m_candidates(tmp_path, synthetic_dataset):
+    """`candidates: both`: the plain student's top-M (allowed items only) plus sampled items, never duplicated."""
+    from finetune.sequential import train
+    from mmrec.distill.signals import build_signals, held_out_items
+    from mmrec.data.splits import load_split
+
+    cfg = make_experiment(tmp_path / "exp", synthetic_dataset,
+                          distill={"candidates": "both", "student_run": "plain", "top_m": 4, "n_sampled": 3})
+    raw = {**cfg.raw, "models": {"plain": {k: v for k, v in cfg.raw["models"]["student"].items() if k != "distill"},
+                                 **cfg.raw["models"]}}
+    cfg = ExperimentConfig.from_mapping(raw, source=cfg.source)
+    train(cfg, "plain", tmp_path / "exp" / "checkpoints" / "plain")
+    path, _ = build_signals(cfg, "student", scorer=FakeTeacher())
+    table = pd.read_parquet(path)
+    held = held_out_items(load_split(cfg.split_dir))
+    for (user, _), rows in table.groupby(["user_id", "position"]):
+        counts = rows["source"].value_counts().to_dict()
+        assert counts == {"target": 1, "student": 4, "sampled": 3} and rows["item_id"].is_unique
+        assert set(rows["item_id"]).isdisjoint(held.get(user, set()))
+
+
 def test_signals_resume_after_a_crash_and_shard(tmp_path, synthetic_dataset, monkeypatch):
     from mmrec.distill import signals
 
