@@ -75,6 +75,12 @@ def load_signals(cfg: ExperimentConfig, name: str, candidates_sha256: str) -> tu
     return pd.read_parquet(path), meta
 
 
+def signals_fingerprint(cfg: ExperimentConfig, name: str, candidates_sha256: str) -> str:
+    """The hash of the signals table student `name` trains on (what makes a new run when the signals change)."""
+    _, meta = load_signals(cfg, name, candidates_sha256)
+    return str(meta["table_sha256"])
+
+
 def teacher_lists(table: pd.DataFrame, vocab: ItemVocab, sequences: pd.Series, top_k: int,
                   where: str) -> tuple[pd.DataFrame, TeacherLists]:
     """Join the signal rows to the training sequences by (user_id, position, target_id) and keep each example's
@@ -115,6 +121,7 @@ class Distiller:
     def __init__(self, dcfg: DistillSection, lists: TeacherLists, at: dict[int, tuple[torch.Tensor, torch.Tensor]]):
         self.cfg = dcfg
         self.lists = lists
+        self._on: dict[str, TeacherLists] = {}  # the lists moved to each device once
         self.at = at  # window index -> (columns in the window, example indices)
 
     @classmethod
@@ -155,8 +162,13 @@ class Distiller:
         device = batch.device
         r, c, e = (torch.cat(x).to(device) for x in (rows, cols, exs))
         hidden = model(batch[:, :-1])[r, c]
-        items, ranks = self.lists.items.to(device)[e], self.lists.ranks.to(device)[e]
-        conf, mask = self.lists.confidence.to(device)[e], self.lists.mask.to(device)[e]
+        key = str(device)
+        if key not in self._on:
+            li = self.lists
+            self._on[key] = TeacherLists(li.items.to(device), li.ranks.to(device), li.confidence.to(device),
+                                         li.mask.to(device))
+        on = self._on[key]
+        items, ranks, conf, mask = on.items[e], on.ranks[e], on.confidence[e], on.mask[e]
         if self.cfg.consistency:
             with torch.no_grad():
                 consistent = consistency(items, student_top_k(model.item_scores(hidden), self.cfg.top_k))

@@ -139,6 +139,10 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     out_dir = Path(out_dir)
     split = load_split(cfg.split_dir)
     fingerprint = _fingerprint(cfg, name, split.candidates_sha256)
+    if mcfg.distill is not None:  # new teacher signals make a new run
+        from finetune.distill import signals_fingerprint
+
+        fingerprint = hash_json([fingerprint, signals_fingerprint(cfg, name, split.candidates_sha256)])
 
     run_file = out_dir / RUN_FILE
     previous = check_previous_run(run_file, out_dir / STATE_DIR, name, fingerprint, resume)

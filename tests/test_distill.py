@@ -321,3 +321,26 @@ def test_report_table_pairs_teacher_plain_distilled_and_computes_the_gap(tmp_pat
     # per seed: (0.8 - 0.7) / (0.9 - 0.7) = 0.5 and (0.85 - 0.8) / (0.9 - 0.8) = 0.5
     assert rows[0]["gap"]["per_seed"] == pytest.approx([0.5, 0.5]) and rows[0]["gap"]["mean"] == pytest.approx(0.5)
     assert "| sasrec_d | teacher | sasrec | AUC |" in "\n".join(markdown(rows))
+
+
+def test_new_signals_make_a_new_student_run(tmp_path, synthetic_dataset):
+    """The student's run fingerprint covers the signals table: after the signals are scored again, a finished
+    student is refused (`--no-resume` replaces it) instead of being kept as if it had learnt from them."""
+    import shutil
+
+    from finetune.sequential import train
+    from mmrec.distill.signals import build_signals, sidecar
+
+    cfg = make_experiment(tmp_path / "exp", synthetic_dataset)
+    path, _ = build_signals(cfg, "student", scorer=FakeTeacher())
+    out = tmp_path / "exp" / "checkpoints" / "student"
+    train(cfg, "student", out)
+    train(cfg, "student", out)  # same signals: the finished run is kept
+    for p in (path, sidecar(path)):
+        p.unlink()
+    shutil.rmtree(tmp_path / "exp" / "cache")
+    teacher = FakeTeacher()
+    teacher.score = lambda rows: np.linspace(0.1, 0.9, len(rows))  # another teacher's scores
+    build_signals(cfg, "student", scorer=teacher)
+    with pytest.raises(ConfigError, match="no-resume"):
+        train(cfg, "student", out)
