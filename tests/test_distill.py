@@ -130,8 +130,8 @@ def test_signals_hold_only_training_data(tmp_path, synthetic_dataset):
 def test_student_top_m_candidates(tmp_path, synthetic_dataset):
     """`candidates: both`: the plain student's top-M (allowed items only) plus sampled items, never duplicated."""
     from finetune.sequential import train
-    from mmrec.distill.signals import build_signals, held_out_items
     from mmrec.data.splits import load_split
+    from mmrec.distill.signals import build_signals, held_out_items
 
     cfg = make_experiment(tmp_path / "exp", synthetic_dataset,
                           distill={"candidates": "both", "student_run": "plain", "top_m": 4, "n_sampled": 3})
