@@ -45,7 +45,8 @@ def test_ranking_loss_is_the_correct_bce():
     loss = ranking_loss(hidden, emb, torch.tensor([[1, 2]]), torch.tensor([[3, 3]]), torch.tensor([[0.75, 0.25]]))
     sig = lambda x: 1 / (1 + math.exp(-x))
     # scores: item1 2.0, item2 0.5, negative item3 -1.0
-    want = 0.75 * (-math.log(sig(2.0)) - math.log(1 - sig(-1.0))) + 0.25 * (-math.log(sig(0.5)) - math.log(1 - sig(-1.0)))
+    neg = -math.log(1 - sig(-1.0))
+    want = 0.75 * (-math.log(sig(2.0)) + neg) + 0.25 * (-math.log(sig(0.5)) + neg)
     assert loss.item() == pytest.approx(want, rel=1e-6)
 
 
@@ -154,7 +155,8 @@ def test_signals_resume_after_a_crash_and_shard(tmp_path, synthetic_dataset, mon
     from mmrec.distill import signals
 
     monkeypatch.setattr(signals, "USERS_PER_BATCH", 8)
-    whole, _ = signals.build_signals(make_experiment(tmp_path / "a", synthetic_dataset), "student", scorer=FakeTeacher())
+    whole, _ = signals.build_signals(make_experiment(tmp_path / "a", synthetic_dataset), "student",
+                                     scorer=FakeTeacher())
 
     cfg = make_experiment(tmp_path / "b", synthetic_dataset)
     teacher = FakeTeacher()
@@ -246,7 +248,8 @@ def test_distilled_student_ranks_the_teacher_top_items_higher(tmp_path, syntheti
         hist = pd.DataFrame({"history": [seqs[u][:p] for u, p, _, _ in gap]})
         scores = scorer.score_catalogue(hist)
         index = {item: i for i, item in enumerate(scorer.item_ids)}
-        margins[name] = float(np.mean([scores[r, index[b]] - scores[r, index[w]] for r, (_, _, b, w) in enumerate(gap)]))
+        margins[name] = float(np.mean([scores[r, index[b]] - scores[r, index[w]]
+                                       for r, (_, _, b, w) in enumerate(gap)]))
     assert margins["student"] > margins["plain"] + 0.1, margins
 
 

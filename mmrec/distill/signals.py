@@ -197,7 +197,8 @@ class SignalStats:
         return self.scored_now / self.seconds if self.scored_now and self.seconds > 0 else None
 
 
-def build_signals(cfg: ExperimentConfig, name: str, shard: Shard | None = None, scorer: Any = None) -> tuple[Path, SignalStats]:
+def build_signals(cfg: ExperimentConfig, name: str, shard: Shard | None = None,
+                  scorer: Any = None) -> tuple[Path, SignalStats]:
     """Score this shard's part of the student `name`'s teacher signals into the cache; write the table once every
     shard's part is there. `scorer` (a VLMScorer) is built from the teacher's checkpoint when not given."""
     from mmrec.data.splits import load_dataset_fingerprint, load_split
