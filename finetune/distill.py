@@ -178,3 +178,49 @@ class Distiller:
         n_items = model.item_embedding.num_embeddings - 1
         negatives = sample_negatives(items.reshape(-1), n_items, 1).reshape(items.shape)
         return self.cfg.weight * ranking_loss(hidden, model.item_embedding, items, negatives, weights)
+
+
+class CTRDistiller:
+    """The ranking-distillation term for the CTR head (`kind: ctr` with a `distill:` section), which scores
+    (user, candidate, history) rows pointwise. Each training step draws `per_step` distilled examples and scores
+    their teacher top-K items and one sampled negative per item. Consistency here is "in the student's top-K of
+    the example's teacher items and their negatives" (ranking the whole catalogue per example would cost a
+    catalogue-wide CTR pass per step)."""
+
+    def __init__(self, dcfg: DistillSection, user: torch.Tensor, hist: torch.Tensor, lists: TeacherLists,
+                 n_rows: int, per_step: int):
+        self.cfg, self.user, self.hist, self.lists = dcfg, user, hist, lists
+        self.n_rows, self.per_step = n_rows, per_step
+
+    @classmethod
+    def build(cls, cfg: ExperimentConfig, name: str, sequences: pd.Series, users: pd.Index, catalogue: Any,
+              history_len: int, batch_size: int, candidates_sha256: str) -> CTRDistiller:
+        dcfg = distill_section(cfg, name)
+        table, meta = load_signals(cfg, name, candidates_sha256)
+        vocab = ItemVocab(catalogue.item_ids)  # index i + 1 = catalogue row i + 1
+        examples, lists = teacher_lists(table, vocab, sequences, dcfg.top_k, meta.get("teacher_run", "signals"))
+        seqs = {str(u): s for u, s in sequences.items()}
+        user = torch.as_tensor(users.get_indexer(examples["user_id"].astype(str)) + 1, dtype=torch.long)
+        prefixes = [seqs[str(u)][:p] for u, p in zip(examples["user_id"], examples["position"])]
+        hist = torch.as_tensor(catalogue.history_rows(prefixes, history_len), dtype=torch.long)
+        per_step = max(1, batch_size // (2 * dcfg.top_k))
+        return cls(dcfg, user, hist, lists, len(catalogue), per_step)
+
+    def loss(self, model: torch.nn.Module, device: torch.device) -> torch.Tensor:
+        """`weight` x the weighted BCE of `per_step` random distilled examples' teacher items vs negatives."""
+        e = torch.randint(0, len(self.user), (self.per_step,))
+        items, ranks = self.lists.items[e].to(device), self.lists.ranks[e].to(device)
+        conf, mask = self.lists.confidence[e].to(device), self.lists.mask[e].to(device)
+        k = items.shape[1]
+        user = self.user[e].to(device).repeat_interleave(k)
+        hist = self.hist[e].to(device).repeat_interleave(k, dim=0)
+        negatives = torch.randint(1, self.n_rows + 1, items.shape, device=device)
+        pos = model(user, items.reshape(-1), hist).view(-1, k)
+        neg = model(user, negatives.reshape(-1), hist).view(-1, k)
+        with torch.no_grad():
+            pool = torch.cat([pos.masked_fill(~mask, float("-inf")), neg], dim=1)
+            kth = pool.topk(min(self.cfg.top_k, pool.shape[1]), dim=1).values[:, -1:]
+            consistent = (pos >= kth) & mask
+        weights = item_weights(ranks, conf, consistent, mask, self.cfg)
+        per_item = torch.nn.functional.softplus(-pos) + torch.nn.functional.softplus(neg)
+        return self.cfg.weight * (weights * per_item).sum(-1).mean()

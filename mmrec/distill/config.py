@@ -1,4 +1,4 @@
-"""The `distill:` section of a student model (`kind: sasrec | gru4rec`): which teacher, which training examples
+"""The `distill:` section of a student model (`kind: sasrec | gru4rec | ctr`): which teacher, which training examples
 and candidates the teacher scores, and how the ranking-distillation loss weighs the teacher's top items.
 
 Defaults are DLLM2Rec's (Cui et al., RecSys 2024, public code `istarryn/DLLM2Rec`): top-K = 10, loss weight 0.8,
