@@ -36,6 +36,7 @@ log = get_logger("distill.signals")
 
 SIGNAL_COLUMNS = ["user_id", "position", "target_id", "item_id", "source", "score", "rank"]
 USERS_PER_BATCH = 16
+ROWS_PER_CALL = 256  # least uncached (user, item) pairs per scorer call
 
 
 def distill_section(cfg: ExperimentConfig, name: str) -> DistillSection:
@@ -243,15 +244,24 @@ def build_signals(cfg: ExperimentConfig, name: str, shard: Shard | None = None,
     t0, c0, scored = time.perf_counter(), time.process_time(), 0
     bar = progress(total=total, desc=f"distill-signals {run} {shard}", unit="cand")
     bar.update(total - sum(len(by_user[u]) for b in todo for u in b))
-    for b in todo:
+    # Uncached pairs of consecutive batches are scored together (a re-run after a crash, or candidates that share
+    # pairs with an earlier artifact, leave few per user), one durable cache line per scorer call.
+    pending: list[pd.DataFrame] = []
+    done_pairs = 0
+    for i, b in enumerate(todo):
         part = pd.concat([by_user[u] for u in b])
-        part = part[[cache.records.get(k) is None for k in part["key"]]]
-        scores = scorer.score(part.assign(stage="train")) if len(part) else np.empty(0)
+        pending.append(part[[cache.records.get(k) is None for k in part["key"]]])
+        done_pairs += sum(len(by_user[u]) for u in b)
+        if sum(map(len, pending)) < ROWS_PER_CALL and i < len(todo) - 1:
+            continue
+        rows_now = pd.concat(pending)
+        scores = scorer.score(rows_now.assign(stage="train")) if len(rows_now) else np.empty(0)
         records = [{"key": k, "score": float(s)} if np.isfinite(s) else {"key": k, "error": MISSING_PREFERENCE}
-                   for k, s in zip(part["key"], scores)]
+                   for k, s in zip(rows_now["key"], scores)]
         cache.put_batch(records)
-        scored += len(part)
-        bar.update(sum(len(by_user[u]) for u in b))
+        scored += len(rows_now)
+        bar.update(done_pairs)
+        pending, done_pairs = [], 0
     bar.close()
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     cache.reload()  # what other shards have finished
