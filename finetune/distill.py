@@ -196,6 +196,11 @@ class CTRDistiller:
     def build(cls, cfg: ExperimentConfig, name: str, sequences: pd.Series, users: pd.Index, catalogue: Any,
               history_len: int, batch_size: int, candidates_sha256: str) -> CTRDistiller:
         dcfg = distill_section(cfg, name)
+        if dcfg.embedding != "none":
+            from mmrec.errors import ConfigError
+
+            raise ConfigError(f"{cfg.source}: models.{name}.distill.embedding: the CTR head has no item embedding "
+                              "table to distil into; use embedding: none (sasrec and gru4rec support it)")
         table, meta = load_signals(cfg, name, candidates_sha256)
         vocab = ItemVocab(catalogue.item_ids)  # index i + 1 = catalogue row i + 1
         examples, lists = teacher_lists(table, vocab, sequences, dcfg.top_k, meta.get("teacher_run", "signals"))
@@ -224,3 +229,14 @@ class CTRDistiller:
         weights = item_weights(ranks, conf, consistent, mask, self.cfg)
         per_item = torch.nn.functional.softplus(-pos) + torch.nn.functional.softplus(neg)
         return self.cfg.weight * (weights * per_item).sum(-1).mean()
+
+
+def attach_teacher_embeddings(cfg: ExperimentConfig, name: str, model: SequentialModel, vocab: ItemVocab,
+                              candidates_sha256: str) -> None:
+    """Embedding distillation: the student's item table gets the teacher's item vectors through a projection."""
+    from mmrec.distill.embedding import attach, read_item_embeddings
+
+    dcfg = distill_section(cfg, name)
+    path = signals_path(cfg, dcfg, teacher_run(cfg, dcfg), candidates_sha256)
+    device = next(model.parameters()).device
+    attach(model, read_item_embeddings(path, vocab.item_ids).to(device), dcfg.embedding_weight)

@@ -167,6 +167,10 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
 
     torch.manual_seed(derive_seed(cfg.seed, name, "init"))
     model = module.build_model(mcfg, len(vocab)).to(device)
+    if mcfg.distill is not None and mcfg.distill.embedding != "none":
+        from finetune.distill import attach_teacher_embeddings
+
+        attach_teacher_embeddings(cfg, name, model, vocab, split.candidates_sha256)
     optimizer = torch.optim.Adam(model.parameters(), lr=mcfg.lr, weight_decay=mcfg.weight_decay)
     state = TrainState.start(out_dir, previous.resuming, model, optimizer, WEIGHTS_FILE)
     if previous.resuming:

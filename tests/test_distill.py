@@ -268,18 +268,21 @@ def test_cli_runs_the_signals_stage_with_a_tiny_vlm(tmp_path, synthetic_dataset,
 
     model = build_tiny_llava(tmp_path / "llava", "llava", seed=0)
     cfg = make_experiment(tmp_path / "exp", synthetic_dataset, distill={"examples": "sample", "sample": 4,
-                                                                         "n_sampled": 2})
+                                                                         "n_sampled": 2, "embedding": "vlm"})
     raw = cfg.raw
     raw["models"]["teacher"]["model"]["name_or_path"] = str(model)
     config = tmp_path / "exp" / "config.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     code, _, err = run_cli("distill-signals", config)
     assert code == 0, err
-    files = list((tmp_path / "exp" / "distill").glob("teacher.*.parquet"))
+    files = [f for f in (tmp_path / "exp" / "distill").glob("teacher.*.parquet") if ".items." not in f.name]
     assert len(files) == 1
     table = pd.read_parquet(files[0])
     assert len(table.groupby(["user_id", "position"])) == 4 and table["score"].between(0, 1).all()
+    assert len(list((tmp_path / "exp" / "distill").glob("teacher.*.items.safetensors"))) == 1
     code, _, err = run_cli("finetune", config, "--model", "student")
+    assert code == 0, err
+    code, _, err = run_cli("score", config, "--model", "student")  # the scorer rebuilds the teacher-augmented table
     assert code == 0, err
 
 
@@ -383,3 +386,25 @@ def test_distilled_ctr_head_ranks_the_teacher_top_items_higher(tmp_path, synthet
         margins[name] = float(np.mean(scores[rows, [col[i] for i in best["item_id"]]]
                                       - scores[rows, [col[i] for i in worst["item_id"]]]))
     assert margins["student"] > margins["plain"] + 0.1, margins
+
+
+def test_teacher_augmented_embedding_is_one_table_everywhere_and_reloads(tmp_path):
+    """Lookups, the catalogue table (`weight`) and a save/load round trip all see base + w * proj(teacher)."""
+    from safetensors.torch import load_file, save_file
+
+    from mmrec.distill.embedding import attach
+    from mmrec.models.sasrec import SASRec
+
+    torch.manual_seed(0)
+    teacher = torch.cat([torch.zeros(1, 6), torch.randn(5, 6)])
+    model = attach(SASRec(5, max_len=4, hidden_size=8, num_layers=1, num_heads=1, inner_size=8), teacher, 0.2)
+    emb = model.item_embedding
+    ids = torch.tensor([1, 3, 5])
+    want = emb.base.weight[ids] + 0.2 * teacher[ids] @ emb.proj.weight.T
+    assert torch.allclose(emb(ids), want) and torch.allclose(emb.weight[ids], want)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "m.safetensors"))
+    weights = load_file(str(tmp_path / "m.safetensors"))
+    again = attach(SASRec(5, max_len=4, hidden_size=8, num_layers=1, num_heads=1, inner_size=8),
+                   weights["item_embedding.teacher"], 0.2)
+    again.load_state_dict(weights)
+    assert torch.allclose(again.item_embedding(ids), want)

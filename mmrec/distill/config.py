@@ -40,6 +40,9 @@ class DistillSection:
     gamma_confidence: float = 0.5
     gamma_consistency: float = 0.1
     rank_temperature: float = 1.0
+    # Embedding distillation: `vlm` adds embedding_weight x Linear(teacher item embedding) to each item's embedding.
+    embedding: Literal["none", "vlm"] = "none"
+    embedding_weight: float = 0.2
 
     def __post_init__(self) -> None:
         for key in ("last_k", "sample", "n_sampled", "top_m", "top_k"):
@@ -57,5 +60,5 @@ class DistillSection:
 
     def signal_settings(self) -> dict:
         """What determines the teacher-signals artifact (the loss settings do not)."""
-        keys = ("examples", "last_k", "sample", "candidates", "n_sampled", "student_run", "top_m", "seed")
+        keys = ("examples", "last_k", "sample", "candidates", "n_sampled", "student_run", "top_m", "seed", "embedding")
         return {k: getattr(self, k) for k in keys}

@@ -218,6 +218,7 @@ def build_signals(cfg: ExperimentConfig, name: str, shard: Shard | None = None,
         if read_json(sidecar(path)).get("teacher_hash") == thash:
             log.info(f"{path}: signals of teacher {run} already written, kept")
             meta = read_json(sidecar(path))
+            _item_embeddings(cfg, dcfg, run, split, path, scorer)
             return path, SignalStats(meta["examples"], meta["rows"], meta["pairs"], 0, 0.0, 0.0, True)
         log.info(f"{path}: written by another teacher checkpoint; scoring again")
     examples = training_examples(split, dcfg)
@@ -288,9 +289,30 @@ def build_signals(cfg: ExperimentConfig, name: str, shard: Shard | None = None,
             "table_sha256": sha256_file(path), "teacher_candidates_per_s": stats.candidates_per_s,
             "teacher_cpu_seconds_per_candidate": cpu / scored if scored else None}
     write_json(meta, sidecar(path))
+    _item_embeddings(cfg, dcfg, run, split, path, scorer)
     stats.complete = True
     log.info(f"wrote {path}: {len(examples)} examples, {len(table)} rows, {len(pairs)} teacher forwards")
     return path, stats
+
+
+def _item_embeddings(cfg: ExperimentConfig, dcfg: DistillSection, run: str, split: Any, path: Path,
+                     scorer: Any) -> None:
+    """With `distill.embedding: vlm`, the teacher's embedding of every training item next to the signals."""
+    from mmrec.distill.embedding import (
+        embeddings_path,
+        teacher_item_embeddings,
+        write_item_embeddings,
+    )
+    from mmrec.models.sequential import training_sequences
+
+    if dcfg.embedding == "none" or all(p.is_file() for p in embeddings_path(path)):
+        return
+    if scorer is None:
+        from mmrec.models.vlm_scorer import VLMScorer
+
+        scorer = VLMScorer.from_checkpoint(cfg, dcfg.teacher, ExperimentPaths(cfg.dir).checkpoint(run))
+    items = sorted({str(i) for seq in training_sequences(split.examples) for i in seq})
+    write_item_embeddings(path, items, teacher_item_embeddings(scorer, items))
 
 
 def rank_rows(rows: pd.DataFrame) -> pd.DataFrame:

@@ -271,7 +271,12 @@ def load_sequential_scorer(cfg: "ExperimentConfig", name: str, ckpt_dir: Path,
                          f"run `mmrec finetune {cfg.source} --model {name}` first")
     vocab = ItemVocab(pd.read_parquet(ckpt_dir / ITEMS_FILE)["item_id"].tolist())
     model = build(mcfg, len(vocab))
-    model.load_state_dict(load_file(ckpt_dir / WEIGHTS_FILE))
+    weights = load_file(ckpt_dir / WEIGHTS_FILE)
+    if "item_embedding.teacher" in weights:  # a student trained with embedding distillation
+        from mmrec.distill.embedding import attach
+
+        attach(model, weights["item_embedding.teacher"], mcfg.distill.embedding_weight)
+    model.load_state_dict(weights)
     split = load_split(cfg.split_dir)
     return SequentialScorer(model, vocab, split.examples, mcfg.max_len, resolve_device(mcfg.device),
                             mcfg.eval_batch_size)
