@@ -3,7 +3,7 @@
 Writes, per run, `metrics/<run>.json` (metrics per stage, counts, and the protocol manifest) and
 `metrics/<run>.per_user.parquet` (every example's metrics, for paired tests and the report); prints a table;
 aggregates `<model>@seed<k>` runs into mean ± 95% t-interval; writes the experiment's `manifest.json`. On the
-synthetic benchmark it also scores the item and user summaries against the known truth (`eval/truth.py`,
+synthetic benchmark it also scores the item and user summaries against the known truth (`mmrec/truth.py`,
 `metrics/truth/summaries.json`).
 Scores produced on another candidate file than the split's current one are refused.
 """
@@ -156,7 +156,7 @@ def evaluate_run(cfg: ExperimentConfig, run_cfg: ExperimentConfig, name: str, ru
 
 def aggregate(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
     """stage -> model -> metric -> {mean, ci95, n} over the model's runs (ci95 = t-interval half-width)."""
-    from eval.report_data import mean_ci
+    from mmrec.metrics import mean_ci
 
     out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     by_model: dict[str, list[dict[str, Any]]] = {}
@@ -239,7 +239,7 @@ def main(args: argparse.Namespace) -> int:
 
 def write_summary_truth(paths: ExperimentPaths, split: Any) -> None:
     """On a benchmark with known truth (synthetic), score the summaries against it: print and write the metrics."""
-    from eval.truth import format_truth, summary_truth, truth_path
+    from mmrec.truth import format_truth, summary_truth, truth_path
 
     truth = summary_truth(split.dataset.root, paths, split.examples)
     if truth is None:

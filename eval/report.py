@@ -17,7 +17,7 @@ from eval.report_gallery import GalleryUser, build_gallery, sample_users
 from eval.report_images import Thumbnails
 from mmrec.eval_config import ReportConfig
 from eval.svg import histogram_chart, line_chart
-from eval.truth import read_truth
+from mmrec.truth import read_truth
 from mmrec.errors import DataError, MmrecError
 from mmrec.experiment import ExperimentPaths
 from mmrec.io import atomic_dir, write_text
@@ -48,7 +48,8 @@ class Report:
     gallery: list[GalleryUser] = field(default_factory=list)
     comparisons: list[dict[str, Any]] = field(default_factory=list)  # eval.significance.compare results
     notes: list[str] = field(default_factory=list)
-    truth: dict[str, Any] | None = None  # eval.truth metrics of the summaries (synthetic benchmark only)
+    truth: dict[str, Any] | None = None  # mmrec.truth metrics of the summaries (synthetic benchmark only)
+    distillation: list[dict[str, Any]] = field(default_factory=list)  # eval.report_distill rows
 
 
 def _read_parquet(path: Path, what: str, needed: set[str]) -> pd.DataFrame | None:
@@ -199,7 +200,15 @@ def gather(paths: ExperimentPaths, opts: ReportConfig, *, split: str | None = No
     gallery = _gallery(paths, split_data, runs, table, scores, opts, gallery_users, notes)
     return Report(title=opts.title or title or "mmrec experiment report", experiment_dir=str(paths.root),
                   stage=opts.stage, runs=runs, table=table, shared_manifest=shared, run_manifests=per_run,
-                  plots=plots, gallery=gallery, comparisons=comparisons, notes=notes, truth=read_truth(paths))
+                  plots=plots, gallery=gallery, comparisons=comparisons, notes=notes, truth=read_truth(paths),
+                  distillation=_distillation(paths, runs, table))
+
+
+def _distillation(paths: ExperimentPaths, runs: list[rd.RunResult], table: rd.ResultsTable) -> list[dict[str, Any]]:
+    from eval.report_distill import distillation
+
+    metrics = [m for m in ("auc", table.primary_metric()) if m in table.columns]
+    return distillation(paths, runs, list(dict.fromkeys(metrics)))
 
 
 def _gallery(paths: ExperimentPaths, split: Any, runs: list[rd.RunResult], table: rd.ResultsTable,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mmrec.metrics import mean_ci
 from mmrec.errors import DataError
 from mmrec.experiment import ExperimentPaths
 
@@ -103,19 +104,6 @@ def metric_sort_key(name: str) -> tuple:
     if name in VALUE_ORDER:
         return (1, VALUE_ORDER.index(name), name, 0)
     return (2, 0, name, 0)
-
-
-def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, int]:
-    """(mean, half-width of the t-interval, n) over the finite values; half-width NaN below two values."""
-    from scipy import stats
-
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
-    if x.size == 0:
-        return float("nan"), float("nan"), 0
-    if x.size == 1:
-        return float(x[0]), float("nan"), 1
-    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return float(x.mean()), half, int(x.size)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from eval.report_data import best_of, fmt_cell, key_facts, metric_label, table_layout
 from eval.report_gallery import GalleryItem, GalleryUser, fmt_score
 from eval.report_images import data_uri
-from eval.truth import TRUTH_CAPTION, TRUTH_HEADER, truth_rows
+from mmrec.truth import TRUTH_CAPTION, TRUTH_HEADER, truth_rows
 
 if TYPE_CHECKING:
     from eval.report import Report
@@ -82,6 +82,12 @@ def _results(report: "Report") -> str:
     parts.append("<p class='sub'>Mean ± 95% t-interval half-width over seeds (one value when a model ran once); best in "
                  "blue. Invalid scores count as misses; tie and invalid rates are diagnostics (lower is better).</p>")
     return "<div class='tables'>" + "".join(parts) + "</div>"
+
+
+def _distillation(report: "Report") -> str:
+    from eval.report_distill import html
+
+    return html(report.distillation)
 
 
 def _comparisons(report: "Report") -> str:
@@ -169,7 +175,8 @@ def render_html(report: "Report") -> str:
             f"<p class='sub'>Experiment <code>{escape(report.experiment_dir)}</code> · stage <b>{escape(report.stage)}</b> · "
             f"{len(report.runs)} run(s) of {len(t.rows)} model(s)</p>",
             "<nav>" + "".join(f"<a href='#{s}'>{s.capitalize()}</a>" for s in sections) + "</nav>",
-            f"<h2 id='results'>Results</h2>{_results(report)}{_comparisons(report)}{_truth(report)}",
+            f"<h2 id='results'>Results</h2>{_results(report)}{_comparisons(report)}{_truth(report)}"
+            f"{_distillation(report)}",
             f"<h2 id='manifest'>Protocol manifest</h2>{_manifest(report)}"]
     if report.plots:
         figs = "".join(f"<figure><img src='{data_uri(p.svg.encode(), SVG)}' alt='{escape(p.caption)}'>"

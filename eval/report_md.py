@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from eval.report_data import fmt_cell, key_facts, metric_label, table_layout
 from eval.report_gallery import GalleryItem, GalleryUser, fmt_score
-from eval.truth import TRUTH_CAPTION, TRUTH_HEADER, truth_rows
+from mmrec.truth import TRUTH_CAPTION, TRUTH_HEADER, truth_rows
 
 if TYPE_CHECKING:
     from eval.report import Report
@@ -104,6 +104,9 @@ def render_markdown(report: "Report", assets_folder: str) -> tuple[str, dict[str
         out.append("")
     if report.truth:
         out += [f"{TRUTH_CAPTION}:", ""] + _table(TRUTH_HEADER, truth_rows(report.truth)) + [""]
+    from eval.report_distill import markdown as distill_markdown
+
+    out += distill_markdown(report.distillation)
     out += ["## Protocol manifest", ""]
     facts = key_facts(report.shared_manifest)
     if report.shared_manifest:

@@ -103,8 +103,9 @@ def epoch_samples(mcfg: CTRConfig, pos: tuple[np.ndarray, ...], split_negs: tupl
 
 
 def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, samples: tuple[np.ndarray, ...],
-              order: np.ndarray, mcfg: CTRConfig, device: torch.device, desc: str) -> float:
-    """One pass of BCE over the samples in `order`; returns the mean batch loss."""
+              order: np.ndarray, mcfg: CTRConfig, device: torch.device, desc: str, distiller: Any = None) -> float:
+    """One pass of BCE over the samples in `order`; returns the mean batch loss (plus the distillation term of
+    `distiller`, a `finetune.distill.CTRDistiller`, when the model has a `distill:` section)."""
     model.train()
     pos_weight = torch.tensor(mcfg.pos_weight, device=device) if mcfg.pos_weight else None
     tensors = [torch.from_numpy(a) for a in samples]
@@ -115,6 +116,8 @@ def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, samples:
         user, cand, hist, label = (t[idx].to(device) for t in tensors)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(model(user, cand, hist), label,
                                                                      pos_weight=pos_weight)
+        if distiller is not None:
+            loss = loss + distiller.loss(model, device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -151,6 +154,10 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     split = load_split(cfg.split_dir)
     tie_policy = cfg.section("eval").tie_policy
     fingerprint = _fingerprint(cfg, name, split.candidates_sha256, split.dataset.fingerprint())
+    if mcfg.distill is not None:  # new teacher signals make a new run
+        from finetune.distill import signals_fingerprint
+
+        fingerprint = hash_json([fingerprint, signals_fingerprint(cfg, name, split.candidates_sha256)])
 
     run_file = out_dir / RUN_FILE
     previous = check_previous_run(run_file, out_dir / STATE_DIR, name, fingerprint, resume)
@@ -170,6 +177,12 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     seen = seen_keys(sequences, users, catalogue)
     split_negs = split_negatives(split, sequences, users, catalogue, mcfg, name) if mcfg.negative_source == "split" else None
     valid = split.candidates_for("valid")
+    distiller = None
+    if mcfg.distill is not None:
+        from finetune.distill import CTRDistiller
+
+        distiller = CTRDistiller.build(cfg, name, sequences, users, catalogue, mcfg.history_len, mcfg.batch_size,
+                                       split.candidates_sha256)
     id_items = pd.Index(pd.unique(np.concatenate([pos[1], pos[2][pos[2] > 0]])))  # rows seen in training
     id_of_row = torch.from_numpy(id_items.get_indexer(np.arange(len(catalogue) + 1)) + 1)  # 0 = unknown
 
@@ -197,7 +210,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         epoch = state.epoch
         samples = epoch_samples(mcfg, pos, split_negs, rng(cfg.seed, name, "negatives", epoch), len(catalogue), seen)
         order = rng(cfg.seed, name, "shuffle", epoch).permutation(len(samples[0]))
-        loss = run_epoch(model, optimizer, samples, order, mcfg, device, desc=f"{name} epoch {epoch + 1}/{mcfg.epochs}")
+        loss = run_epoch(model, optimizer, samples, order, mcfg, device, desc=f"{name} epoch {epoch + 1}/{mcfg.epochs}",
+                         distiller=distiller)
         auc = validation_auc(model, features, catalogue, list(users), split.examples, valid, mcfg, device, tie_policy)
         improved = state.end_epoch(auc, bool(len(valid)), mcfg.patience, loss=loss,
                                    valid_auc=auc if math.isfinite(auc) else None)

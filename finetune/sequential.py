@@ -103,14 +103,17 @@ def _fingerprint(cfg: ExperimentConfig, name: str, candidates_sha256: str) -> st
 
 
 def run_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, samples: list[list[int]], mcfg: SequentialConfig,
-              order: np.ndarray, device: torch.device, desc: str) -> float:
-    """One pass over the training windows in `order`; returns the mean batch loss."""
+              order: np.ndarray, device: torch.device, desc: str, distiller: Any = None) -> float:
+    """One pass over the training windows in `order`; returns the mean batch loss (plus the distillation term of
+    `distiller`, a `finetune.distill.Distiller`, when the model has a `distill:` section)."""
     model.train()
     total, n = 0.0, 0
     bar = progress(total=math.ceil(len(order) / mcfg.batch_size), desc=desc, unit="batch")
     for sl in batches(len(order), mcfg.batch_size):
         batch = pad_batch([samples[i] for i in order[sl]]).to(device)
         loss = sequence_loss(model, batch, mcfg.loss, mcfg.bce_negatives)
+        if distiller is not None:
+            loss = loss + distiller.loss(model, batch, order[sl])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -136,6 +139,10 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     out_dir = Path(out_dir)
     split = load_split(cfg.split_dir)
     fingerprint = _fingerprint(cfg, name, split.candidates_sha256)
+    if mcfg.distill is not None:  # new teacher signals make a new run
+        from finetune.distill import signals_fingerprint
+
+        fingerprint = hash_json([fingerprint, signals_fingerprint(cfg, name, split.candidates_sha256)])
 
     run_file = out_dir / RUN_FILE
     previous = check_previous_run(run_file, out_dir / STATE_DIR, name, fingerprint, resume)
@@ -152,9 +159,18 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         raise DataError(f"{split.root}: no training sequence has two items, so there is no next item to learn")
     valid = split.candidates[split.candidates["stage"] == "valid"].reset_index(drop=True)
     device = resolve_device(mcfg.device)
+    distiller = None
+    if mcfg.distill is not None:
+        from finetune.distill import Distiller
+
+        distiller = Distiller.build(cfg, name, vocab, sequences, samples, mcfg.max_len, split.candidates_sha256)
 
     torch.manual_seed(derive_seed(cfg.seed, name, "init"))
     model = module.build_model(mcfg, len(vocab)).to(device)
+    if mcfg.distill is not None and mcfg.distill.embedding != "none":
+        from finetune.distill import attach_teacher_embeddings
+
+        attach_teacher_embeddings(cfg, name, model, vocab, split.candidates_sha256)
     optimizer = torch.optim.Adam(model.parameters(), lr=mcfg.lr, weight_decay=mcfg.weight_decay)
     state = TrainState.start(out_dir, previous.resuming, model, optimizer, WEIGHTS_FILE)
     if previous.resuming:
@@ -170,7 +186,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     while state.epoch < mcfg.epochs and not state.stopped_early:
         epoch = state.epoch
         order = rng(cfg.seed, name, "shuffle", epoch).permutation(len(samples))
-        loss = run_epoch(model, optimizer, samples, mcfg, order, device, desc=f"{name} epoch {epoch + 1}/{mcfg.epochs}")
+        loss = run_epoch(model, optimizer, samples, mcfg, order, device, desc=f"{name} epoch {epoch + 1}/{mcfg.epochs}",
+                         distiller=distiller)
         score = float("nan")
         if len(valid):
             scorer = SequentialScorer(model, vocab, split.examples, mcfg.max_len, device, mcfg.eval_batch_size)

@@ -28,6 +28,7 @@ from mmrec.errors import MmrecError
 LIBRARY_COMMANDS: dict[str, str] = {
     "summarize-items": "mmrec.summarize.items_cli",
     "summarize-users": "mmrec.summarize.users_cli",
+    "distill-signals": "mmrec.distill.cli",
     "run": "mmrec.pipeline_cli",
     "demo": "mmrec.demo",
     "validate": "mmrec.validate_cli",
@@ -41,6 +42,7 @@ HELP: dict[str, str] = {
     "summarize-items": "VLM: turn every item image (and text) into a text summary",
     "summarize-users": "LLM: recurrent natural-language preference per user",
     "finetune": "train a model of the experiment (LoRA VLM, CTR head, sequential baselines)",
+    "distill-signals": "VLM teacher: score training examples' candidates for a distilled student",
     "score": "score a model on the split's persisted candidates -> scores/<model>.parquet",
     "eval": "metrics + protocol manifest for every scored model",
     "report": "Markdown and self-contained HTML report of an experiment",

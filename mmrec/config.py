@@ -122,6 +122,9 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1 and dataclasses.is_dataclass(real[0]):  # an optional section: its own error names the key
+            return _coerce(value, real[0], key, where)
         errors = []
         for a in args:
             if a is type(None):

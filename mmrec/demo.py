@@ -177,7 +177,7 @@ def notes(cfg: ExperimentConfig) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from eval.truth import format_truth, read_truth
+    from mmrec.truth import format_truth, read_truth
     from mmrec.io import write_text
     from mmrec.pipeline import Pipeline, cpu_seconds
 

@@ -17,6 +17,7 @@ every valid score; they are counted (`invalid_rate`), never dropped.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Literal, Sequence
 
@@ -345,3 +346,17 @@ def evaluate_matrix(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray | N
         m = np.ones(np.shape(scores), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         ev.summary["auc"] = global_auc(np.asarray(labels)[m], np.asarray(scores)[m], tie_policy)
     return ev
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, int]:
+    """(mean, half-width of the t-interval, n) over the finite values, as numbers over seeds are reported;
+    half-width NaN below two values."""
+    from scipy import stats
+
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if x.size == 0:
+        return float("nan"), float("nan"), 0
+    if x.size == 1:
+        return float(x[0]), float("nan"), 1
+    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return float(x.mean()), half, int(x.size)

@@ -99,6 +99,13 @@ class Pipeline:
             kind = cfg.model(model).kind
             deps = ("split", *[d for d in KIND_INPUTS.get(kind, ()) if d in present])
             model_runs = [ExperimentPaths.run_id(model, s) for s in (seeds or [None])]
+            if getattr(cfg.model(model), "distill", None) is not None:  # teacher -> signals -> student
+                from mmrec.distill.signals import signals_stage
+
+                signals = signals_stage(cfg, model, seed_args, self._cli)
+                stages.append(Stage(signals["name"], signals["sections"], signals["deps"], signals["run"],
+                                    signals["outputs"]))
+                deps = (*deps, signals["name"])
             stages.append(Stage(
                 f"finetune:{model}", (f"models.{model}", "experiment"), deps,
                 lambda fresh, m=model: self._cli("finetune", "--model", m, *seed_args, *(["--no-resume"] if fresh else [])),

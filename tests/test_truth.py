@@ -1,4 +1,4 @@
-"""Truth metrics of the summaries on the synthetic benchmark (eval/truth.py), alone and through `mmrec eval`."""
+"""Truth metrics of the summaries on the synthetic benchmark (mmrec/truth.py), alone and through `mmrec eval`."""
 from __future__ import annotations
 
 import json
@@ -7,15 +7,25 @@ import pandas as pd
 import pytest
 import yaml
 
-from eval.truth import named, summary_truth, truth_path
+from mmrec.truth import named, summary_truth, truth_path
 from mmrec.data.splits import SplitConfig, load_split, make_split
 from mmrec.experiment import ExperimentPaths
 
 
 def test_named_matches_whole_words_in_any_case():
-    assert named("A Red, striped square; not reddish", "colour") == {"red"}
-    assert named("dotted and SOLID", "pattern") == {"dotted", "solid"}
-    assert named("", "colour") == set() and named(None, "pattern") == set()
+    colours, patterns = ("blue", "red"), ("dotted", "solid", "striped")
+    assert named("A Red, striped square; not reddish", colours) == {"red"}
+    assert named("dotted and SOLID", patterns) == {"dotted", "solid"}
+    assert named("", colours) == set() and named(None, patterns) == set() and named("red", ()) == set()
+
+
+def test_vocabulary_is_what_the_truth_tables_use(synthetic_dataset):
+    """Every colour and pattern the generator draws appears in the truth tables the metrics read."""
+    from data_prep import synthetic
+    from mmrec.truth import vocabulary
+
+    tables = [pd.read_parquet(synthetic_dataset / f) for f in ("item_attributes.parquet", "interaction_truth.parquet")]
+    assert vocabulary(*tables) == {"colour": tuple(sorted(synthetic.COLOURS)), "pattern": tuple(sorted(synthetic.PATTERNS))}
 
 
 @pytest.fixture(scope="module")

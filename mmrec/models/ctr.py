@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mmrec.distill.config import DistillSection
 from mmrec.encoders.image import ImageEncoderConfig
 from mmrec.encoders.text import TextEncoderConfig
 from mmrec.errors import DataError, MmrecError
@@ -64,6 +65,7 @@ class CTRConfig:
     patience: int = 3                       # epochs without a better validation AUC before stopping
     score_batch_size: int = 65536           # candidates per forward pass when scoring
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    distill: DistillSection | None = None  # learn from a VLM teacher's signals too (docs/distillation.md)
 
     def __post_init__(self) -> None:
         for key in ("embed_dim", "history_len", "negatives", "epochs", "batch_size", "patience", "score_batch_size"):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mmrec.distill.config import DistillSection
 from mmrec.errors import ConfigError, DataError, MmrecError
 from mmrec.io import read_json
 
@@ -51,6 +52,7 @@ class SequentialConfig:
     valid_metric: str = "ndcg@10"
     eval_batch_size: int = 512
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    distill: DistillSection | None = None  # learn from a VLM teacher's signals too (docs/distillation.md)
 
     def __post_init__(self) -> None:
         for key in ("hidden_size", "max_len", "bce_negatives", "epochs", "batch_size", "patience", "eval_batch_size"):
@@ -269,7 +271,12 @@ def load_sequential_scorer(cfg: "ExperimentConfig", name: str, ckpt_dir: Path,
                          f"run `mmrec finetune {cfg.source} --model {name}` first")
     vocab = ItemVocab(pd.read_parquet(ckpt_dir / ITEMS_FILE)["item_id"].tolist())
     model = build(mcfg, len(vocab))
-    model.load_state_dict(load_file(ckpt_dir / WEIGHTS_FILE))
+    weights = load_file(ckpt_dir / WEIGHTS_FILE)
+    if "item_embedding.teacher" in weights:  # a student trained with embedding distillation
+        from mmrec.distill.embedding import attach
+
+        attach(model, weights["item_embedding.teacher"], mcfg.distill.embedding_weight)
+    model.load_state_dict(weights)
     split = load_split(cfg.split_dir)
     return SequentialScorer(model, vocab, split.examples, mcfg.max_len, resolve_device(mcfg.device),
                             mcfg.eval_batch_size)

@@ -9,23 +9,24 @@ are visible only in the image, so:
 - preference accuracy, per recurrence step: the share of examples whose preference text at step t names the
   user's true colour and pattern at the last item that step summarized (and the share naming a wrong one).
 
-A summary "names" a value when the word occurs in it (whole word, any case). With a real VLM and LLM these say at
+A summary "names" a value when the word occurs in it (whole word, any case). The values an attribute can take are
+the ones the benchmark's truth tables use, so the metrics need nothing from the generator that wrote them. With a real VLM and LLM these say at
 once whether the model and the prompts work; a random tiny model's text names a value only by chance (~0).
 """
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from data_prep.synthetic import COLOURS, PATTERNS
 from mmrec.errors import DataError
 from mmrec.experiment import ExperimentPaths
 
-ATTRIBUTES = {"colour": tuple(COLOURS), "pattern": PATTERNS}
-_WORDS = {attr: re.compile(r"\b(" + "|".join(values) + r")\b", re.IGNORECASE) for attr, values in ATTRIBUTES.items()}
+ATTRIBUTES = ("colour", "pattern")
+Vocabulary = dict[str, tuple[str, ...]]  # attribute -> the values it takes
 
 
 def truth_path(paths: ExperimentPaths) -> Path:
@@ -33,16 +34,26 @@ def truth_path(paths: ExperimentPaths) -> Path:
     return paths.metrics("x").parent / "truth" / "summaries.json"
 
 
-def named(text: str, attr: str) -> set[str]:
-    """The values of `attr` (colour or pattern) that `text` names, lower-cased."""
-    return {m.lower() for m in _WORDS[attr].findall(text or "")}
+@lru_cache(maxsize=None)
+def _words(values: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(r"\b(" + "|".join(map(re.escape, values)) + r")\b", re.IGNORECASE)
 
 
-def _shares(texts: list[str], truth: pd.DataFrame) -> dict[str, Any]:
+def named(text: str | None, values: tuple[str, ...]) -> set[str]:
+    """The `values` (of one attribute) that `text` names, lower-cased."""
+    return {m.lower() for m in _words(values).findall(text or "")} if values else set()
+
+
+def vocabulary(*tables: pd.DataFrame) -> Vocabulary:
+    """Every value each attribute takes in the truth tables."""
+    return {a: tuple(sorted({str(v).lower() for t in tables for v in t[a].dropna()})) for a in ATTRIBUTES}
+
+
+def _shares(texts: list[str], truth: pd.DataFrame, vocab: Vocabulary) -> dict[str, Any]:
     """Counts and shares of texts naming the true colour / pattern / both, and naming a wrong one."""
     n = len(texts)
-    hits = {a: [truth[a].iloc[i] in named(t, a) for i, t in enumerate(texts)] for a in ATTRIBUTES}
-    wrong_any = [any(named(t, a) - {truth[a].iloc[i]} for a in ATTRIBUTES) for i, t in enumerate(texts)]
+    hits = {a: [truth[a].iloc[i] in named(t, vocab[a]) for i, t in enumerate(texts)] for a in ATTRIBUTES}
+    wrong_any = [any(named(t, vocab[a]) - {truth[a].iloc[i]} for a in ATTRIBUTES) for i, t in enumerate(texts)]
     share = (lambda xs: float(sum(xs)) / n if n else float("nan"))
     return {"n": n, "colour": share(hits["colour"]), "pattern": share(hits["pattern"]),
             "faithful": share([c and p for c, p in zip(hits["colour"], hits["pattern"])]), "wrong": share(wrong_any)}
@@ -59,17 +70,18 @@ def _read(path: Path, what: str, columns: list[str]) -> pd.DataFrame:
     return df
 
 
-def item_faithfulness(items: pd.DataFrame, attributes: pd.DataFrame) -> dict[str, Any]:
+def item_faithfulness(items: pd.DataFrame, attributes: pd.DataFrame, vocab: Vocabulary) -> dict[str, Any]:
     """Faithfulness of the item summaries (`summaries/items.parquet`) to the items' true colour and pattern."""
     df = items[["item_id", "summary"]].merge(attributes, on="item_id", how="inner")
-    return _shares(df["summary"].fillna("").tolist(), df)
+    return _shares(df["summary"].fillna("").tolist(), df, vocab)
 
 
-def preference_accuracy(users: pd.DataFrame, examples: pd.DataFrame, steps_truth: pd.DataFrame) -> list[dict]:
+def preference_accuracy(users: pd.DataFrame, examples: pd.DataFrame, steps_truth: pd.DataFrame,
+                        vocab: Vocabulary) -> list[dict]:
     """Per recurrence step t (1-based), the accuracy of the preference texts at step t against the user's
     preference at the last item of block t (the history's last `n_items` items in blocks of `block_size`)."""
     hist = examples.set_index(["user_id", "stage"])["history"]
-    truth = steps_truth.drop_duplicates(["user_id", "item_id"]).set_index(["user_id", "item_id"])[list(ATTRIBUTES)]
+    truth = steps_truth.drop_duplicates(["user_id", "item_id"]).set_index(["user_id", "item_id"])[[*ATTRIBUTES]]
     by_step: dict[int, tuple[list[str], list[tuple[str, str]]]] = {}
     for row in users.itertuples(index=False):
         steps = list(row.steps) if row.steps is not None else []
@@ -85,7 +97,8 @@ def preference_accuracy(users: pd.DataFrame, examples: pd.DataFrame, steps_truth
     out = []
     for t in sorted(by_step):
         texts, keys = by_step[t]
-        out.append({"step": t, **_shares(texts, truth.reindex(pd.MultiIndex.from_tuples(keys)).reset_index(drop=True))})
+        rows = truth.reindex(pd.MultiIndex.from_tuples(keys)).reset_index(drop=True)
+        out.append({"step": t, **_shares(texts, rows, vocab)})
     return out
 
 
@@ -95,15 +108,16 @@ def summary_truth(dataset_root: Path, paths: ExperimentPaths, examples: pd.DataF
     if not attrs_file.is_file():
         return None
     out: dict[str, Any] = {"dataset": str(dataset_root)}
+    attrs = _read(attrs_file, "item truth", ["item_id", *ATTRIBUTES])
+    steps = _read(steps_file, "interaction truth", ["user_id", "item_id", *ATTRIBUTES]) if steps_file.is_file() else None
+    vocab = vocabulary(attrs, *([steps] if steps is not None else []))
     if paths.item_summaries.is_file():
-        attrs = _read(attrs_file, "item truth", ["item_id", *ATTRIBUTES])
         items = _read(paths.item_summaries, "item summaries", ["item_id", "summary"])
-        out["item_summaries"] = item_faithfulness(items, attrs)
-    if paths.user_summaries.is_file() and steps_file.is_file():
+        out["item_summaries"] = item_faithfulness(items, attrs, vocab)
+    if paths.user_summaries.is_file() and steps is not None:
         users = _read(paths.user_summaries, "user summaries",
                       ["user_id", "stage", "steps", "n_items", "block_size", "mode"])
-        steps = _read(steps_file, "interaction truth", ["user_id", "item_id", *ATTRIBUTES])
-        out["preferences"] = preference_accuracy(users, examples, steps)
+        out["preferences"] = preference_accuracy(users, examples, steps, vocab)
     return out if len(out) > 1 else None
 
 
