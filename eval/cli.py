@@ -16,7 +16,7 @@ import pandas as pd
 
 from eval.protocol import build_manifest, check_candidates, check_scores_match, library_versions
 from eval.score_cli import full_ranks_path, selected
-from eval.significance import compare, format_comparison, per_user_path
+from eval.significance import compare, format_comparison, per_user_path, shared_stages
 from mmrec.cli import add_config_arguments, load_experiment
 from mmrec.config import to_dict
 from mmrec.errors import DataError
@@ -43,7 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", choices=["test", "valid", "all"], default=None,
                         help="stages to evaluate (default: eval.stages)")
     parser.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"), default=None,
-                        help="paired test between two runs or models on the same candidates (repeatable)")
+                        help="paired test between two runs or models on the same candidates, on every stage both were "
+                             "evaluated on (repeatable); refused when they were evaluated differently")
     parser.add_argument("--metric", default=None,
                         help="per-user metric of --compare (default: ndcg@<largest K>)")
 
@@ -226,7 +227,10 @@ def main(args: argparse.Namespace) -> int:
     comparisons = []
     metric = args.metric or f"ndcg@{max(ev.ks)}"
     for a, b in args.compare or []:
-        for stage in stages:
+        common = shared_stages(paths, a, b)
+        if not common:
+            raise DataError(f"--compare {a} {b}: the two were evaluated on no common stage; evaluate both on one")
+        for stage in common:
             c = compare(paths, a, b, stage, metric)
             comparisons.append(c)
             print(format_comparison(c))

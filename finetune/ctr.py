@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from finetune.checkpoint import check_previous_run
-from finetune.sequential import STATE_DIR, TrainState
+from finetune.sequential import STATE_DIR, EpochMeter, EpochStats, TrainState
 from mmrec.config import to_dict
 from mmrec.errors import DataError
 from mmrec.experiment import ExperimentConfig, ExperimentPaths
@@ -30,7 +30,7 @@ from mmrec.models.ctr import (CONTENT_KEY, ITEMS_FILE, RUN_FILE, USERS_FILE, WEI
                               build_model)
 from mmrec.models.ctr_features import Catalogue, build_features
 from mmrec.models.sequential import batches, resolve_device, training_sequences
-from mmrec.progress import get_logger, progress
+from mmrec.progress import get_logger
 from mmrec.seeding import derive_seed, rng, seed_everything
 
 
@@ -103,13 +103,12 @@ def epoch_samples(mcfg: CTRConfig, pos: tuple[np.ndarray, ...], split_negs: tupl
 
 
 def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, samples: tuple[np.ndarray, ...],
-              order: np.ndarray, mcfg: CTRConfig, device: torch.device, desc: str) -> float:
-    """One pass of BCE over the samples in `order`; returns the mean batch loss."""
+              order: np.ndarray, mcfg: CTRConfig, device: torch.device, desc: str) -> EpochStats:
+    """One pass of BCE over the samples in `order`; an example is one (user, candidate) sample."""
     model.train()
     pos_weight = torch.tensor(mcfg.pos_weight, device=device) if mcfg.pos_weight else None
     tensors = [torch.from_numpy(a) for a in samples]
-    total, n = 0.0, 0
-    bar = progress(total=math.ceil(len(order) / mcfg.batch_size), desc=desc, unit="batch")
+    meter = EpochMeter(math.ceil(len(order) / mcfg.batch_size), desc)
     for sl in batches(len(order), mcfg.batch_size):
         idx = torch.from_numpy(order[sl])
         user, cand, hist, label = (t[idx].to(device) for t in tensors)
@@ -118,11 +117,8 @@ def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, samples:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total, n = total + loss.item(), n + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{total / n:.4f}")
-    bar.close()
-    return total / max(n, 1)
+        meter.step(loss.item(), len(idx))
+    return meter.close()
 
 
 def _fingerprint(cfg: ExperimentConfig, name: str, candidates_sha256: str, dataset: str) -> str:
@@ -197,18 +193,20 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         epoch = state.epoch
         samples = epoch_samples(mcfg, pos, split_negs, rng(cfg.seed, name, "negatives", epoch), len(catalogue), seen)
         order = rng(cfg.seed, name, "shuffle", epoch).permutation(len(samples[0]))
-        loss = run_epoch(model, optimizer, samples, order, mcfg, device, desc=f"{name} epoch {epoch + 1}/{mcfg.epochs}")
+        desc = f"{name} epoch {epoch + 1}/{mcfg.epochs}"
+        stats = run_epoch(model, optimizer, samples, order, mcfg, device, desc=desc)
         auc = validation_auc(model, features, catalogue, list(users), split.examples, valid, mcfg, device, tie_policy)
-        improved = state.end_epoch(auc, bool(len(valid)), mcfg.patience, loss=loss,
+        improved = state.end_epoch(auc, bool(len(valid)), mcfg.patience, **stats.logged(),
                                    valid_auc=auc if math.isfinite(auc) else None)
         if improved:
             _save_best(out_dir, model, features)
         state.save(out_dir, model, optimizer)
-        log.info(f"{name} epoch {epoch + 1}: loss {loss:.4f}, valid AUC {auc:.4f}"
+        log.info(f"{name} epoch {epoch + 1}: loss {stats.loss:.4f}, {stats.seconds:.1f} s, valid AUC {auc:.4f}"
                  + (" (best)" if improved else f" ({state.bad_epochs}/{mcfg.patience} without improvement)"))
 
     info.update(finished=True, best=state.best if math.isfinite(state.best) else None,
-                best_epoch=state.best_epoch + 1, epochs_run=state.epoch, stopped_early=state.stopped_early)
+                best_epoch=state.best_epoch + 1, epochs_run=state.epoch, stopped_early=state.stopped_early,
+                **state.speed())
     write_json(info, run_file)
     return out_dir
 

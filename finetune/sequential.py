@@ -15,6 +15,7 @@ import importlib
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,14 @@ class TrainState:
         clear_stale(out_dir, STATE_DIR, weights_file, LOG_FILE)
         return cls()
 
+    def speed(self) -> dict[str, float | None]:
+        """Mean seconds per epoch and examples per second over the logged epochs (for run.json and the report)."""
+        out: dict[str, float | None] = {}
+        for key in ("epoch_seconds", "examples_per_second"):
+            values = [h[key] for h in self.history if isinstance(h.get(key), (int, float))]
+            out[f"{key}_mean"] = round(float(np.mean(values)), 3) if values else None
+        return out
+
     def save(self, out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """The resumable checkpoint and the training log after an epoch."""
         save_checkpoint(out_dir / STATE_DIR, model, optimizer, self)
@@ -102,23 +111,52 @@ def _fingerprint(cfg: ExperimentConfig, name: str, candidates_sha256: str) -> st
     return hash_json({"model": settings, "seed": cfg.seed, "candidates": candidates_sha256})
 
 
+@dataclass
+class EpochStats:
+    """One training pass: mean batch loss, wall seconds and training examples (targets or samples) per second."""
+
+    loss: float
+    seconds: float
+    examples: int
+
+    def logged(self) -> dict[str, float]:
+        """The train_log.jsonl fields of the pass (speed claims are read from these)."""
+        return {"loss": self.loss, "epoch_seconds": round(self.seconds, 3),
+                "examples_per_second": round(self.examples / self.seconds, 1) if self.seconds > 0 else None}
+
+
+class EpochMeter:
+    """Counts batches, loss and examples of one pass and shows loss and examples/s on its progress bar."""
+
+    def __init__(self, n_batches: int, desc: str):
+        self.bar = progress(total=n_batches, desc=desc, unit="batch")
+        self.start = time.perf_counter()
+        self.total, self.n, self.examples = 0.0, 0, 0
+
+    def step(self, loss: float, examples: int) -> None:
+        self.total, self.n, self.examples = self.total + loss, self.n + 1, self.examples + examples
+        self.bar.update(1)
+        elapsed = time.perf_counter() - self.start
+        self.bar.set_postfix(loss=f"{self.total / self.n:.4f}", ex_s=f"{self.examples / max(elapsed, 1e-9):.0f}")
+
+    def close(self) -> EpochStats:
+        self.bar.close()
+        return EpochStats(self.total / max(self.n, 1), time.perf_counter() - self.start, self.examples)
+
+
 def run_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, samples: list[list[int]], mcfg: SequentialConfig,
-              order: np.ndarray, device: torch.device, desc: str) -> float:
-    """One pass over the training windows in `order`; returns the mean batch loss."""
+              order: np.ndarray, device: torch.device, desc: str) -> EpochStats:
+    """One pass over the training windows in `order`; an example is one training target (a window position)."""
     model.train()
-    total, n = 0.0, 0
-    bar = progress(total=math.ceil(len(order) / mcfg.batch_size), desc=desc, unit="batch")
+    meter = EpochMeter(math.ceil(len(order) / mcfg.batch_size), desc)
     for sl in batches(len(order), mcfg.batch_size):
         batch = pad_batch([samples[i] for i in order[sl]]).to(device)
         loss = sequence_loss(model, batch, mcfg.loss, mcfg.bce_negatives)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total, n = total + loss.item(), n + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{total / n:.4f}")
-    bar.close()
-    return total / max(n, 1)
+        meter.step(loss.item(), sum(len(samples[i]) - 1 for i in order[sl]))
+    return meter.close()
 
 
 def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) -> Path:
@@ -170,21 +208,23 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     while state.epoch < mcfg.epochs and not state.stopped_early:
         epoch = state.epoch
         order = rng(cfg.seed, name, "shuffle", epoch).permutation(len(samples))
-        loss = run_epoch(model, optimizer, samples, mcfg, order, device, desc=f"{name} epoch {epoch + 1}/{mcfg.epochs}")
+        desc = f"{name} epoch {epoch + 1}/{mcfg.epochs}"
+        stats = run_epoch(model, optimizer, samples, mcfg, order, device, desc=desc)
         score = float("nan")
         if len(valid):
             scorer = SequentialScorer(model, vocab, split.examples, mcfg.max_len, device, mcfg.eval_batch_size)
             score = validation_metric(scorer.score(valid), valid, metric, k, tie_policy)
         improved = state.end_epoch(score, bool(len(valid)), mcfg.patience,
-                                   **{"loss": loss, mcfg.valid_metric: _finite(score)})
+                                   **stats.logged(), **{mcfg.valid_metric: _finite(score)})
         if improved:
             with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
                 save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
         state.save(out_dir, model, optimizer)
-        log.info(f"{name} epoch {epoch + 1}: loss {loss:.4f}, valid {mcfg.valid_metric} {score:.4f}"
+        log.info(f"{name} epoch {epoch + 1}: loss {stats.loss:.4f} ({stats.seconds:.1f} s), "
+                 f"valid {mcfg.valid_metric} {score:.4f}"
                  + (" (best)" if improved else f" ({state.bad_epochs}/{mcfg.patience} without improvement)"))
 
     info.update(finished=True, best=_finite(state.best), best_epoch=state.best_epoch + 1, epochs_run=state.epoch,
-                stopped_early=state.stopped_early)
+                stopped_early=state.stopped_early, **state.speed())
     write_json(info, run_file)
     return out_dir

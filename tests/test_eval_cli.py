@@ -82,6 +82,18 @@ def test_pop_finetune_score_eval_through_the_cli(experiment, run_cli, caplog) ->
     assert "pop: scores up to date" in caplog.text
 
 
+def test_compare_pairs_shared_stages_and_refuses_another_tie_policy(experiment, run_cli) -> None:
+    cfg = experiment / "cfg.yaml"
+    assert run_cli("finetune", cfg)[0] == 0 and run_cli("score", cfg)[0] == 0
+    assert run_cli("eval", cfg, "--model", "pop")[0] == 0                        # valid and test
+    code, out, err = run_cli("eval", cfg, "--model", "pop_valid", "--stage", "test", "--compare", "pop", "pop_valid")
+    assert code == 0, err
+    assert "on test" in out and "on valid" not in out                           # the stage both have
+    assert run_cli("eval", cfg, "--model", "pop", "eval.tie_policy=pessimistic")[0] == 0
+    code, out, err = run_cli("eval", cfg, "--model", "pop_valid", "--compare", "pop", "pop_valid")
+    assert code != 0 and "tie_policy (pessimistic vs expected)" in err
+
+
 def test_full_protocol_with_history_masking(experiment, run_cli) -> None:
     cfg = experiment / "cfg.yaml"
     paths = ExperimentPaths(experiment / "exp")

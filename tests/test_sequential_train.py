@@ -71,8 +71,28 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, synthetic_split
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), f"{file}:{key} differs after resume"
-    log_a = (straight / "train_log.jsonl").read_text().splitlines()
-    assert log_a == (resumed / "train_log.jsonl").read_text().splitlines() and len(log_a) == 3
+    log_a, log_b = train_log(straight), train_log(resumed)
+    assert [untimed(r) for r in log_a] == [untimed(r) for r in log_b] and len(log_a) == 3
+
+
+def train_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def untimed(record: dict) -> dict:
+    """A log record without its wall-clock fields (the only ones a rerun may change)."""
+    return {k: v for k, v in record.items() if k not in ("epoch_seconds", "examples_per_second")}
+
+
+def test_train_log_has_seconds_and_examples_per_second_per_epoch(tmp_path, synthetic_split):
+    cfg = experiment(tmp_path, synthetic_split, {"sas": {**MODELS["sas"], "epochs": 2}})
+    out = recipe.train(cfg, "sas", tmp_path / "ckpt")
+    run = json.loads((out / "run.json").read_text())
+    for record in train_log(out):
+        assert record["epoch_seconds"] > 0
+        # every training target is one example: the epoch's targets over its seconds
+        assert record["examples_per_second"] == pytest.approx(run["train_targets"] / record["epoch_seconds"], rel=0.01)
+    assert run["epoch_seconds_mean"] > 0 and run["examples_per_second_mean"] > 0
 
 
 def test_early_stopping_keeps_best_weights(tmp_path, synthetic_split, monkeypatch):
