@@ -14,7 +14,7 @@ from eval.protocol import SCORES_META_KEY
 from eval.significance import per_user_path
 from mmrec.data.splits import SplitConfig, load_split, make_split
 from mmrec.experiment import ExperimentPaths
-from mmrec.io import read_json
+from mmrec.io import hash_json, read_json
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,11 @@ def test_full_protocol_with_history_masking(experiment, run_cli) -> None:
     assert "protocol=full" in out
     m = read_json(paths.metrics("pop"))
     assert m["manifest"]["protocol"]["mask_history"] is True and "auc" not in m["metrics"]["test"]
+    # one catalogue, the dataset's items, recorded in the run's and the experiment's manifest
+    items = list(load_split(paths.split("loo")).dataset.items["item_id"])
+    assert m["manifest"]["protocol"]["catalogue"] == {"items": n_items, "sha256": hash_json(sorted(items))}
+    assert read_json(paths.manifest)["catalogue"] == m["manifest"]["protocol"]["catalogue"]
+    assert m["counts"]["test"]["items_unscored_mean"] == 0  # popularity scores every item (0 = never counted)
     # ranking against every item is harder than against 20 sampled negatives
     assert m["metrics"]["test"]["hr@10"] < 1.0
     code, _, err = run_cli("eval", cfg, "eval.protocol=full", "--model", "pop")

@@ -178,6 +178,31 @@ def test_finetune_cli_then_score(tmp_path, synthetic_split, run_cli):
     assert all("hr@10" in json.dumps(m) for m in metrics.values())
 
 
+def test_full_ranking_uses_one_catalogue_for_every_model(tmp_path, synthetic_split, run_cli):
+    from mmrec.data.splits import load_split
+
+    root = tmp_path / "exp"
+    experiment(root, synthetic_split, {})
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump({"experiment": {"dir": str(root)}, "split": {"protocol": "loo", "name": "loo"},
+                                      "models": {"sasrec": {**MODELS["sas"], "epochs": 1}, "pop": {"kind": "pop"}},
+                                      "eval": {"protocol": "full", "metrics": ["hr", "ndcg"]}}))
+    for command in ("finetune", "score"):
+        code, _, err = run_cli(command, config)
+        assert code == 0, err
+    code, out, err = run_cli("eval", config, "--compare", "sasrec", "pop")
+    assert code == 0, err
+    n_items = len(load_split(synthetic_split).dataset.items)
+    paths = ExperimentPaths(root)
+    for run in ("sasrec", "pop"):
+        ranks = pd.read_parquet(paths.scores(run).with_name(f"{run}.full.parquet"))
+        assert (ranks["n_ranked"] == n_items).all(), run
+    catalogues = [json.loads(paths.metrics(run).read_text())["manifest"]["protocol"]["catalogue"]
+                  for run in ("sasrec", "pop")]
+    assert catalogues[0] == catalogues[1] and catalogues[0]["items"] == n_items
+    assert "sasrec vs pop" in out
+
+
 # --- sanity on the synthetic benchmark ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
