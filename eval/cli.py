@@ -23,6 +23,7 @@ from eval.protocol import (
     library_versions,
 )
 from eval.score_cli import full_ranks_path, selected
+from eval.selection import full_ranking_result
 from eval.significance import compare, format_comparison, per_user_path, shared_stages
 from mmrec.cli import add_config_arguments, load_experiment
 from mmrec.config import to_dict
@@ -30,9 +31,7 @@ from mmrec.errors import DataError
 from mmrec.experiment import ExperimentConfig, ExperimentPaths, runs_of
 from mmrec.io import read_json, write_json, write_parquet
 from mmrec.metrics import (
-    counts_from_target_ranks,
     display_name,
-    evaluate_counts,
     evaluate_long,
 )
 from mmrec.progress import get_logger
@@ -135,9 +134,7 @@ def evaluate_full(cfg: ExperimentConfig, run: str, split: Any, stages: list[str]
         if r["n_ranked"].isna().any():
             raise DataError(f"{path}: {int(r['n_ranked'].isna().sum())} examples of stage {stage!r} were not ranked; "
                             "re-run `mmrec score --force`")
-        c = counts_from_target_ranks(r["n_greater"], r["n_tied"], r["n_ranked"], r["score"].isna().to_numpy())
-        c.n_invalid = r["n_invalid"].to_numpy(np.int64)
-        res = evaluate_counts(c, ev.ks, ev.tie_policy, [m for m in ev.metrics if m != "auc"])
+        res = full_ranking_result(r, ev.ks, ev.tie_policy, ev.metrics)
         metrics[stage] = {**res.summary, **{k: res.counts[k] for k in RATES}}
         counts[stage] = {**res.counts, "items_masked_mean": float(r["n_masked"].mean()) if len(r) else 0.0,
                          "items_unscored_mean": float(r["n_unscored"].mean()) if len(r) else 0.0}

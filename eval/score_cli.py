@@ -193,34 +193,44 @@ def catalogue_columns(scorer_items: list[str], catalogue: list[str], run: str) -
     return cols
 
 
-def score_full(scorer: Any, examples: pd.DataFrame, mask_history: bool, batch_users: int, parts_dir: Path,
-               key: str, run: str, catalogue: list[str] | None = None) -> pd.DataFrame:
-    """Rank the experiment's `catalogue` (default: the model's `item_ids`) for every example and keep the target's
-    counts (see `target_ranks`). Items the model cannot score get the worst-case score: never above the target,
-    and a target among them is a miss; their number is `n_unscored`."""
+def rank_catalogue(scorer: Any, rows: pd.DataFrame, catalogue: list[str], mask_history: bool, run: str
+                   ) -> pd.DataFrame:
+    """Target counts (`FULL_COLUMNS`) of examples `rows` (user_id, stage, history, target) ranked over the
+    experiment's `catalogue`. Items the model cannot score (outside its `item_ids`) get the worst-case score:
+    never above the target, and a target among them is a miss; their number is `n_unscored`."""
     items = list(scorer.item_ids)
-    catalogue = items if catalogue is None else list(catalogue)
     cols = catalogue_columns(items, catalogue, run)
+    own = np.asarray(scorer.score_catalogue(rows[["user_id", "stage", "history"]].reset_index(drop=True)),
+                     dtype=np.float64)
+    if own.shape != (len(rows), len(items)):
+        raise DataError(f"model run '{run}' returned a catalogue score matrix of shape {own.shape}; expected "
+                        f"({len(rows)}, {len(items)}) = (examples, item_ids)")
     scored = np.zeros(len(catalogue), dtype=bool)
     scored[cols] = True
+    mat = own
+    if not (scored.all() and (cols == np.arange(len(cols))).all()):  # the model's columns -> the catalogue's
+        mat = np.full((len(rows), len(catalogue)), np.nan)
+        mat[:, cols] = own
     pos = pd.Series(np.arange(len(catalogue)), index=pd.Index(catalogue))
+    tcol = pos.reindex(rows["target"].to_numpy()).fillna(-1).to_numpy(np.int64)
+    hist = history_columns(rows["history"].reset_index(drop=True), pos) if mask_history else None
+    out = target_ranks(mat, tcol, hist, scored)
+    return pd.DataFrame({"user_id": rows["user_id"].to_numpy(), "stage": rows["stage"].to_numpy(),
+                         "item_id": rows["target"].to_numpy(), **out})[FULL_COLUMNS]
+
+
+def score_full(scorer: Any, examples: pd.DataFrame, mask_history: bool, batch_users: int, parts_dir: Path,
+               key: str, run: str, catalogue: list[str] | None = None) -> pd.DataFrame:
+    """Rank the experiment's `catalogue` (default: the model's `item_ids`) for every example, `batch_users` at a
+    time with resumable chunks, and keep the target's counts (`rank_catalogue`)."""
+    catalogue = list(scorer.item_ids) if catalogue is None else list(catalogue)
+    catalogue_columns(list(scorer.item_ids), catalogue, run)  # fail before any work
     ex = examples[["user_id", "stage", "history", "target"]].reset_index(drop=True)
     n_chunks = (len(ex) + batch_users - 1) // batch_users
 
     def compute(i: int) -> pd.DataFrame:
         rows = ex.iloc[i * batch_users:(i + 1) * batch_users].reset_index(drop=True)
-        own = np.asarray(scorer.score_catalogue(rows[["user_id", "stage", "history"]].copy()), dtype=np.float64)
-        if own.shape != (len(rows), len(items)):
-            raise DataError(f"model run '{run}' returned a catalogue score matrix of shape {own.shape}; expected "
-                            f"({len(rows)}, {len(items)}) = (examples, item_ids)")
-        mat = own
-        if not (scored.all() and (cols == np.arange(len(cols))).all()):  # the model's columns -> the catalogue's
-            mat = np.full((len(rows), len(catalogue)), np.nan)
-            mat[:, cols] = own
-        tcol = pos.reindex(rows["target"].to_numpy()).fillna(-1).to_numpy(np.int64)
-        hist = history_columns(rows["history"], pos) if mask_history else None
-        out = target_ranks(mat, tcol, hist, scored)
-        return pd.DataFrame({"user_id": rows["user_id"], "stage": rows["stage"], "item_id": rows["target"], **out})
+        return rank_catalogue(scorer, rows, catalogue, mask_history, run)
 
     return run_chunks(n_chunks, compute, parts_dir, key, f"rank catalogue {run}")[FULL_COLUMNS]
 

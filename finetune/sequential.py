@@ -1,8 +1,9 @@
 """Train a sequential ID baseline (GRU4Rec, SASRec): `mmrec finetune CONFIG --model NAME`.
 
 Top to bottom: load the split, map items to indices, cut each user's training sequence into windows, then per
-epoch: one pass over shuffled windows with a loss at every position, the validation metric on the split's
-persisted validation candidates, best weights kept (safetensors), a checkpoint (model, optimizer, RNG, epoch,
+epoch: one pass over shuffled windows with a loss at every position, the validation metric on the experiment's
+protocol (`eval.selection`: the persisted validation candidates, or the validation examples ranked over the
+experiment's catalogue under `eval.protocol: full`), best weights kept (safetensors), a checkpoint (model, optimizer, RNG, epoch,
 best score, log) written atomically, early stopping after `patience` epochs without improvement.
 An interrupted run resumes from its last checkpoint and ends with the same weights as an uninterrupted one.
 
@@ -25,14 +26,14 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
+from eval.selection import Selection
 from finetune.checkpoint import check_previous_run, clear_stale, load_checkpoint, save_checkpoint
 from mmrec.config import to_dict
 from mmrec.errors import DataError
 from mmrec.experiment import MODEL_KINDS, ExperimentConfig
-from mmrec.metrics import DEFAULT_TIE_POLICY, evaluate_long, metric_name
 from mmrec.io import atomic_path, hash_json, write_json, write_parquet, write_text
 from mmrec.models.sequential import (ITEMS_FILE, RUN_FILE, WEIGHTS_FILE, ItemVocab, SequentialConfig,
-                                     SequentialModel, SequentialScorer, batches, pad_batch, parse_metric,
+                                     SequentialModel, SequentialScorer, batches, pad_batch,
                                      resolve_device, sequence_loss, training_sequences, windows)
 from mmrec.progress import get_logger, progress
 from mmrec.seeding import derive_seed, rng, seed_everything
@@ -91,24 +92,16 @@ class TrainState:
         write_text("".join(json.dumps(h) + "\n" for h in self.history), out_dir / LOG_FILE)
 
 
-def validation_metric(scores: np.ndarray, candidates: pd.DataFrame, metric: str, k: int,
-                      tie_policy: str = DEFAULT_TIE_POLICY) -> float:
-    """Mean `metric@k` over the (user, stage) rows of sampled candidates (label 1 = target), by `mmrec.metrics`
-    under the experiment's tie policy, so early stopping selects on the very numbers `mmrec eval` reports."""
-    groups, _ = pd.factorize(pd.MultiIndex.from_arrays([candidates["user_id"], candidates["stage"]]))
-    ev = evaluate_long(groups, candidates["label"].to_numpy(), scores, ks=[k], tie_policy=tie_policy, metrics=[metric])
-    return float(ev.summary[metric_name(metric, k)])
-
-
 def _finite(x: float) -> float | None:
     """JSON has no NaN/inf: a missing validation score is written as null."""
     return x if math.isfinite(x) else None
 
 
-def _fingerprint(cfg: ExperimentConfig, name: str, candidates_sha256: str) -> str:
-    """What makes two runs the same run: every model setting but where and how fast it runs, the seed, the split."""
+def _fingerprint(cfg: ExperimentConfig, name: str, candidates_sha256: str, selection: dict[str, Any]) -> str:
+    """What makes two runs the same run: every model setting but where and how fast it runs, the seed, the split,
+    and how the best epoch is selected."""
     settings = {k: v for k, v in to_dict(cfg.model(name)).items() if k not in ("device", "eval_batch_size")}
-    return hash_json({"model": settings, "seed": cfg.seed, "candidates": candidates_sha256})
+    return hash_json({"model": settings, "seed": cfg.seed, "candidates": candidates_sha256, "selection": selection})
 
 
 @dataclass
@@ -169,11 +162,10 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         return Path(out_dir)
     mcfg: SequentialConfig = cfg.model(name)
     module = importlib.import_module(MODEL_KINDS[mcfg.kind].split(":")[0])
-    metric, k = parse_metric(mcfg.valid_metric)
-    tie_policy = cfg.section("eval").tie_policy
     out_dir = Path(out_dir)
     split = load_split(cfg.split_dir)
-    fingerprint = _fingerprint(cfg, name, split.candidates_sha256)
+    selection = Selection.of(cfg, split, mcfg.valid_metric, where=f"{cfg.source}: models.{name}")
+    fingerprint = _fingerprint(cfg, name, split.candidates_sha256, selection.record())
 
     run_file = out_dir / RUN_FILE
     previous = check_previous_run(run_file, out_dir / STATE_DIR, name, fingerprint, resume)
@@ -188,7 +180,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     samples = [w for seq in sequences for w in windows(vocab.encode(seq), mcfg.max_len)]
     if not samples:
         raise DataError(f"{split.root}: no training sequence has two items, so there is no next item to learn")
-    valid = split.candidates[split.candidates["stage"] == "valid"].reset_index(drop=True)
+    validated = selection.available(split)
     device = resolve_device(mcfg.device)
 
     torch.manual_seed(derive_seed(cfg.seed, name, "init"))
@@ -201,7 +193,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         write_parquet(pd.DataFrame({"item_id": vocab.item_ids}), out_dir / ITEMS_FILE)
     info = {"kind": mcfg.kind, "config": to_dict(mcfg), "fingerprint": fingerprint, "finished": False,
             "n_items": len(vocab), "train_sequences": len(sequences), "train_windows": len(samples),
-            "train_targets": int(sum(len(s) - 1 for s in samples)), "candidates_sha256": split.candidates_sha256}
+            "train_targets": int(sum(len(s) - 1 for s in samples)), "candidates_sha256": split.candidates_sha256,
+            "selection": selection.record()}
     write_json(info, run_file)
     log.info(f"{name}: {len(vocab)} items, {len(sequences)} sequences, {info['train_targets']} targets, {device}")
 
@@ -211,10 +204,10 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         desc = f"{name} epoch {epoch + 1}/{mcfg.epochs}"
         stats = run_epoch(model, optimizer, samples, mcfg, order, device, desc=desc)
         score = float("nan")
-        if len(valid):
+        if validated:
             scorer = SequentialScorer(model, vocab, split.examples, mcfg.max_len, device, mcfg.eval_batch_size)
-            score = validation_metric(scorer.score(valid), valid, metric, k, tie_policy)
-        improved = state.end_epoch(score, bool(len(valid)), mcfg.patience,
+            score = selection.score(scorer, split, mcfg.eval_batch_size)
+        improved = state.end_epoch(score, validated, mcfg.patience,
                                    **stats.logged(), **{mcfg.valid_metric: _finite(score)})
         if improved:
             with atomic_path(out_dir / WEIGHTS_FILE) as tmp:

@@ -99,7 +99,7 @@ def test_early_stopping_keeps_best_weights(tmp_path, synthetic_split, monkeypatc
     models = {"gru": {**MODELS["gru"], "epochs": 10, "patience": 2}}
     cfg = experiment(tmp_path, synthetic_split, models)
     scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.9])  # best at epoch 2, then 2 epochs without improvement
-    monkeypatch.setattr(recipe, "validation_metric", lambda *a, **k: next(scores))
+    monkeypatch.setattr(recipe.Selection, "score", lambda *a, **k: next(scores))
     saved = []
     real_save = recipe.save_checkpoint
 
@@ -176,6 +176,30 @@ def test_finetune_cli_then_score(tmp_path, synthetic_split, run_cli):
     assert code == 0, err
     metrics = {run: json.loads(ExperimentPaths(root).metrics(run).read_text()) for run in ("sasrec", "pop")}
     assert all("hr@10" in json.dumps(m) for m in metrics.values())
+
+
+@pytest.mark.parametrize("protocol", ["sampled", "full"])
+def test_early_stopping_selects_on_the_experiments_protocol(tmp_path, synthetic_split, run_cli, protocol):
+    """The best validation score in run.json is the number `mmrec eval` reports for the kept weights."""
+    root = tmp_path / "exp"
+    experiment(root, synthetic_split, {})
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump({"experiment": {"dir": str(root)}, "split": {"protocol": "loo", "name": "loo"},
+                                      "models": {"sasrec": {**MODELS["sas"], "epochs": 2}},
+                                      "eval": {"protocol": protocol, "ks": [5, 10], "metrics": ["hr", "ndcg"],
+                                               "tie_policy": "pessimistic", "stages": ["valid"],
+                                               "mask_history": protocol == "full"}}))
+    for command in ("finetune", "score", "eval"):
+        code, _, err = run_cli(command, config)
+        assert code == 0, err
+    paths = ExperimentPaths(root)
+    run = json.loads((paths.checkpoint("sasrec") / "run.json").read_text())
+    assert run["selection"]["protocol"] == protocol and run["selection"]["metric"] == "ndcg@10"
+    assert run["selection"]["tie_policy"] == "pessimistic" and run["selection"]["stage"] == "valid"
+    if protocol == "full":
+        assert run["selection"]["mask_history"] is True and run["selection"]["catalogue"]["items"] > 0
+    reported = json.loads(paths.metrics("sasrec").read_text())["metrics"]["valid"]["ndcg@10"]
+    assert run["best"] == pytest.approx(reported, abs=1e-6)
 
 
 def test_full_ranking_uses_one_catalogue_for_every_model(tmp_path, synthetic_split, run_cli):
