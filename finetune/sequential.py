@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from mmrec.errors import DataError
 from mmrec.experiment import MODEL_KINDS, ExperimentConfig
 from mmrec.io import atomic_path, hash_json, write_json, write_parquet, write_text
 from mmrec.models.sequential import (ITEMS_FILE, RUN_FILE, WEIGHTS_FILE, ItemVocab, SequentialConfig,
-                                     SequentialModel, SequentialScorer, batches, pad_batch,
+                                     SequentialModel, SequentialScorer, auto_batch_size, batches, pad_batch,
                                      resolve_device, sequence_loss, training_sequences, windows)
 from mmrec.progress import get_logger, progress
 from mmrec.seeding import derive_seed, rng, seed_everything
@@ -180,6 +180,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     samples = [w for seq in sequences for w in windows(vocab.encode(seq), mcfg.max_len)]
     if not samples:
         raise DataError(f"{split.root}: no training sequence has two items, so there is no next item to learn")
+    if mcfg.batch_size == "auto":
+        mcfg = replace(mcfg, batch_size=auto_batch_size(len(samples)))
     validated = selection.available(split)
     device = resolve_device(mcfg.device)
 
@@ -194,9 +196,11 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     info = {"kind": mcfg.kind, "config": to_dict(mcfg), "fingerprint": fingerprint, "finished": False,
             "n_items": len(vocab), "train_sequences": len(sequences), "train_windows": len(samples),
             "train_targets": int(sum(len(s) - 1 for s in samples)), "candidates_sha256": split.candidates_sha256,
-            "selection": selection.record()}
+            "selection": selection.record(), "batch_size": mcfg.batch_size,
+            "steps_per_epoch": math.ceil(len(samples) / mcfg.batch_size)}
     write_json(info, run_file)
-    log.info(f"{name}: {len(vocab)} items, {len(sequences)} sequences, {info['train_targets']} targets, {device}")
+    log.info(f"{name}: {len(vocab)} items, {len(sequences)} sequences, {info['train_targets']} targets, "
+             f"batches of {mcfg.batch_size} ({info['steps_per_epoch']} steps per epoch), {device}")
 
     while state.epoch < mcfg.epochs and not state.stopped_early:
         epoch = state.epoch

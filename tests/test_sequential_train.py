@@ -227,6 +227,17 @@ def test_full_ranking_uses_one_catalogue_for_every_model(tmp_path, synthetic_spl
     assert "sasrec vs pop" in out
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["gru4rec", "sasrec"])
+def test_default_settings_stop_early_before_the_epoch_cap(tmp_path, synthetic_split, kind):
+    """Defaults that converge: with nothing but the device set, early stopping fires before the epoch cap
+    (bench/bench_convergence.py measures the same on larger, MovieLens-shaped data; docs/baselines.md)."""
+    cfg = experiment(tmp_path, synthetic_split, {kind: {"kind": kind, "device": "cpu"}})
+    run = json.loads((recipe.train(cfg, kind, tmp_path / "ckpt") / "run.json").read_text())
+    assert run["stopped_early"] and run["epochs_run"] < run["config"]["epochs"]
+    assert run["steps_per_epoch"] >= 10 and run["best_epoch"] > 1
+
+
 # --- sanity on the synthetic benchmark ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
