@@ -5,8 +5,8 @@
 
 For each dataset shape it generates the synthetic benchmark (`data_prep/synthetic.py`: users with drifting tastes,
 Zipf-like popularity) with that shape's users, items and mean sequence length, splits it leave-one-out (100
-sampled validation/test negatives; 20 for `synthetic`), trains each model with its **default** settings (plus `--set` overrides,
-e.g. `--set batch_size=256 epochs=50` for the old defaults), and prints per model: batch size, optimizer steps
+sampled validation/test negatives; 20 for `synthetic`), trains each model with its **default** settings (plus
+`--set` overrides, e.g. `--set batch_size=256 epochs=50` for the old defaults), and prints per model: batch size, optimizer steps
 per epoch, epochs run, best epoch, whether early stopping fired, mean seconds per epoch and the best validation
 NDCG@10. Shapes: `synthetic` = configs/baselines/synthetic.yaml's 800 users x 120 items x 20 per user;
 `ml-100k` = 943 x 1682 x 106 and `ml-1m` = 6040 x 3706 x 165 (MovieLens' sizes; the interactions are
@@ -41,7 +41,8 @@ def dataset(work: Path, shape: str, seed: int = 0) -> Path:
         synthetic.configure(parser)
         synthetic.run(parser.parse_args(["--out", str(out), "--users", str(users), "--items", str(items),
                                          "--interactions-per-user", str(per_user), "--seed", str(seed)]))
-        make_split(out, SplitConfig(protocol="loo", negatives=NEGATIVES.get(shape, 100), seed=seed), out / "splits" / "loo")
+        split = SplitConfig(protocol="loo", negatives=NEGATIVES.get(shape, 100), seed=seed)
+        make_split(out, split, out / "splits" / "loo")
     return out / "splits" / "loo"
 
 

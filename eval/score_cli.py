@@ -280,8 +280,9 @@ def score_run(cfg: ExperimentConfig, run_cfg: ExperimentConfig, name: str, run: 
             examples = split.examples[split.examples["stage"].isin(stages)]
             df = score_full(scorer, examples, ev.mask_history, ev.batch_users, parts, key, run, catalogue)
             n_nan = int(df["score"].isna().sum())
-            summary = (f"{len(df)} examples ranked over the experiment's {len(catalogue)} items ({len(scorer.item_ids)} "
-                       f"scored by the model, the others worst-case), {n_nan} targets without a score")
+            summary = (f"{len(df)} examples ranked over the experiment's {len(catalogue)} items "
+                       f"({len(scorer.item_ids)} scored by the model, the others worst-case), "
+                       f"{n_nan} targets without a score")
         write_with_meta(df, out, {**meta, "key": key, "invalid_scores": n_nan})
         shutil.rmtree(parts, ignore_errors=True)
         log.info(f"{run}: {summary} -> {out}")

@@ -6,8 +6,8 @@ user's training sequence into (history, next item) positives; then per epoch: sa
 (`eval.selection`: AUC on the persisted validation candidates by default, NDCG@K over the experiment's
 catalogue under `eval.protocol: full`; by `mmrec.metrics` under the experiment's tie policy), best weights kept
 (safetensors) with their per-item content vectors, a checkpoint (model, optimizer, RNG, loop state) written
-atomically, early stopping after `patience` epochs without a better validation score. An interrupted run resumes from its last checkpoint and ends with
-the same weights as an uninterrupted one.
+atomically, early stopping after `patience` epochs without a better validation score. An interrupted run
+resumes from its last checkpoint and ends with the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """Train a sequential ID baseline (GRU4Rec, SASRec): `mmrec finetune CONFIG --model NAME`.
 
 Top to bottom: load the split, map items to indices, cut each user's training sequence into windows, then per
-epoch: one pass over shuffled windows with a loss at every position, the validation metric on the experiment's
-protocol (`eval.selection`: the persisted validation candidates, or the validation examples ranked over the
-experiment's catalogue under `eval.protocol: full`), best weights kept (safetensors), a checkpoint (model, optimizer, RNG, epoch,
-best score, log) written atomically, early stopping after `patience` epochs without improvement.
+epoch: one pass over shuffled windows with a loss at every position (seconds and examples per second logged),
+the validation metric on the experiment's protocol (`eval.selection`: the persisted validation candidates, or
+the validation examples ranked over the experiment's catalogue under `eval.protocol: full`), best weights kept
+(safetensors), a checkpoint (model, optimizer, RNG, epoch, best score, log) written atomically, early stopping
+after `patience` epochs without improvement.
 An interrupted run resumes from its last checkpoint and ends with the same weights as an uninterrupted one.
 
 Checkpoint directory: model.safetensors (best weights), items.parquet, run.json, train_log.jsonl,
