@@ -240,9 +240,10 @@ def main(args: argparse.Namespace) -> int:
     comparisons = []
     metric = args.metric or f"ndcg@{max(ev.ks)}"
     for a, b in args.compare or []:
-        common = shared_stages(paths, a, b)
+        common = [s for s in shared_stages(paths, a, b) if s in stages]
         if not common:
-            raise DataError(f"--compare {a} {b}: the two were evaluated on no common stage; evaluate both on one")
+            raise DataError(f"--compare {a} {b}: the two share no evaluated stage among {', '.join(stages)}; "
+                            "evaluate both on one stage")
         for stage in common:
             c = compare(paths, a, b, stage, metric)
             comparisons.append(c)
