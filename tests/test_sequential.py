@@ -150,8 +150,8 @@ def test_validation_metric_hand_computed():
 @pytest.mark.parametrize("users, windows_per_user", [(943, 2), (6040, 3), (1_000_000, 1)])
 def test_default_batch_gives_enough_steps_per_epoch_from_1k_to_1m_users(users, windows_per_user):
     """The default batch follows the rule in docs/baselines.md: at least ~100 optimizer steps per epoch where the
-    data allows (ML-100K: 943 users, ~2 windows of 50 targets each), batches of at most 256 sequences on large
-    data. A fixed 256 gives ML-100K 8 steps per epoch, which 50 epochs do not train to convergence."""
+    data allows (ML-100K: 943 users, 2-3 windows of up to 50 targets each), batches of at most 256 sequences on
+    large data. A fixed 256 gives ML-100K 10 steps per epoch, which 50 epochs do not train to convergence."""
     from mmrec.models.gru4rec import GRU4RecConfig
     from mmrec.models.sasrec import SASRecConfig
     from mmrec.models.sequential import AUTO_STEPS_PER_EPOCH, auto_batch_size

@@ -37,7 +37,7 @@ AUTO_STEPS_PER_EPOCH, AUTO_MIN_BATCH, AUTO_MAX_BATCH = 100, 16, 256
 
 def auto_batch_size(n_windows: int) -> int:
     """Sequences per batch for `batch_size: auto`: enough optimizer steps per epoch on small data (a fixed 256
-    gives ML-100K about 8 steps, so 50 epochs end before the model converges), RecBole-like batches on large."""
+    gives ML-100K about 10 steps, so 50 epochs end before the model converges), RecBole-like batches on large."""
     return int(min(AUTO_MAX_BATCH, max(AUTO_MIN_BATCH, n_windows // AUTO_STEPS_PER_EPOCH)))
 
 
