@@ -16,18 +16,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eval.protocol import build_manifest, check_candidates, check_scores_match, library_versions
+from eval.protocol import (
+    build_manifest,
+    catalogue_manifest,
+    check_candidates,
+    check_scores_match,
+    experiment_catalogue,
+    library_versions,
+)
 from eval.score_cli import full_ranks_path, selected
-from eval.significance import compare, format_comparison, per_user_path
+from eval.selection import full_ranking_result
+from eval.significance import compare, format_comparison, per_user_path, shared_stages
 from mmrec.commands import add_config_arguments, load_experiment
 from mmrec.config import to_dict
 from mmrec.errors import DataError
 from mmrec.experiment import ExperimentConfig, ExperimentPaths, runs_of
 from mmrec.io import read_json, write_json, write_parquet
 from mmrec.metrics import (
-    counts_from_target_ranks,
     display_name,
-    evaluate_counts,
     evaluate_long,
 )
 from mmrec.progress import get_logger
@@ -45,7 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", choices=["test", "valid", "all"], default=None,
                         help="stages to evaluate (default: eval.stages)")
     parser.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"), default=None,
-                        help="paired test between two runs or models on the same candidates (repeatable)")
+                        help="paired test between two runs or models on the same candidates, on every stage both were "
+                             "evaluated on (repeatable); refused when they were evaluated differently")
     parser.add_argument("--metric", default=None,
                         help="per-user metric of --compare (default: ndcg@<largest K>)")
 
@@ -114,6 +121,10 @@ def evaluate_full(cfg: ExperimentConfig, run: str, split: Any, stages: list[str]
     if not path.is_file():
         raise DataError(f"{path}: no full-ranking scores for run '{run}'; run `mmrec score` with eval.protocol=full")
     meta = check_scores_match(path, cands_sha)
+    catalogue = catalogue_manifest(experiment_catalogue(split))
+    if meta.get("catalogue") != catalogue:
+        raise DataError(f"{path}: ranked over another catalogue ({meta.get('catalogue')}) than the experiment's "
+                        f"({catalogue}); re-run `mmrec score`")
     if meta.get("mask_history") != ev.mask_history:
         raise DataError(f"{path}: ranked with mask_history={meta.get('mask_history')} but eval.mask_history="
                         f"{ev.mask_history}; re-run `mmrec score`")
@@ -125,11 +136,10 @@ def evaluate_full(cfg: ExperimentConfig, run: str, split: Any, stages: list[str]
         if r["n_ranked"].isna().any():
             raise DataError(f"{path}: {int(r['n_ranked'].isna().sum())} examples of stage {stage!r} were not ranked; "
                             "re-run `mmrec score --force`")
-        c = counts_from_target_ranks(r["n_greater"], r["n_tied"], r["n_ranked"], r["score"].isna().to_numpy())
-        c.n_invalid = r["n_invalid"].to_numpy(np.int64)
-        res = evaluate_counts(c, ev.ks, ev.tie_policy, [m for m in ev.metrics if m != "auc"])
+        res = full_ranking_result(r, ev.ks, ev.tie_policy, ev.metrics)
         metrics[stage] = {**res.summary, **{k: res.counts[k] for k in RATES}}
-        counts[stage] = {**res.counts, "items_masked_mean": float(r["n_masked"].mean()) if len(r) else 0.0}
+        counts[stage] = {**res.counts, "items_masked_mean": float(r["n_masked"].mean()) if len(r) else 0.0,
+                         "items_unscored_mean": float(r["n_unscored"].mean()) if len(r) else 0.0}
         frames.append(per_user_frame(r[["user_id"]].assign(stage=stage), res.per_row))
     return metrics, counts, pd.concat(frames, ignore_index=True), meta
 
@@ -145,6 +155,8 @@ def evaluate_run(cfg: ExperimentConfig, run_cfg: ExperimentConfig, name: str, ru
     protocol = {"name": ev.protocol, "stages": stages,
                 "mask_history": ev.mask_history if ev.protocol == "full" else None,
                 "candidates_per_example": int(n_cands.max()) if len(n_cands) else 0}
+    if ev.protocol == "full":
+        protocol["catalogue"] = meta["catalogue"]
     manifest = build_manifest(cfg=run_cfg, model=name, run=run, split=split, split_dir=split_dir,
                               candidates_sha256=cands_sha, protocol=protocol, score_meta=meta)
     write_parquet(per_user, per_user_path(paths, run))
@@ -203,7 +215,9 @@ def write_experiment_manifest(cfg: ExperimentConfig, results: list[dict[str, Any
     manifest = {"experiment": to_dict(cfg.experiment), "eval": to_dict(cfg.section("eval")),
                 "split": results[0]["manifest"]["split"] if results else old.get("split"),
                 "dataset": results[0]["manifest"]["dataset"] if results else old.get("dataset"),
-                "candidates_sha256": cands_sha, "runs": runs, "aggregates": agg,
+                "candidates_sha256": cands_sha,
+                "catalogue": (results[0]["manifest"]["protocol"].get("catalogue") if results else old.get("catalogue")),
+                "runs": runs, "aggregates": agg,
                 "comparisons": comparisons or old.get("comparisons", []), "versions": library_versions()}
     return write_json(manifest, paths.manifest)
 
@@ -228,7 +242,11 @@ def main(args: argparse.Namespace) -> int:
     comparisons = []
     metric = args.metric or f"ndcg@{max(ev.ks)}"
     for a, b in args.compare or []:
-        for stage in stages:
+        common = [s for s in shared_stages(paths, a, b) if s in stages]
+        if not common:
+            raise DataError(f"--compare {a} {b}: the two share no evaluated stage among {', '.join(stages)}; "
+                            "evaluate both on one stage")
+        for stage in common:
             c = compare(paths, a, b, stage, metric)
             comparisons.append(c)
             print(format_comparison(c))

@@ -100,7 +100,7 @@ def _training_plots(paths: ExperimentPaths, runs: list[rd.RunResult]) -> list[Pl
             continue
         x_names[r.model], run_curves = rd.train_curves(records)
         for key, points in run_curves.items():
-            kind = "loss" if "loss" in key else "validation"
+            kind = "loss" if "loss" in key else "speed" if key == "epoch_seconds" else "validation"
             curves.setdefault(r.model, {}).setdefault(kind, {})[(r.run, key)] = points
     plots = []
     for model, kinds in curves.items():
@@ -113,6 +113,20 @@ def _training_plots(paths: ExperimentPaths, runs: list[rd.RunResult]) -> list[Pl
                               svg=line_chart(named, title=f"{model}: {label}", x_label=x_names[model], y_label=label,
                                              markers=max(len(p) for p in named.values()) <= 30)))
     return plots
+
+
+def _training_speed(paths: ExperimentPaths, runs: list[rd.RunResult]) -> list[str]:
+    """One line per run whose training log times its epochs: mean seconds per epoch and examples per second."""
+    out = []
+    for r in runs:
+        records = rd.read_train_log(paths, r.run) or []
+        secs = [x["epoch_seconds"] for x in records if isinstance(x.get("epoch_seconds"), (int, float))]
+        rates = [x["examples_per_second"] for x in records if isinstance(x.get("examples_per_second"), (int, float))]
+        if secs:
+            rate = f", {sum(rates) / len(rates):,.0f} training examples/s" if rates else ""
+            out.append(f"training speed of {r.run}: {sum(secs) / len(secs):.2f} s per epoch over {len(secs)} "
+                       f"epochs{rate}")
+    return out
 
 
 def _comparisons(paths: ExperimentPaths, table: rd.ResultsTable, stage: str, notes: list[str]) -> list[dict[str, Any]]:
@@ -195,6 +209,7 @@ def gather(paths: ExperimentPaths, opts: ReportConfig, *, split: str | None = No
         notes.append("metrics rank the full catalogue; score plots and the gallery show the split's persisted "
                      "sampled candidates")
     plots += _training_plots(paths, runs)
+    notes += _training_speed(paths, runs)
     if not any(p.name.startswith("train_") for p in plots):
         notes.append("no training logs (checkpoints/<run>/train_log.jsonl): training curves are omitted")
     gallery = _gallery(paths, split_data, runs, table, scores, opts, gallery_users, notes)

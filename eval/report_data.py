@@ -207,7 +207,8 @@ def read_train_log(paths: ExperimentPaths, run: str) -> list[dict[str, Any]] | N
 
 
 # keys of a training log that are positions or bookkeeping, not curves
-_AXIS_KEYS = ("step", "global_step", "epoch", "time", "elapsed", "elapsed_s", "wall_s", "lr", "learning_rate")
+_AXIS_KEYS = ("step", "global_step", "epoch", "time", "elapsed", "elapsed_s", "wall_s", "lr", "learning_rate",
+              "examples_per_second")
 
 
 def train_curves(records: list[dict[str, Any]]) -> tuple[str, dict[str, list[tuple[float, float]]]]:

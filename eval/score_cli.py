@@ -5,6 +5,9 @@ evaluated stages, in the candidate file's order; a model that cannot score a pai
 and counted as a miss. With `eval.protocol: full` it also ranks the whole catalogue for models that can
 (`CatalogueScorer`) and writes `scores/<run>.full.parquet`: per example the target and how many catalogue items
 scored above it / tied with it (history items excluded when `eval.mask_history`), which is all the metrics need.
+Every model ranks one catalogue, the dataset's items (`eval.protocol.experiment_catalogue`); an item a model cannot
+score (e.g. one SASRec never saw in training) gets the worst-case score: it never ranks above the target, and as
+the target it ranks last (a miss). Their number per example is `n_unscored`.
 
 Work is done in chunks of `eval.batch_users` examples saved as they finish, so an interrupted run resumes where
 it stopped; a finished scores file whose inputs (candidate file, checkpoint, stages) are unchanged is skipped.
@@ -21,7 +24,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from eval.protocol import SCORES_META_KEY, check_candidates, checkpoint_fingerprint, scores_metadata
+from eval.protocol import (
+    SCORES_META_KEY,
+    catalogue_manifest,
+    check_candidates,
+    checkpoint_fingerprint,
+    experiment_catalogue,
+    scores_metadata,
+)
 from mmrec.commands import add_config_arguments, load_experiment
 from mmrec.config import to_dict
 from mmrec.errors import ConfigError, DataError
@@ -30,7 +40,8 @@ from mmrec.io import hash_json, read_json, write_json, write_parquet
 from mmrec.progress import get_logger, progress
 
 log = get_logger("score")
-FULL_COLUMNS = ["user_id", "stage", "item_id", "score", "n_greater", "n_tied", "n_ranked", "n_masked", "n_invalid"]
+FULL_COLUMNS = ["user_id", "stage", "item_id", "score", "n_greater", "n_tied", "n_ranked", "n_masked", "n_invalid",
+                "n_unscored"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -120,19 +131,23 @@ def score_sampled(scorer: Any, candidates: pd.DataFrame, batch_users: int, parts
     return scored.iloc[inverse].reset_index(drop=True)  # back to the candidate file's order
 
 
-def target_ranks(mat: np.ndarray, target_col: np.ndarray, history: tuple[np.ndarray, np.ndarray] | None = None
-                 ) -> dict[str, np.ndarray]:
+def target_ranks(mat: np.ndarray, target_col: np.ndarray, history: tuple[np.ndarray, np.ndarray] | None = None,
+                 scored: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per row of a [rows, items] catalogue score matrix: items above / tied with the target, items ranked,
-    items masked and invalid (NaN) scores. `history` = (row, column) pairs to leave out of the ranking (the
-    target itself never is). A target outside the catalogue (column -1) or with a NaN score ranks below every
+    items masked, invalid (NaN) scores and unscored items. `history` = (row, column) pairs to leave out of the
+    ranking (the target itself never is). `scored` (bool per column; default all) marks the items the model can
+    score; the others hold NaN in `mat` and get the worst-case score: below the target when they are not the
+    target, and a target outside the catalogue (column -1), unscorable or with a NaN score ranks below every
     item. Masked items are subtracted from whole-row counts, so no second [rows, items] array is built."""
     n, m = mat.shape
     r = np.arange(n)
     inside = target_col >= 0
     t = np.where(inside, mat[r, np.where(inside, target_col, 0)], np.nan)
+    scored = np.ones(m, dtype=bool) if scored is None else np.asarray(scored, dtype=bool)
     greater = np.count_nonzero(mat > t[:, None], axis=1)
     tied = np.count_nonzero(mat == t[:, None], axis=1) - ~np.isnan(t)   # minus the target itself
-    invalid = np.count_nonzero(np.isnan(mat), axis=1)
+    invalid = np.count_nonzero(np.isnan(mat[:, scored]), axis=1)
+    unscored = np.full(n, int((~scored).sum()), dtype=np.int64)
     masked = np.zeros(n, dtype=np.int64)
     if history is not None and len(history[0]):
         hr, hc = history
@@ -143,7 +158,8 @@ def target_ranks(mat: np.ndarray, target_col: np.ndarray, history: tuple[np.ndar
         s, th = mat[hr, hc], t[hr]
         greater -= np.bincount(hr, weights=s > th, minlength=n).astype(np.int64)
         tied -= np.bincount(hr, weights=s == th, minlength=n).astype(np.int64)
-        invalid -= np.bincount(hr, weights=np.isnan(s), minlength=n).astype(np.int64)
+        invalid -= np.bincount(hr, weights=np.isnan(s) & scored[hc], minlength=n).astype(np.int64)
+        unscored -= np.bincount(hr, weights=~scored[hc], minlength=n).astype(np.int64)
         masked = np.bincount(hr, minlength=n).astype(np.int64)
     n_ranked = m - masked + ~inside
     invalid_target = np.isnan(t)
@@ -154,6 +170,7 @@ def target_ranks(mat: np.ndarray, target_col: np.ndarray, history: tuple[np.ndar
         "n_ranked": n_ranked.astype(np.int64),
         "n_masked": masked,
         "n_invalid": (invalid + ~inside).astype(np.int64),
+        "n_unscored": unscored,
     }
 
 
@@ -166,26 +183,59 @@ def history_columns(histories: pd.Series, pos: pd.Series) -> tuple[np.ndarray, n
     return rows[cols >= 0], cols[cols >= 0]
 
 
-def score_full(scorer: Any, examples: pd.DataFrame, mask_history: bool, batch_users: int, parts_dir: Path,
-               key: str, run: str, mask_items: pd.Series | None = None) -> pd.DataFrame:
-    """Rank the whole catalogue for every example; keep the target's counts (see `target_ranks`). With
-    `mask_history`, `mask_items` (aligned with `examples`; default: each example's history) are left out."""
+def catalogue_columns(scorer_items: list[str], catalogue: list[str], run: str) -> np.ndarray:
+    """Column of the experiment's catalogue for each item the model scores; an item outside it is an error."""
+    cols = pd.Index(catalogue).get_indexer(pd.Index(scorer_items))
+    if (cols < 0).any():
+        bad = [i for i, c in zip(scorer_items, cols) if c < 0]
+        raise DataError(f"model run '{run}' scores {len(bad)} item(s) not in the experiment's catalogue, e.g. "
+                        f"{bad[0]!r}; it was trained on another dataset — re-run `mmrec finetune`")
+    return cols
+
+
+def rank_catalogue(scorer: Any, rows: pd.DataFrame, catalogue: list[str], mask_history: bool, run: str
+                   ) -> pd.DataFrame:
+    """Target counts (`FULL_COLUMNS`) of examples `rows` (user_id, stage, history, target, and optionally
+    mask_items) ranked over the experiment's `catalogue`. Items the model cannot score (outside its `item_ids`) get
+    the worst-case score: never above the target, and a target among them is a miss; their number is `n_unscored`.
+    With `mask_history`, each row's `mask_items` (default: its `history`) are left out of the ranking."""
     items = list(scorer.item_ids)
-    pos = pd.Series(np.arange(len(items)), index=pd.Index(items))
+    cols = catalogue_columns(items, catalogue, run)
+    own = np.asarray(scorer.score_catalogue(rows[["user_id", "stage", "history"]].reset_index(drop=True)),
+                     dtype=np.float64)
+    if own.shape != (len(rows), len(items)):
+        raise DataError(f"model run '{run}' returned a catalogue score matrix of shape {own.shape}; expected "
+                        f"({len(rows)}, {len(items)}) = (examples, item_ids)")
+    scored = np.zeros(len(catalogue), dtype=bool)
+    scored[cols] = True
+    mat = own
+    if not (scored.all() and (cols == np.arange(len(cols))).all()):  # the model's columns -> the catalogue's
+        mat = np.full((len(rows), len(catalogue)), np.nan)
+        mat[:, cols] = own
+    pos = pd.Series(np.arange(len(catalogue)), index=pd.Index(catalogue))
+    tcol = pos.reindex(rows["target"].to_numpy()).fillna(-1).to_numpy(np.int64)
+    masked = rows["mask_items"] if "mask_items" in rows else rows["history"]
+    hist = history_columns(masked.reset_index(drop=True), pos) if mask_history else None
+    out = target_ranks(mat, tcol, hist, scored)
+    return pd.DataFrame({"user_id": rows["user_id"].to_numpy(), "stage": rows["stage"].to_numpy(),
+                         "item_id": rows["target"].to_numpy(), **out})[FULL_COLUMNS]
+
+
+def score_full(scorer: Any, examples: pd.DataFrame, mask_history: bool, batch_users: int, parts_dir: Path,
+               key: str, run: str, catalogue: list[str] | None = None, mask_items: pd.Series | None = None
+               ) -> pd.DataFrame:
+    """Rank the experiment's `catalogue` (default: the model's `item_ids`) for every example, `batch_users` at a
+    time with resumable chunks, and keep the target's counts (`rank_catalogue`). With `mask_history`, `mask_items`
+    (aligned with `examples`; default: each example's history) are left out."""
+    catalogue = list(scorer.item_ids) if catalogue is None else list(catalogue)
+    catalogue_columns(list(scorer.item_ids), catalogue, run)  # fail before any work
     ex = examples[["user_id", "stage", "history", "target"]].reset_index(drop=True)
     ex["mask_items"] = ex["history"] if mask_items is None else mask_items.to_numpy()
     n_chunks = (len(ex) + batch_users - 1) // batch_users
 
     def compute(i: int) -> pd.DataFrame:
         rows = ex.iloc[i * batch_users:(i + 1) * batch_users].reset_index(drop=True)
-        mat = np.asarray(scorer.score_catalogue(rows[["user_id", "stage", "history"]].copy()), dtype=np.float64)
-        if mat.shape != (len(rows), len(items)):
-            raise DataError(f"model run '{run}' returned a catalogue score matrix of shape {mat.shape}; expected "
-                            f"({len(rows)}, {len(items)}) = (examples, item_ids)")
-        tcol = pos.reindex(rows["target"].to_numpy()).fillna(-1).to_numpy(np.int64)
-        hist = history_columns(rows["mask_items"], pos) if mask_history else None
-        out = target_ranks(mat, tcol, hist)
-        return pd.DataFrame({"user_id": rows["user_id"], "stage": rows["stage"], "item_id": rows["target"], **out})
+        return rank_catalogue(scorer, rows, catalogue, mask_history, run)
 
     return run_chunks(n_chunks, compute, parts_dir, key, f"rank catalogue {run}")[FULL_COLUMNS]
 
@@ -205,11 +255,13 @@ def score_run(cfg: ExperimentConfig, run_cfg: ExperimentConfig, name: str, run: 
             "checkpoint_fingerprint": checkpoint_fingerprint(ckpt),
             "model_config": hash_json(to_dict(run_cfg.model(name))), "experiment_seed": run_cfg.seed}
     jobs: list[tuple[str, Path, dict[str, Any]]] = [("sampled", paths.scores(run), {**base, "protocol": "sampled"})]
+    catalogue = experiment_catalogue(split) if ev.protocol == "full" else []
     if ev.protocol == "full":
         # in the key, so ranks masked from the truncated history (before this was fixed) are re-scored
         masked = {"masked": "pre_target_items"} if ev.mask_history else {}
         jobs.append(("full", full_ranks_path(paths, run),
-                     {**base, "protocol": "full", "mask_history": ev.mask_history, **masked}))
+                     {**base, "protocol": "full", "mask_history": ev.mask_history, **masked,
+                      "catalogue": catalogue_manifest(catalogue)}))
     todo = [(p, out, meta) for p, out, meta in jobs
             if force or not out.is_file() or scores_metadata(out).get("key") != hash_json(meta)]
     if not todo:
@@ -235,9 +287,11 @@ def score_run(cfg: ExperimentConfig, run_cfg: ExperimentConfig, name: str, run: 
                                   "catalogue; use eval.protocol=sampled or leave it out with eval.models")
             examples = split.examples[split.examples["stage"].isin(stages)]
             masked = split.pre_target_items(examples) if ev.mask_history else None
-            df = score_full(scorer, examples, ev.mask_history, ev.batch_users, parts, key, run, masked)
+            df = score_full(scorer, examples, ev.mask_history, ev.batch_users, parts, key, run, catalogue, masked)
             n_nan = int(df["score"].isna().sum())
-            summary = f"{len(df)} examples ranked over {len(scorer.item_ids)} items, {n_nan} invalid target scores"
+            summary = (f"{len(df)} examples ranked over the experiment's {len(catalogue)} items "
+                       f"({len(scorer.item_ids)} scored by the model, the others worst-case), "
+                       f"{n_nan} targets without a score")
         write_with_meta(df, out, {**meta, "key": key, "invalid_scores": n_nan})
         shutil.rmtree(parts, ignore_errors=True)
         log.info(f"{run}: {summary} -> {out}")

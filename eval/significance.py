@@ -1,9 +1,11 @@
 """Is model A better than model B on the same candidates? Paired tests over per-user metrics.
 
-Both runs must have been evaluated on the same candidate file under the same protocol (checked from their
-manifests), so each user's metric under A pairs with the same user's metric under B. Reported: the mean
-difference with its 95% t-interval, the paired t-test and the Wilcoxon signed-rank test (scipy). A model
-trained under several seeds enters with each user's metric averaged over its seeds.
+Both runs must have been evaluated on the same candidate file and catalogue under the same protocol, history
+masking, tie policy and cut-offs (checked from their manifests; a difference is named), so each user's metric
+under A pairs with the same user's metric under B; runs evaluated on different stage lists are compared on the
+stages they share. Reported: the mean difference with its 95% t-interval, the paired t-test and the Wilcoxon
+signed-rank test (scipy). A model trained under several seeds enters with each user's metric averaged over its
+seeds.
 """
 from __future__ import annotations
 
@@ -67,10 +69,38 @@ def runs_of_side(paths: ExperimentPaths, side: str) -> list[str]:
     return runs
 
 
+# Manifest entries that change a metric's value: two runs are paired only when these agree. The stage list and
+# the metric list are not among them (a stage's numbers do not depend on which other stages were evaluated).
+PROTOCOL_IGNORED = ("stages", "candidates_per_example")
+
+
+def evaluation_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a run's numbers depend on besides its scores: the protocol (name, candidate file, catalogue,
+    history masking), the tie policy and the cut-offs, flattened to `protocol.<key>`, `tie_policy`, `ks`."""
+    protocol = manifest.get("protocol") or {}
+    out = {f"protocol.{k}": v for k, v in protocol.items() if k not in PROTOCOL_IGNORED}
+    out.update(tie_policy=manifest.get("tie_policy"), ks=manifest.get("ks"))
+    return out
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return "; ".join(f"{k} ({a.get(k)} vs {b.get(k)})" for k in keys)
+
+
+def _stages(manifest: dict[str, Any]) -> list[str] | None:
+    return (manifest.get("protocol") or {}).get("stages")
+
+
 def load_side(paths: ExperimentPaths, side: str, stage: str, metric: str) -> tuple[pd.Series, dict[str, Any]]:
-    """Per-user `metric` of one side (averaged over seed runs) and the protocol it was computed under."""
-    series, protocols = [], []
+    """Per-user `metric` of one side (averaged over seed runs) and the evaluation settings it was computed under."""
+    series, settings = [], []
     for run in runs_of_side(paths, side):
+        manifest = read_json(paths.metrics(run))["manifest"]
+        stages = _stages(manifest)
+        if stages is not None and stage not in stages:
+            raise DataError(f"'{run}' was not evaluated on stage {stage!r} (its stages: {', '.join(stages)}); "
+                            f"run `mmrec eval --stage {stage}` or compare on a stage both runs have")
         f = per_user_path(paths, run)
         if not f.is_file():
             raise DataError(f"{f}: missing; re-run `mmrec eval` to write per-user metrics")
@@ -80,25 +110,38 @@ def load_side(paths: ExperimentPaths, side: str, stage: str, metric: str) -> tup
             have = [c for c in df.columns if c not in (*KEY, "n_pos", "n_neg", "n_invalid", "tied")]
             raise MmrecError(f"{f}: no per-user metric '{metric}' (have: {', '.join(have)})")
         series.append(df.set_index(KEY)[metric])
-        protocols.append(read_json(paths.metrics(run))["manifest"]["protocol"])
-    for p in protocols[1:]:
-        if p != protocols[0]:
-            raise DataError(f"runs of '{side}' were evaluated under different protocols; re-run `mmrec eval`")
+        settings.append(evaluation_settings(manifest))
+    for s in settings[1:]:
+        if s != settings[0]:
+            raise DataError(f"runs of '{side}' were evaluated differently ({_differences(settings[0], s)}); "
+                            "re-run `mmrec eval` for all of them")
     values = pd.concat(series, axis=1).mean(axis=1, skipna=False) if len(series) > 1 else series[0]
-    return values, protocols[0]
+    return values, settings[0]
+
+
+def shared_stages(paths: ExperimentPaths, a: str, b: str) -> list[str]:
+    """Stages every run of both sides was evaluated on, in (valid, test) order."""
+    stages = {"valid", "test"}
+    for side in (a, b):
+        for run in runs_of_side(paths, side):
+            own = _stages(read_json(paths.metrics(run))["manifest"])
+            stages &= set(own if own is not None else stages)
+    return [s for s in ("valid", "test") if s in stages]
 
 
 def compare(paths: ExperimentPaths, a: str, b: str, stage: str, metric: str) -> dict[str, Any]:
-    """Paired comparison of `a` and `b` (run ids or model names) on `metric` for one stage."""
+    """Paired comparison of `a` and `b` (run ids or model names) on `metric` for one stage. Refused, naming the
+    difference, when the two were evaluated under settings that change a number (`evaluation_settings`)."""
     va, pa_ = load_side(paths, a, stage, metric)
     vb, pb = load_side(paths, b, stage, metric)
-    if pa_.get("candidates_sha256") != pb.get("candidates_sha256"):
+    if pa_.get("protocol.candidates_sha256") != pb.get("protocol.candidates_sha256"):
         raise DataError(f"'{a}' and '{b}' were evaluated on different candidate files "
-                        f"({str(pa_.get('candidates_sha256'))[:12]}… vs {str(pb.get('candidates_sha256'))[:12]}…); "
+                        f"({str(pa_.get('protocol.candidates_sha256'))[:12]}… vs "
+                        f"{str(pb.get('protocol.candidates_sha256'))[:12]}…); "
                         "a paired test needs identical candidates: re-score both on the current split")
     if pa_ != pb:
-        diff = sorted(k for k in set(pa_) | set(pb) if pa_.get(k) != pb.get(k))
-        raise DataError(f"'{a}' and '{b}' were evaluated under different protocols (differ in {', '.join(diff)})")
+        raise DataError(f"'{a}' and '{b}' were evaluated under different settings, so their numbers are not "
+                        f"comparable: {_differences(pa_, pb)}; evaluate both with one eval section")
     if va.empty:
         raise DataError(f"'{a}' has no evaluated examples at stage {stage!r}")
     if set(va.index) != set(vb.index):

@@ -2,11 +2,12 @@
 
 Top to bottom: load the split; embed every catalogue item once for the variant (cached on disk); cut each
 user's training sequence into (history, next item) positives; then per epoch: sample negatives and shuffle
-(both seeded by epoch), one pass of binary cross-entropy, validation AUC on the split's persisted validation
-candidates (by `mmrec.metrics`, under the experiment's tie policy), best weights kept (safetensors) with their
-per-item content vectors, a checkpoint (model, optimizer, RNG, loop state) written atomically, early stopping
-after `patience` epochs without a better AUC. An interrupted run resumes from its last checkpoint and ends with
-the same weights as an uninterrupted one.
+(both seeded by epoch), one pass of binary cross-entropy, the validation metric on the experiment's protocol
+(`eval.selection`: AUC on the persisted validation candidates by default, NDCG@K over the experiment's
+catalogue under `eval.protocol: full`; by `mmrec.metrics` under the experiment's tie policy), best weights kept
+(safetensors) with their per-item content vectors, a checkpoint (model, optimizer, RNG, loop state) written
+atomically, early stopping after `patience` epochs without a better validation score. An interrupted run
+resumes from its last checkpoint and ends with the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -19,18 +20,18 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
+from eval.selection import Selection
 from finetune.checkpoint import check_previous_run
-from finetune.sequential import STATE_DIR, TrainState
+from finetune.sequential import STATE_DIR, EpochMeter, EpochStats, TrainState
 from mmrec.config import to_dict
 from mmrec.errors import DataError
 from mmrec.experiment import ExperimentConfig, ExperimentPaths
 from mmrec.io import atomic_path, hash_json, write_json, write_parquet
-from mmrec.metrics import global_auc
 from mmrec.models.ctr import (CONTENT_KEY, ITEMS_FILE, RUN_FILE, USERS_FILE, WEIGHTS_FILE, CTRConfig, CTRScorer,
                               build_model)
 from mmrec.models.ctr_features import Catalogue, build_features
 from mmrec.models.sequential import batches, resolve_device, training_sequences
-from mmrec.progress import get_logger, progress
+from mmrec.progress import get_logger
 from mmrec.seeding import derive_seed, rng, seed_everything
 
 
@@ -103,14 +104,13 @@ def epoch_samples(mcfg: CTRConfig, pos: tuple[np.ndarray, ...], split_negs: tupl
 
 
 def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, samples: tuple[np.ndarray, ...],
-              order: np.ndarray, mcfg: CTRConfig, device: torch.device, desc: str, distiller: Any = None) -> float:
-    """One pass of BCE over the samples in `order`; returns the mean batch loss (plus the distillation term of
-    `distiller`, a `finetune.distill.CTRDistiller`, when the model has a `distill:` section)."""
+              order: np.ndarray, mcfg: CTRConfig, device: torch.device, desc: str, distiller: Any = None) -> EpochStats:
+    """One pass of BCE over the samples in `order`; an example is one (user, candidate) sample. The loss adds the
+    distillation term of `distiller` (a `finetune.distill.CTRDistiller`) when the model has a `distill:` section."""
     model.train()
     pos_weight = torch.tensor(mcfg.pos_weight, device=device) if mcfg.pos_weight else None
     tensors = [torch.from_numpy(a) for a in samples]
-    total, n = 0.0, 0
-    bar = progress(total=math.ceil(len(order) / mcfg.batch_size), desc=desc, unit="batch")
+    meter = EpochMeter(math.ceil(len(order) / mcfg.batch_size), desc)
     for sl in batches(len(order), mcfg.batch_size):
         idx = torch.from_numpy(order[sl])
         user, cand, hist, label = (t[idx].to(device) for t in tensors)
@@ -121,17 +121,17 @@ def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, samples:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total, n = total + loss.item(), n + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{total / n:.4f}")
-    bar.close()
-    return total / max(n, 1)
+        meter.step(loss.item(), len(idx))
+    return meter.close()
 
 
-def _fingerprint(cfg: ExperimentConfig, name: str, candidates_sha256: str, dataset: str) -> str:
-    """What makes two runs the same run: every model setting but where and how fast it runs, the seed, the data."""
+def _fingerprint(cfg: ExperimentConfig, name: str, candidates_sha256: str, dataset: str,
+                 selection: dict[str, Any]) -> str:
+    """What makes two runs the same run: every model setting but where and how fast it runs, the seed, the data,
+    and how the best epoch is selected."""
     settings = {k: v for k, v in to_dict(cfg.model(name)).items() if k not in ("device", "score_batch_size")}
-    return hash_json({"model": settings, "seed": cfg.seed, "candidates": candidates_sha256, "dataset": dataset})
+    return hash_json({"model": settings, "seed": cfg.seed, "candidates": candidates_sha256, "dataset": dataset,
+                      "selection": selection})
 
 
 def _save_best(out_dir: Path, model: torch.nn.Module, features: torch.Tensor | None) -> None:
@@ -152,8 +152,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     paths = ExperimentPaths(cfg.dir)
     out_dir = Path(out_dir)
     split = load_split(cfg.split_dir)
-    tie_policy = cfg.section("eval").tie_policy
-    fingerprint = _fingerprint(cfg, name, split.candidates_sha256, split.dataset.fingerprint())
+    selection = Selection.of(cfg, split, mcfg.valid_metric, where=f"{cfg.source}: models.{name}")
+    fingerprint = _fingerprint(cfg, name, split.candidates_sha256, split.dataset.fingerprint(), selection.record())
     if mcfg.distill is not None:  # new teacher signals make a new run
         from finetune.distill import signals_fingerprint
 
@@ -162,7 +162,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     run_file = out_dir / RUN_FILE
     previous = check_previous_run(run_file, out_dir / STATE_DIR, name, fingerprint, resume)
     if previous.finished:
-        log.info(f"{name}: already trained (best valid AUC {previous.record['best']}), kept")
+        log.info(f"{name}: already trained (best valid {selection.metric} {previous.record['best']}), kept")
         return out_dir
 
     # Data: catalogue rows, dense features of the variant (cached), training positives, validation candidates.
@@ -176,7 +176,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     pos = positives(sequences, users, catalogue, mcfg.history_len, mcfg.train_positions)
     seen = seen_keys(sequences, users, catalogue)
     split_negs = split_negatives(split, sequences, users, catalogue, mcfg, name) if mcfg.negative_source == "split" else None
-    valid = split.candidates_for("valid")
+    validated = selection.available(split)
     distiller = None
     if mcfg.distill is not None:
         from finetune.distill import CTRDistiller
@@ -193,7 +193,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     optimizer = torch.optim.Adam(model.parameters(), lr=mcfg.lr, weight_decay=mcfg.weight_decay)
     state = TrainState.start(out_dir, previous.resuming, model, optimizer, WEIGHTS_FILE)
     if previous.resuming:
-        log.info(f"{name}: resuming after epoch {state.epoch} (best valid AUC {state.best:.4f})")
+        log.info(f"{name}: resuming after epoch {state.epoch} (best valid {selection.metric} {state.best:.4f})")
     else:
         write_parquet(pd.DataFrame({"item_id": catalogue.item_ids}), out_dir / ITEMS_FILE)
         write_parquet(pd.DataFrame({"user_id": list(users)}), out_dir / USERS_FILE)
@@ -201,7 +201,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
                             "fingerprint": fingerprint, "finished": False, "n_users": len(users),
                             "n_id_items": len(id_items), "n_catalogue": len(catalogue), "dense_dim": int(feats.shape[1]),
                             "features": feat_info, "train_positives": int(len(pos[0])),
-                            "candidates_sha256": split.candidates_sha256}
+                            "candidates_sha256": split.candidates_sha256, "selection": selection.record()}
     write_json(info, run_file)
     log.info(f"{name} ({mcfg.variant}): {len(users)} users, {len(catalogue)} items, {len(pos[0])} positives, "
              f"dense features {feats.shape[1]}, {device}")
@@ -210,34 +210,35 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         epoch = state.epoch
         samples = epoch_samples(mcfg, pos, split_negs, rng(cfg.seed, name, "negatives", epoch), len(catalogue), seen)
         order = rng(cfg.seed, name, "shuffle", epoch).permutation(len(samples[0]))
-        loss = run_epoch(model, optimizer, samples, order, mcfg, device, desc=f"{name} epoch {epoch + 1}/{mcfg.epochs}",
-                         distiller=distiller)
-        auc = validation_auc(model, features, catalogue, list(users), split.examples, valid, mcfg, device, tie_policy)
-        improved = state.end_epoch(auc, bool(len(valid)), mcfg.patience, loss=loss,
-                                   valid_auc=auc if math.isfinite(auc) else None)
+        desc = f"{name} epoch {epoch + 1}/{mcfg.epochs}"
+        stats = run_epoch(model, optimizer, samples, order, mcfg, device, desc=desc, distiller=distiller)
+        score = validation_score(model, features, catalogue, list(users), split, selection, mcfg, device)
+        improved = state.end_epoch(score, validated, mcfg.patience, **stats.logged(),
+                                   **{f"valid_{selection.metric}": score if math.isfinite(score) else None})
         if improved:
             _save_best(out_dir, model, features)
         state.save(out_dir, model, optimizer)
-        log.info(f"{name} epoch {epoch + 1}: loss {loss:.4f}, valid AUC {auc:.4f}"
+        log.info(f"{name} epoch {epoch + 1}: loss {stats.loss:.4f} ({stats.seconds:.1f} s), "
+                 f"valid {selection.metric} {score:.4f}"
                  + (" (best)" if improved else f" ({state.bad_epochs}/{mcfg.patience} without improvement)"))
 
     info.update(finished=True, best=state.best if math.isfinite(state.best) else None,
-                best_epoch=state.best_epoch + 1, epochs_run=state.epoch, stopped_early=state.stopped_early)
+                best_epoch=state.best_epoch + 1, epochs_run=state.epoch, stopped_early=state.stopped_early,
+                **state.speed())
     write_json(info, run_file)
     return out_dir
 
 
-def validation_auc(model: torch.nn.Module, features: torch.Tensor | None, catalogue: Catalogue, users: list[str],
-                   examples: pd.DataFrame, valid: pd.DataFrame, mcfg: CTRConfig, device: torch.device,
-                   tie_policy: str) -> float:
-    """Global AUC of the current weights on the validation candidates (NaN without any)."""
-    if not len(valid):
+def validation_score(model: torch.nn.Module, features: torch.Tensor | None, catalogue: Catalogue, users: list[str],
+                     split: Any, selection: Selection, mcfg: CTRConfig, device: torch.device) -> float:
+    """The selection metric of the current weights on the experiment's protocol (NaN without validation data)."""
+    if not selection.available(split):
         return float("nan")
     model.eval()
     if features is not None:
         model.content_table = model.build_content_table(features)
     try:
-        scores = CTRScorer(model, catalogue, users, examples, mcfg.history_len, device, mcfg.score_batch_size).score(valid)
+        scorer = CTRScorer(model, catalogue, users, split.examples, mcfg.history_len, device, mcfg.score_batch_size)
+        return selection.score(scorer, split, batch_size=max(1, mcfg.score_batch_size // max(len(catalogue), 1)))
     finally:
         model.content_table = None
-    return float(global_auc(valid["label"].to_numpy(), scores, tie_policy=tie_policy))

@@ -1,9 +1,11 @@
 """Train a sequential ID baseline (GRU4Rec, SASRec): `mmrec finetune CONFIG --model NAME`.
 
 Top to bottom: load the split, map items to indices, cut each user's training sequence into windows, then per
-epoch: one pass over shuffled windows with a loss at every position, the validation metric on the split's
-persisted validation candidates, best weights kept (safetensors), a checkpoint (model, optimizer, RNG, epoch,
-best score, log) written atomically, early stopping after `patience` epochs without improvement.
+epoch: one pass over shuffled windows with a loss at every position (seconds and examples per second logged),
+the validation metric on the experiment's protocol (`eval.selection`: the persisted validation candidates, or
+the validation examples ranked over the experiment's catalogue under `eval.protocol: full`), best weights kept
+(safetensors), a checkpoint (model, optimizer, RNG, epoch, best score, log) written atomically, early stopping
+after `patience` epochs without improvement.
 An interrupted run resumes from its last checkpoint and ends with the same weights as an uninterrupted one.
 
 Checkpoint directory: model.safetensors (best weights), items.parquet, run.json, train_log.jsonl,
@@ -15,7 +17,8 @@ import importlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +27,14 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
+from eval.selection import Selection
 from finetune.checkpoint import check_previous_run, clear_stale, load_checkpoint, save_checkpoint
 from mmrec.config import to_dict
 from mmrec.errors import DataError
 from mmrec.experiment import MODEL_KINDS, ExperimentConfig
-from mmrec.metrics import DEFAULT_TIE_POLICY, evaluate_long, metric_name
 from mmrec.io import atomic_path, hash_json, write_json, write_parquet, write_text
 from mmrec.models.sequential import (ITEMS_FILE, RUN_FILE, WEIGHTS_FILE, ItemVocab, SequentialConfig,
-                                     SequentialModel, SequentialScorer, batches, pad_batch, parse_metric,
+                                     SequentialModel, SequentialScorer, auto_batch_size, batches, pad_batch,
                                      resolve_device, sequence_loss, training_sequences, windows)
 from mmrec.progress import get_logger, progress
 from mmrec.seeding import derive_seed, rng, seed_everything
@@ -76,19 +79,18 @@ class TrainState:
         clear_stale(out_dir, STATE_DIR, weights_file, LOG_FILE)
         return cls()
 
+    def speed(self) -> dict[str, float | None]:
+        """Mean seconds per epoch and examples per second over the logged epochs (for run.json and the report)."""
+        out: dict[str, float | None] = {}
+        for key in ("epoch_seconds", "examples_per_second"):
+            values = [h[key] for h in self.history if isinstance(h.get(key), (int, float))]
+            out[f"{key}_mean"] = round(float(np.mean(values)), 3) if values else None
+        return out
+
     def save(self, out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """The resumable checkpoint and the training log after an epoch."""
         save_checkpoint(out_dir / STATE_DIR, model, optimizer, self)
         write_text("".join(json.dumps(h) + "\n" for h in self.history), out_dir / LOG_FILE)
-
-
-def validation_metric(scores: np.ndarray, candidates: pd.DataFrame, metric: str, k: int,
-                      tie_policy: str = DEFAULT_TIE_POLICY) -> float:
-    """Mean `metric@k` over the (user, stage) rows of sampled candidates (label 1 = target), by `mmrec.metrics`
-    under the experiment's tie policy, so early stopping selects on the very numbers `mmrec eval` reports."""
-    groups, _ = pd.factorize(pd.MultiIndex.from_arrays([candidates["user_id"], candidates["stage"]]))
-    ev = evaluate_long(groups, candidates["label"].to_numpy(), scores, ks=[k], tie_policy=tie_policy, metrics=[metric])
-    return float(ev.summary[metric_name(metric, k)])
 
 
 def _finite(x: float) -> float | None:
@@ -96,19 +98,53 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _fingerprint(cfg: ExperimentConfig, name: str, candidates_sha256: str) -> str:
-    """What makes two runs the same run: every model setting but where and how fast it runs, the seed, the split."""
+def _fingerprint(cfg: ExperimentConfig, name: str, candidates_sha256: str, selection: dict[str, Any]) -> str:
+    """What makes two runs the same run: every model setting but where and how fast it runs, the seed, the split,
+    and how the best epoch is selected."""
     settings = {k: v for k, v in to_dict(cfg.model(name)).items() if k not in ("device", "eval_batch_size")}
-    return hash_json({"model": settings, "seed": cfg.seed, "candidates": candidates_sha256})
+    return hash_json({"model": settings, "seed": cfg.seed, "candidates": candidates_sha256, "selection": selection})
+
+
+@dataclass
+class EpochStats:
+    """One training pass: mean batch loss, wall seconds and training examples (targets or samples) per second."""
+
+    loss: float
+    seconds: float
+    examples: int
+
+    def logged(self) -> dict[str, float]:
+        """The train_log.jsonl fields of the pass (speed claims are read from these)."""
+        return {"loss": self.loss, "epoch_seconds": round(self.seconds, 3),
+                "examples_per_second": round(self.examples / self.seconds, 1) if self.seconds > 0 else None}
+
+
+class EpochMeter:
+    """Counts batches, loss and examples of one pass and shows loss and examples/s on its progress bar."""
+
+    def __init__(self, n_batches: int, desc: str):
+        self.bar = progress(total=n_batches, desc=desc, unit="batch")
+        self.start = time.perf_counter()
+        self.total, self.n, self.examples = 0.0, 0, 0
+
+    def step(self, loss: float, examples: int) -> None:
+        self.total, self.n, self.examples = self.total + loss, self.n + 1, self.examples + examples
+        self.bar.update(1)
+        elapsed = time.perf_counter() - self.start
+        self.bar.set_postfix(loss=f"{self.total / self.n:.4f}", ex_s=f"{self.examples / max(elapsed, 1e-9):.0f}")
+
+    def close(self) -> EpochStats:
+        self.bar.close()
+        return EpochStats(self.total / max(self.n, 1), time.perf_counter() - self.start, self.examples)
 
 
 def run_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, samples: list[list[int]], mcfg: SequentialConfig,
-              order: np.ndarray, device: torch.device, desc: str, distiller: Any = None) -> float:
-    """One pass over the training windows in `order`; returns the mean batch loss (plus the distillation term of
-    `distiller`, a `finetune.distill.Distiller`, when the model has a `distill:` section)."""
+              order: np.ndarray, device: torch.device, desc: str, distiller: Any = None) -> EpochStats:
+    """One pass over the training windows in `order`; an example is one training target (a window position). The
+    loss adds the distillation term of `distiller` (a `finetune.distill.Distiller`) when the model has a `distill:`
+    section."""
     model.train()
-    total, n = 0.0, 0
-    bar = progress(total=math.ceil(len(order) / mcfg.batch_size), desc=desc, unit="batch")
+    meter = EpochMeter(math.ceil(len(order) / mcfg.batch_size), desc)
     for sl in batches(len(order), mcfg.batch_size):
         batch = pad_batch([samples[i] for i in order[sl]]).to(device)
         loss = sequence_loss(model, batch, mcfg.loss, mcfg.bce_negatives)
@@ -117,11 +153,8 @@ def run_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, samples:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total, n = total + loss.item(), n + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{total / n:.4f}")
-    bar.close()
-    return total / max(n, 1)
+        meter.step(loss.item(), sum(len(samples[i]) - 1 for i in order[sl]))
+    return meter.close()
 
 
 def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) -> Path:
@@ -134,11 +167,10 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         return Path(out_dir)
     mcfg: SequentialConfig = cfg.model(name)
     module = importlib.import_module(MODEL_KINDS[mcfg.kind].split(":")[0])
-    metric, k = parse_metric(mcfg.valid_metric)
-    tie_policy = cfg.section("eval").tie_policy
     out_dir = Path(out_dir)
     split = load_split(cfg.split_dir)
-    fingerprint = _fingerprint(cfg, name, split.candidates_sha256)
+    selection = Selection.of(cfg, split, mcfg.valid_metric, where=f"{cfg.source}: models.{name}")
+    fingerprint = _fingerprint(cfg, name, split.candidates_sha256, selection.record())
     if mcfg.distill is not None:  # new teacher signals make a new run
         from finetune.distill import signals_fingerprint
 
@@ -157,7 +189,9 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     samples = [w for seq in sequences for w in windows(vocab.encode(seq), mcfg.max_len)]
     if not samples:
         raise DataError(f"{split.root}: no training sequence has two items, so there is no next item to learn")
-    valid = split.candidates[split.candidates["stage"] == "valid"].reset_index(drop=True)
+    if mcfg.batch_size == "auto":
+        mcfg = replace(mcfg, batch_size=auto_batch_size(len(samples)))
+    validated = selection.available(split)
     device = resolve_device(mcfg.device)
     distiller = None
     if mcfg.distill is not None:
@@ -179,29 +213,33 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         write_parquet(pd.DataFrame({"item_id": vocab.item_ids}), out_dir / ITEMS_FILE)
     info = {"kind": mcfg.kind, "config": to_dict(mcfg), "fingerprint": fingerprint, "finished": False,
             "n_items": len(vocab), "train_sequences": len(sequences), "train_windows": len(samples),
-            "train_targets": int(sum(len(s) - 1 for s in samples)), "candidates_sha256": split.candidates_sha256}
+            "train_targets": int(sum(len(s) - 1 for s in samples)), "candidates_sha256": split.candidates_sha256,
+            "selection": selection.record(), "batch_size": mcfg.batch_size,
+            "steps_per_epoch": math.ceil(len(samples) / mcfg.batch_size)}
     write_json(info, run_file)
-    log.info(f"{name}: {len(vocab)} items, {len(sequences)} sequences, {info['train_targets']} targets, {device}")
+    log.info(f"{name}: {len(vocab)} items, {len(sequences)} sequences, {info['train_targets']} targets, "
+             f"batches of {mcfg.batch_size} ({info['steps_per_epoch']} steps per epoch), {device}")
 
     while state.epoch < mcfg.epochs and not state.stopped_early:
         epoch = state.epoch
         order = rng(cfg.seed, name, "shuffle", epoch).permutation(len(samples))
-        loss = run_epoch(model, optimizer, samples, mcfg, order, device, desc=f"{name} epoch {epoch + 1}/{mcfg.epochs}",
-                         distiller=distiller)
+        desc = f"{name} epoch {epoch + 1}/{mcfg.epochs}"
+        stats = run_epoch(model, optimizer, samples, mcfg, order, device, desc=desc, distiller=distiller)
         score = float("nan")
-        if len(valid):
+        if validated:
             scorer = SequentialScorer(model, vocab, split.examples, mcfg.max_len, device, mcfg.eval_batch_size)
-            score = validation_metric(scorer.score(valid), valid, metric, k, tie_policy)
-        improved = state.end_epoch(score, bool(len(valid)), mcfg.patience,
-                                   **{"loss": loss, mcfg.valid_metric: _finite(score)})
+            score = selection.score(scorer, split, mcfg.eval_batch_size)
+        improved = state.end_epoch(score, validated, mcfg.patience,
+                                   **stats.logged(), **{mcfg.valid_metric: _finite(score)})
         if improved:
             with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
                 save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
         state.save(out_dir, model, optimizer)
-        log.info(f"{name} epoch {epoch + 1}: loss {loss:.4f}, valid {mcfg.valid_metric} {score:.4f}"
+        log.info(f"{name} epoch {epoch + 1}: loss {stats.loss:.4f} ({stats.seconds:.1f} s), "
+                 f"valid {mcfg.valid_metric} {score:.4f}"
                  + (" (best)" if improved else f" ({state.bad_epochs}/{mcfg.patience} without improvement)"))
 
     info.update(finished=True, best=_finite(state.best), best_epoch=state.best_epoch + 1, epochs_run=state.epoch,
-                stopped_early=state.stopped_early)
+                stopped_early=state.stopped_early, **state.speed())
     write_json(info, run_file)
     return out_dir

@@ -41,13 +41,14 @@ def experiment(tmp_path_factory, synthetic_split):
     target.parent.mkdir(parents=True)
     summaries.to_parquet(target)
 
-    def write(models: dict, name: str = "exp.yaml", seed: int = 0) -> Path:
+    def write(models: dict, name: str = "exp.yaml", seed: int = 0, eval_section: dict | None = None) -> Path:
         for spec in models.values():
             spec.setdefault("kind", "ctr")
             spec.setdefault("image_encoder", {"model": str(clip)})
             spec.setdefault("device", "cpu")
         cfg = {"experiment": {"name": "ctr", "dir": str(root / "exp"), "seed": seed},
-               "split": {"protocol": "loo", "name": "loo", "negatives": 20}, "models": models}
+               "split": {"protocol": "loo", "name": "loo", "negatives": 20}, "models": models,
+               **({"eval": eval_section} if eval_section else {})}
         path = root / name
         path.write_text(yaml.safe_dump(cfg))
         return path
@@ -167,7 +168,26 @@ def test_training_is_deterministic_and_reuses_cached_embeddings(experiment, tmp_
     wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert a["best"] == b["best"]
-    assert (tmp_path / "a" / "train_log.jsonl").read_text() == (tmp_path / "b" / "train_log.jsonl").read_text()
+    logs = [[json.loads(line) for line in (tmp_path / d / "train_log.jsonl").read_text().splitlines()] for d in "ab"]
+    timing = ("epoch_seconds", "examples_per_second")
+    assert all(r["epoch_seconds"] > 0 and r["examples_per_second"] > 0 for r in logs[0])
+    assert [{k: v for k, v in r.items() if k not in timing} for r in logs[0]] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in logs[1]]
+
+
+def test_early_stopping_selects_on_the_experiments_protocol(experiment, tmp_path):
+    full = {"protocol": "full", "ks": [5, 10], "metrics": ["hr", "ndcg"]}
+    config = experiment({"m": {"variant": "id_only", "epochs": 2, "patience": 2}}, name="full.yaml", eval_section=full)
+    info = _train(config, "m", tmp_path / "full")
+    assert info["selection"]["protocol"] == "full" and info["selection"]["metric"] == "ndcg@10"
+    assert info["selection"]["catalogue"]["items"] == info["n_catalogue"]
+    log = [json.loads(line) for line in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    assert all(0 <= r["valid_ndcg@10"] <= 1 for r in log) and info["best"] == max(r["valid_ndcg@10"] for r in log)
+    sampled = _train(experiment({"m": {"variant": "id_only", "epochs": 1}}, name="sampled.yaml"), "m", tmp_path / "s")
+    assert sampled["selection"] == {"stage": "valid", "protocol": "sampled", "metric": "auc", "tie_policy": "expected"}
+    with pytest.raises(ConfigError, match="valid_metric: auc is not defined under eval.protocol full"):
+        _train(experiment({"m": {"variant": "id_only", "valid_metric": "auc"}}, name="bad.yaml", eval_section=full),
+               "m", tmp_path / "bad")
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(experiment, tmp_path, monkeypatch):

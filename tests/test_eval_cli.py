@@ -14,7 +14,7 @@ from eval.protocol import SCORES_META_KEY
 from eval.significance import per_user_path
 from mmrec.data.splits import SplitConfig, load_split, make_split
 from mmrec.experiment import ExperimentPaths
-from mmrec.io import read_json
+from mmrec.io import hash_json, read_json
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,18 @@ def test_pop_finetune_score_eval_through_the_cli(experiment, run_cli, caplog) ->
     assert "pop: scores up to date" in caplog.text
 
 
+def test_compare_pairs_shared_stages_and_refuses_another_tie_policy(experiment, run_cli) -> None:
+    cfg = experiment / "cfg.yaml"
+    assert run_cli("finetune", cfg)[0] == 0 and run_cli("score", cfg)[0] == 0
+    assert run_cli("eval", cfg, "--model", "pop")[0] == 0                        # valid and test
+    code, out, err = run_cli("eval", cfg, "--model", "pop_valid", "--stage", "test", "--compare", "pop", "pop_valid")
+    assert code == 0, err
+    assert "on test" in out and "on valid" not in out                           # the stage both have
+    assert run_cli("eval", cfg, "--model", "pop", "eval.tie_policy=pessimistic")[0] == 0
+    code, out, err = run_cli("eval", cfg, "--model", "pop_valid", "--compare", "pop", "pop_valid")
+    assert code != 0 and "tie_policy (pessimistic vs expected)" in err
+
+
 def test_full_protocol_with_history_masking(experiment, run_cli) -> None:
     cfg = experiment / "cfg.yaml"
     paths = ExperimentPaths(experiment / "exp")
@@ -97,6 +109,11 @@ def test_full_protocol_with_history_masking(experiment, run_cli) -> None:
     assert "protocol=full" in out
     m = read_json(paths.metrics("pop"))
     assert m["manifest"]["protocol"]["mask_history"] is True and "auc" not in m["metrics"]["test"]
+    # one catalogue, the dataset's items, recorded in the run's and the experiment's manifest
+    items = list(load_split(paths.split("loo")).dataset.items["item_id"])
+    assert m["manifest"]["protocol"]["catalogue"] == {"items": n_items, "sha256": hash_json(sorted(items))}
+    assert read_json(paths.manifest)["catalogue"] == m["manifest"]["protocol"]["catalogue"]
+    assert m["counts"]["test"]["items_unscored_mean"] == 0  # popularity scores every item (0 = never counted)
     # ranking against every item is harder than against 20 sampled negatives
     assert m["metrics"]["test"]["hr@10"] < 1.0
     code, _, err = run_cli("eval", cfg, "eval.protocol=full", "--model", "pop")

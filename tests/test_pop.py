@@ -38,6 +38,10 @@ def test_scores_by_stage_and_unseen_items():
     assert with_valid.item_ids == ["a", "b", "c", "d"]
     assert catalogue.shape == (4, 4) and catalogue.dtype == np.float64
     assert catalogue[0].tolist() == [2, 2, 2, 0] and catalogue[1].tolist() == [2, 2, 2, 2]
+    # on the experiment's catalogue every item gets a score: an item never counted has count 0 (a real score)
+    on_catalogue = PopScorer(counts, include_valid=False, catalogue=["e", "a", "b", "c", "d"])
+    assert on_catalogue.item_ids == ["e", "a", "b", "c", "d"]
+    assert on_catalogue.score_catalogue(EXAMPLES[EXAMPLES["stage"] == "test"])[0].tolist() == [0, 2, 2, 2, 0]
     with pytest.raises(DataError, match="stage"):
         with_valid.score(pd.DataFrame({"user_id": ["u"], "stage": ["train"], "item_id": ["a"]}))
 

@@ -87,7 +87,8 @@ def make_experiment(root: Path, *, summaries: bool = True, logs: bool = True) ->
     if logs:
         log = paths.checkpoint("sasrec@seed0") / "train_log.jsonl"
         log.parent.mkdir(parents=True)
-        lines = [json.dumps({"epoch": e, "step": 10 * e, "loss": 1.0 / (e + 1), "valid_ndcg@10": 0.1 * e})
+        lines = [json.dumps({"epoch": e, "step": 10 * e, "loss": 1.0 / (e + 1), "valid_ndcg@10": 0.1 * e,
+                             "epoch_seconds": 2.0, "examples_per_second": 500.0})
                  for e in range(5)]
         log.write_text("\n".join(lines) + '\n{"epoch": 5, "lo')  # torn last line from a crash: skipped
     return paths

@@ -91,5 +91,28 @@ def test_score_full_stores_target_counts(tmp_path) -> None:
     assert df["n_greater"].tolist() == [0, 2] and df["n_masked"].tolist() == [1, 0]
 
 
+def test_score_full_ranks_the_experiment_catalogue_with_worst_case_for_unscorable_items(tmp_path) -> None:
+    # the model scores i0..i2 (0, 1, 2); the experiment's catalogue also has i3 and i4, which it cannot score
+    catalogue = ["i4", "i0", "i1", "i2", "i3"]
+    ex = pd.DataFrame({"user_id": ["a", "b", "c"], "stage": "test", "history": [[], ["i3"], []],
+                       "target": ["i0", "i1", "i4"]})
+    df = score_full(_Counting(), ex, mask_history=True, batch_users=2, parts_dir=tmp_path / "p", key="k", run="r",
+                    catalogue=catalogue)
+    # every example is ranked over the whole catalogue (minus masked history), whatever the model scores
+    assert df["n_ranked"].tolist() == [5, 4, 5] and df["n_masked"].tolist() == [0, 1, 0]
+    # unscorable items never rank above a scored target: i0 (0.0) has i1, i2 above; i1 has i2 above
+    assert df["n_greater"].tolist()[:2] == [2, 1] and df["n_tied"].tolist()[:2] == [0, 0]
+    # an unscorable target ranks last (a miss), with no score
+    assert df["n_greater"].iloc[2] == 4 and np.isnan(df["score"].iloc[2])
+    assert df["n_unscored"].tolist() == [2, 1, 2] and df["n_invalid"].tolist() == [0, 0, 0]
+
+
+def test_score_full_refuses_items_outside_the_experiment_catalogue(tmp_path) -> None:
+    ex = pd.DataFrame({"user_id": ["a"], "stage": "test", "history": [[]], "target": ["i0"]})
+    with pytest.raises(DataError, match="1 item.* not in the experiment's catalogue, e.g. 'i2'"):
+        score_full(_Counting(), ex, mask_history=False, batch_users=2, parts_dir=tmp_path / "p", key="k", run="r",
+                   catalogue=["i0", "i1"])
+
+
 def test_run_chunks_with_no_work(tmp_path) -> None:
     assert run_chunks(0, lambda i: pd.DataFrame(), tmp_path / "p", "k", "nothing").empty

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from finetune.sequential import validation_metric
+from eval.selection import sampled_metric as validation_metric
 from mmrec.errors import DataError
 from mmrec.models.gru4rec import GRU4Rec
 from mmrec.models.sasrec import SASRec
@@ -145,6 +145,25 @@ def test_validation_metric_hand_computed():
     assert validation_metric(scores, cands, "ndcg", 10, "pessimistic") == pytest.approx((1 + 2 / math.log2(3)) / 3)
     scores[0] = np.nan  # a NaN target is a miss
     assert validation_metric(scores, cands, "hr", 2, "pessimistic") == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("users, windows_per_user", [(943, 2), (6040, 3), (1_000_000, 1)])
+def test_default_batch_gives_enough_steps_per_epoch_from_1k_to_1m_users(users, windows_per_user):
+    """The default batch follows the rule in docs/baselines.md: at least ~100 optimizer steps per epoch where the
+    data allows (ML-100K: 943 users, 2-3 windows of up to 50 targets each), batches of at most 256 sequences on
+    large data. A fixed 256 gives ML-100K 10 steps per epoch, which 50 epochs do not train to convergence."""
+    from mmrec.models.gru4rec import GRU4RecConfig
+    from mmrec.models.sasrec import SASRecConfig
+    from mmrec.models.sequential import AUTO_STEPS_PER_EPOCH, auto_batch_size
+
+    for config in (GRU4RecConfig(), SASRecConfig()):
+        assert config.batch_size == "auto" and config.epochs >= 100 and config.patience == 10
+    n = users * windows_per_user
+    batch = auto_batch_size(n)
+    assert 16 <= batch <= 256
+    assert math.ceil(n / batch) >= AUTO_STEPS_PER_EPOCH or batch == 16
+    if users >= 100_000:
+        assert batch == 256
 
 
 def test_cuda_without_a_device_is_a_config_error():

@@ -71,15 +71,35 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, synthetic_split
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), f"{file}:{key} differs after resume"
-    log_a = (straight / "train_log.jsonl").read_text().splitlines()
-    assert log_a == (resumed / "train_log.jsonl").read_text().splitlines() and len(log_a) == 3
+    log_a, log_b = train_log(straight), train_log(resumed)
+    assert [untimed(r) for r in log_a] == [untimed(r) for r in log_b] and len(log_a) == 3
+
+
+def train_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def untimed(record: dict) -> dict:
+    """A log record without its wall-clock fields (the only ones a rerun may change)."""
+    return {k: v for k, v in record.items() if k not in ("epoch_seconds", "examples_per_second")}
+
+
+def test_train_log_has_seconds_and_examples_per_second_per_epoch(tmp_path, synthetic_split):
+    cfg = experiment(tmp_path, synthetic_split, {"sas": {**MODELS["sas"], "epochs": 2}})
+    out = recipe.train(cfg, "sas", tmp_path / "ckpt")
+    run = json.loads((out / "run.json").read_text())
+    for record in train_log(out):
+        assert record["epoch_seconds"] > 0
+        # every training target is one example: the epoch's targets over its seconds
+        assert record["examples_per_second"] == pytest.approx(run["train_targets"] / record["epoch_seconds"], rel=0.01)
+    assert run["epoch_seconds_mean"] > 0 and run["examples_per_second_mean"] > 0
 
 
 def test_early_stopping_keeps_best_weights(tmp_path, synthetic_split, monkeypatch):
     models = {"gru": {**MODELS["gru"], "epochs": 10, "patience": 2}}
     cfg = experiment(tmp_path, synthetic_split, models)
     scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.9])  # best at epoch 2, then 2 epochs without improvement
-    monkeypatch.setattr(recipe, "validation_metric", lambda *a, **k: next(scores))
+    monkeypatch.setattr(recipe.Selection, "score", lambda *a, **k: next(scores))
     saved = []
     real_save = recipe.save_checkpoint
 
@@ -156,6 +176,66 @@ def test_finetune_cli_then_score(tmp_path, synthetic_split, run_cli):
     assert code == 0, err
     metrics = {run: json.loads(ExperimentPaths(root).metrics(run).read_text()) for run in ("sasrec", "pop")}
     assert all("hr@10" in json.dumps(m) for m in metrics.values())
+
+
+@pytest.mark.parametrize("protocol", ["sampled", "full"])
+def test_early_stopping_selects_on_the_experiments_protocol(tmp_path, synthetic_split, run_cli, protocol):
+    """The best validation score in run.json is the number `mmrec eval` reports for the kept weights."""
+    root = tmp_path / "exp"
+    experiment(root, synthetic_split, {})
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump({"experiment": {"dir": str(root)}, "split": {"protocol": "loo", "name": "loo"},
+                                      "models": {"sasrec": {**MODELS["sas"], "epochs": 2}},
+                                      "eval": {"protocol": protocol, "ks": [5, 10], "metrics": ["hr", "ndcg"],
+                                               "tie_policy": "pessimistic", "stages": ["valid"],
+                                               "mask_history": protocol == "full"}}))
+    for command in ("finetune", "score", "eval"):
+        code, _, err = run_cli(command, config)
+        assert code == 0, err
+    paths = ExperimentPaths(root)
+    run = json.loads((paths.checkpoint("sasrec") / "run.json").read_text())
+    assert run["selection"]["protocol"] == protocol and run["selection"]["metric"] == "ndcg@10"
+    assert run["selection"]["tie_policy"] == "pessimistic" and run["selection"]["stage"] == "valid"
+    if protocol == "full":
+        assert run["selection"]["mask_history"] is True and run["selection"]["catalogue"]["items"] > 0
+    reported = json.loads(paths.metrics("sasrec").read_text())["metrics"]["valid"]["ndcg@10"]
+    assert run["best"] == pytest.approx(reported, abs=1e-6)
+
+
+def test_full_ranking_uses_one_catalogue_for_every_model(tmp_path, synthetic_split, run_cli):
+    from mmrec.data.splits import load_split
+
+    root = tmp_path / "exp"
+    experiment(root, synthetic_split, {})
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump({"experiment": {"dir": str(root)}, "split": {"protocol": "loo", "name": "loo"},
+                                      "models": {"sasrec": {**MODELS["sas"], "epochs": 1}, "pop": {"kind": "pop"}},
+                                      "eval": {"protocol": "full", "metrics": ["hr", "ndcg"]}}))
+    for command in ("finetune", "score"):
+        code, _, err = run_cli(command, config)
+        assert code == 0, err
+    code, out, err = run_cli("eval", config, "--compare", "sasrec", "pop")
+    assert code == 0, err
+    n_items = len(load_split(synthetic_split).dataset.items)
+    paths = ExperimentPaths(root)
+    for run in ("sasrec", "pop"):
+        ranks = pd.read_parquet(paths.scores(run).with_name(f"{run}.full.parquet"))
+        assert (ranks["n_ranked"] == n_items).all(), run
+    catalogues = [json.loads(paths.metrics(run).read_text())["manifest"]["protocol"]["catalogue"]
+                  for run in ("sasrec", "pop")]
+    assert catalogues[0] == catalogues[1] and catalogues[0]["items"] == n_items
+    assert "sasrec vs pop" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["gru4rec", "sasrec"])
+def test_default_settings_stop_early_before_the_epoch_cap(tmp_path, synthetic_split, kind):
+    """Defaults that converge: with nothing but the device set, early stopping fires before the epoch cap
+    (bench/bench_convergence.py measures the same on larger, MovieLens-shaped data; docs/baselines.md)."""
+    cfg = experiment(tmp_path, synthetic_split, {kind: {"kind": kind, "device": "cpu"}})
+    run = json.loads((recipe.train(cfg, kind, tmp_path / "ckpt") / "run.json").read_text())
+    assert run["stopped_early"] and run["epochs_run"] < run["config"]["epochs"]
+    assert run["steps_per_epoch"] >= 10 and run["best_epoch"] > 1
 
 
 # --- sanity on the synthetic benchmark ----------------------------------------------------------------------

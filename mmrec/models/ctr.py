@@ -62,7 +62,9 @@ class CTRConfig:
     weight_decay: float = 0.0
     epochs: int = 20
     batch_size: int = 512
-    patience: int = 3                       # epochs without a better validation AUC before stopping
+    patience: int = 3                       # epochs without a better validation score before stopping
+    # early stopping's metric on the experiment's protocol: auto = auc (sampled) / ndcg@<largest K> (full)
+    valid_metric: str = "auto"
     score_batch_size: int = 65536           # candidates per forward pass when scoring
     device: Literal["auto", "cpu", "cuda"] = "auto"
     distill: DistillSection | None = None  # learn from a VLM teacher's signals too (docs/distillation.md)
@@ -83,6 +85,10 @@ class CTRConfig:
         if not self.text_fields:
             raise ValueError("'text_fields' must name at least one items.parquet column")
         check_template(self.fusion_template)
+        if self.valid_metric != "auto":
+            from eval.selection import parse_selection_metric
+
+            parse_selection_metric(self.valid_metric)
 
 
 def build_model(mcfg: CTRConfig, n_users: int, n_items: int, id_of_row: torch.Tensor, dense_dim: int) -> DLRM:

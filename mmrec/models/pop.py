@@ -54,13 +54,14 @@ def item_counts(examples: pd.DataFrame, count: str = "interactions") -> pd.DataF
 
 
 class PopScorer:
-    """Scores = counts; an item absent from the counted data scores 0 (it really was never seen)."""
+    """Scores = counts; an item absent from the counted data scores 0 (it really was never seen). `catalogue`
+    (the experiment's items) is what `score_catalogue` ranks, so popularity scores every item of the catalogue."""
 
-    def __init__(self, counts: pd.DataFrame, include_valid: bool):
+    def __init__(self, counts: pd.DataFrame, include_valid: bool, catalogue: list[str] | None = None):
         train = counts.set_index("item_id")["train"].astype("float64")
         test = (train + counts.set_index("item_id")["valid"]) if include_valid else train
         self.by_stage = {"valid": train, "test": test}
-        self.item_ids = counts["item_id"].tolist()
+        self.item_ids = list(catalogue) if catalogue is not None else counts["item_id"].tolist()
 
     def _stage(self, stage: str) -> pd.Series:
         if stage not in self.by_stage:
@@ -76,7 +77,7 @@ class PopScorer:
     def score_catalogue(self, examples: pd.DataFrame) -> np.ndarray:
         out = np.empty((len(examples), len(self.item_ids)), dtype=np.float64)
         for stage, rows in examples.groupby("stage", sort=False).indices.items():
-            out[rows] = self._stage(stage).reindex(self.item_ids).to_numpy()[None, :]
+            out[rows] = self._stage(stage).reindex(self.item_ids).fillna(0.0).to_numpy()[None, :]
         return out
 
 
@@ -85,5 +86,9 @@ def load_scorer(cfg: "ExperimentConfig", name: str, ckpt_dir: Path) -> PopScorer
     if not (ckpt_dir / RUN_FILE).is_file():
         raise MmrecError(f"{ckpt_dir}: no popularity counts of model '{name}'; "
                          f"run `mmrec finetune {cfg.source} --model {name}` first")
+    from eval.protocol import experiment_catalogue
+    from mmrec.data.splits import load_split
+
     run = read_json(ckpt_dir / RUN_FILE)
-    return PopScorer(pd.read_parquet(ckpt_dir / COUNTS_FILE), bool(run["config"]["include_valid"]))
+    return PopScorer(pd.read_parquet(ckpt_dir / COUNTS_FILE), bool(run["config"]["include_valid"]),
+                     experiment_catalogue(load_split(cfg.split_dir)))

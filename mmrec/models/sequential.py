@@ -31,6 +31,15 @@ if TYPE_CHECKING:
 PAD = 0
 UNSEEN_SCORE = float("-inf")
 LOSSES = ("ce", "bce")
+# `batch_size: auto`: about AUTO_STEPS_PER_EPOCH optimizer steps per epoch, within [AUTO_MIN_BATCH, AUTO_MAX_BATCH]
+# sequences (docs/baselines.md, "Defaults that converge"; measured by bench/bench_convergence.py).
+AUTO_STEPS_PER_EPOCH, AUTO_MIN_BATCH, AUTO_MAX_BATCH = 100, 16, 256
+
+
+def auto_batch_size(n_windows: int) -> int:
+    """Sequences per batch for `batch_size: auto`: enough optimizer steps per epoch on small data (a fixed 256
+    gives ML-100K about 10 steps, so 50 epochs end before the model converges), RecBole-like batches on large."""
+    return int(min(AUTO_MAX_BATCH, max(AUTO_MIN_BATCH, n_windows // AUTO_STEPS_PER_EPOCH)))
 
 
 @dataclass
@@ -46,8 +55,8 @@ class SequentialConfig:
     bce_negatives: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.0
-    epochs: int = 50
-    batch_size: int = 256
+    epochs: int = 200                           # a cap: early stopping ends a run long before it (docs/baselines.md)
+    batch_size: int | Literal["auto"] = "auto"  # sequences per batch; auto = auto_batch_size(training windows)
     patience: int = 10
     valid_metric: str = "ndcg@10"
     eval_batch_size: int = 512
@@ -56,7 +65,7 @@ class SequentialConfig:
 
     def __post_init__(self) -> None:
         for key in ("hidden_size", "max_len", "bce_negatives", "epochs", "batch_size", "patience", "eval_batch_size"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) != "auto" and getattr(self, key) < 1:
                 raise ValueError(f"'{key}' must be at least 1, got {getattr(self, key)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"'dropout' must be in [0, 1), got {self.dropout}")
