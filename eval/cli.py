@@ -16,16 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eval.protocol import (
-    build_manifest,
-    catalogue_manifest,
-    check_candidates,
-    check_scores_match,
-    experiment_catalogue,
-    library_versions,
-)
+from eval.protocol import build_manifest, check_candidates, check_scores_match, library_versions
 from eval.score_cli import full_ranks_path, selected
-from eval.selection import full_ranking_result
 from eval.significance import compare, format_comparison, per_user_path, shared_stages
 from mmrec.commands import add_config_arguments, load_experiment
 from mmrec.config import to_dict
@@ -37,6 +29,7 @@ from mmrec.metrics import (
     evaluate_long,
 )
 from mmrec.progress import get_logger
+from mmrec.ranking import catalogue_manifest, experiment_catalogue, full_ranking_result
 
 log = get_logger("eval")
 RATES = ("tie_rate", "invalid_rate", "invalid_positive_rate")

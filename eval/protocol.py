@@ -57,17 +57,6 @@ def check_candidates(split: Any, split_dir: Path) -> str:
     return actual
 
 
-def experiment_catalogue(split: Any) -> list[str]:
-    """The one catalogue every model ranks under the full protocol: every item of the split's dataset
-    (`items.parquet`), in its order. A model that cannot score some of them gives them the worst-case score."""
-    return list(split.dataset.items["item_id"])
-
-
-def catalogue_manifest(items: list[str]) -> dict[str, Any]:
-    """Size and order-free hash of a ranking catalogue, as the manifests and scores metadata record it."""
-    return {"items": len(items), "sha256": hash_json(sorted(items))}
-
-
 def scores_metadata(path: Path) -> dict[str, Any]:
     """The `mmrec` metadata a scores file was written with (empty for a file written by another tool)."""
     import json

@@ -5,7 +5,7 @@ evaluated stages, in the candidate file's order; a model that cannot score a pai
 and counted as a miss. With `eval.protocol: full` it also ranks the whole catalogue for models that can
 (`CatalogueScorer`) and writes `scores/<run>.full.parquet`: per example the target and how many catalogue items
 scored above it / tied with it (history items excluded when `eval.mask_history`), which is all the metrics need.
-Every model ranks one catalogue, the dataset's items (`eval.protocol.experiment_catalogue`); an item a model cannot
+Every model ranks one catalogue, the dataset's items (`mmrec.ranking.experiment_catalogue`); an item a model cannot
 score (e.g. one SASRec never saw in training) gets the worst-case score: it never ranks above the target, and as
 the target it ranks last (a miss). Their number per example is `n_unscored`.
 
@@ -24,24 +24,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from eval.protocol import (
-    SCORES_META_KEY,
-    catalogue_manifest,
-    check_candidates,
-    checkpoint_fingerprint,
-    experiment_catalogue,
-    scores_metadata,
-)
+from eval.protocol import SCORES_META_KEY, check_candidates, checkpoint_fingerprint, scores_metadata
 from mmrec.commands import add_config_arguments, load_experiment
 from mmrec.config import to_dict
 from mmrec.errors import ConfigError, DataError
 from mmrec.experiment import ExperimentConfig, ExperimentPaths, runs_of
 from mmrec.io import hash_json, read_json, write_json, write_parquet
 from mmrec.progress import get_logger, progress
+from mmrec.ranking import FULL_COLUMNS, catalogue_columns, catalogue_manifest, experiment_catalogue, rank_catalogue
 
 log = get_logger("score")
-FULL_COLUMNS = ["user_id", "stage", "item_id", "score", "n_greater", "n_tied", "n_ranked", "n_masked", "n_invalid",
-                "n_unscored"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -129,96 +121,6 @@ def score_sampled(scorer: Any, candidates: pd.DataFrame, batch_users: int, parts
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
     return scored.iloc[inverse].reset_index(drop=True)  # back to the candidate file's order
-
-
-def target_ranks(mat: np.ndarray, target_col: np.ndarray, history: tuple[np.ndarray, np.ndarray] | None = None,
-                 scored: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Per row of a [rows, items] catalogue score matrix: items above / tied with the target, items ranked,
-    items masked, invalid (NaN) scores and unscored items. `history` = (row, column) pairs to leave out of the
-    ranking (the target itself never is). `scored` (bool per column; default all) marks the items the model can
-    score; the others hold NaN in `mat` and get the worst-case score: below the target when they are not the
-    target, and a target outside the catalogue (column -1), unscorable or with a NaN score ranks below every
-    item. Masked items are subtracted from whole-row counts, so no second [rows, items] array is built."""
-    n, m = mat.shape
-    r = np.arange(n)
-    inside = target_col >= 0
-    t = np.where(inside, mat[r, np.where(inside, target_col, 0)], np.nan)
-    scored = np.ones(m, dtype=bool) if scored is None else np.asarray(scored, dtype=bool)
-    greater = np.count_nonzero(mat > t[:, None], axis=1)
-    tied = np.count_nonzero(mat == t[:, None], axis=1) - ~np.isnan(t)   # minus the target itself
-    invalid = np.count_nonzero(np.isnan(mat[:, scored]), axis=1)
-    unscored = np.full(n, int((~scored).sum()), dtype=np.int64)
-    masked = np.zeros(n, dtype=np.int64)
-    if history is not None and len(history[0]):
-        hr, hc = history
-        flat = np.unique(hr.astype(np.int64) * m + hc)                    # each (row, item) once
-        hr, hc = flat // m, flat % m
-        keep = hc != target_col[hr]
-        hr, hc = hr[keep], hc[keep]
-        s, th = mat[hr, hc], t[hr]
-        greater -= np.bincount(hr, weights=s > th, minlength=n).astype(np.int64)
-        tied -= np.bincount(hr, weights=s == th, minlength=n).astype(np.int64)
-        invalid -= np.bincount(hr, weights=np.isnan(s) & scored[hc], minlength=n).astype(np.int64)
-        unscored -= np.bincount(hr, weights=~scored[hc], minlength=n).astype(np.int64)
-        masked = np.bincount(hr, minlength=n).astype(np.int64)
-    n_ranked = m - masked + ~inside
-    invalid_target = np.isnan(t)
-    return {
-        "score": t,
-        "n_greater": np.where(invalid_target, n_ranked - 1, greater).astype(np.int64),
-        "n_tied": np.where(invalid_target, 0, tied).astype(np.int64),
-        "n_ranked": n_ranked.astype(np.int64),
-        "n_masked": masked,
-        "n_invalid": (invalid + ~inside).astype(np.int64),
-        "n_unscored": unscored,
-    }
-
-
-def history_columns(histories: pd.Series, pos: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(row, catalogue column) of every history item that is in the catalogue, without a Python loop per row."""
-    lengths = histories.map(len).to_numpy()
-    items = np.concatenate([np.asarray(h, dtype=object) for h in histories]) if lengths.sum() else np.array([], object)
-    cols = pos.reindex(items).fillna(-1).to_numpy(np.int64)
-    rows = np.repeat(np.arange(len(histories)), lengths)
-    return rows[cols >= 0], cols[cols >= 0]
-
-
-def catalogue_columns(scorer_items: list[str], catalogue: list[str], run: str) -> np.ndarray:
-    """Column of the experiment's catalogue for each item the model scores; an item outside it is an error."""
-    cols = pd.Index(catalogue).get_indexer(pd.Index(scorer_items))
-    if (cols < 0).any():
-        bad = [i for i, c in zip(scorer_items, cols) if c < 0]
-        raise DataError(f"model run '{run}' scores {len(bad)} item(s) not in the experiment's catalogue, e.g. "
-                        f"{bad[0]!r}; it was trained on another dataset — re-run `mmrec finetune`")
-    return cols
-
-
-def rank_catalogue(scorer: Any, rows: pd.DataFrame, catalogue: list[str], mask_history: bool, run: str
-                   ) -> pd.DataFrame:
-    """Target counts (`FULL_COLUMNS`) of examples `rows` (user_id, stage, history, target, and optionally
-    mask_items) ranked over the experiment's `catalogue`. Items the model cannot score (outside its `item_ids`) get
-    the worst-case score: never above the target, and a target among them is a miss; their number is `n_unscored`.
-    With `mask_history`, each row's `mask_items` (default: its `history`) are left out of the ranking."""
-    items = list(scorer.item_ids)
-    cols = catalogue_columns(items, catalogue, run)
-    own = np.asarray(scorer.score_catalogue(rows[["user_id", "stage", "history"]].reset_index(drop=True)),
-                     dtype=np.float64)
-    if own.shape != (len(rows), len(items)):
-        raise DataError(f"model run '{run}' returned a catalogue score matrix of shape {own.shape}; expected "
-                        f"({len(rows)}, {len(items)}) = (examples, item_ids)")
-    scored = np.zeros(len(catalogue), dtype=bool)
-    scored[cols] = True
-    mat = own
-    if not (scored.all() and (cols == np.arange(len(cols))).all()):  # the model's columns -> the catalogue's
-        mat = np.full((len(rows), len(catalogue)), np.nan)
-        mat[:, cols] = own
-    pos = pd.Series(np.arange(len(catalogue)), index=pd.Index(catalogue))
-    tcol = pos.reindex(rows["target"].to_numpy()).fillna(-1).to_numpy(np.int64)
-    masked = rows["mask_items"] if "mask_items" in rows else rows["history"]
-    hist = history_columns(masked.reset_index(drop=True), pos) if mask_history else None
-    out = target_ranks(mat, tcol, hist, scored)
-    return pd.DataFrame({"user_id": rows["user_id"].to_numpy(), "stage": rows["stage"].to_numpy(),
-                         "item_id": rows["target"].to_numpy(), **out})[FULL_COLUMNS]
 
 
 def score_full(scorer: Any, examples: pd.DataFrame, mask_history: bool, batch_users: int, parts_dir: Path,

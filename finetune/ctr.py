@@ -3,7 +3,7 @@
 Top to bottom: load the split; embed every catalogue item once for the variant (cached on disk); cut each
 user's training sequence into (history, next item) positives; then per epoch: sample negatives and shuffle
 (both seeded by epoch), one pass of binary cross-entropy, the validation metric on the experiment's protocol
-(`eval.selection`: AUC on the persisted validation candidates by default, NDCG@K over the experiment's
+(`mmrec.selection`: AUC on the persisted validation candidates by default, NDCG@K over the experiment's
 catalogue under `eval.protocol: full`; by `mmrec.metrics` under the experiment's tie policy), best weights kept
 (safetensors) with their per-item content vectors, a checkpoint (model, optimizer, RNG, loop state) written
 atomically, early stopping after `patience` epochs without a better validation score. An interrupted run
@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from eval.selection import Selection
+from mmrec.selection import Selection
 from finetune.checkpoint import check_previous_run
 from finetune.sequential import STATE_DIR, EpochMeter, EpochStats, TrainState
 from mmrec.config import to_dict

@@ -2,7 +2,7 @@
 
 Top to bottom: load the split, map items to indices, cut each user's training sequence into windows, then per
 epoch: one pass over shuffled windows with a loss at every position (seconds and examples per second logged),
-the validation metric on the experiment's protocol (`eval.selection`: the persisted validation candidates, or
+the validation metric on the experiment's protocol (`mmrec.selection`: the persisted validation candidates, or
 the validation examples ranked over the experiment's catalogue under `eval.protocol: full`), best weights kept
 (safetensors), a checkpoint (model, optimizer, RNG, epoch, best score, log) written atomically, early stopping
 after `patience` epochs without improvement.
@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from eval.selection import Selection
+from mmrec.selection import Selection
 from finetune.checkpoint import check_previous_run, clear_stale, load_checkpoint, save_checkpoint
 from mmrec.config import to_dict
 from mmrec.errors import DataError

@@ -40,12 +40,12 @@ def training_rows(split: Any, negatives: int, seed: int) -> pd.DataFrame:
 
 
 def _extra_negatives(split: Any, short: pd.Series, taken: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """`short[u]` more items per user u, uniform over the items u never interacted with (nor already took)."""
+    """`short[u]` more items per user u, uniform over the items u is not known to have interacted with (nor
+    already took), under the split's `sampling_data` rule like its persisted training negatives."""
     if short.empty:
         return pd.DataFrame(columns=["user_id", "item_id"])
     items = split.dataset.items["item_id"].astype(str).to_numpy()
-    inter = split.dataset.interactions
-    seen = inter.groupby(inter["user_id"].astype(str))["item_id"].agg(lambda s: set(map(str, s)))
+    seen = known_items(split)
     already = taken.groupby("user_id")["item_id"].agg(set)
     g = rng(seed, "vlm", "extra_train_negatives")
     out_u, out_i = [], []
@@ -58,6 +58,17 @@ def _extra_negatives(split: Any, short: pd.Series, taken: pd.DataFrame, seed: in
         out_u += [user] * int(n)
         out_i += g.choice(allowed, size=int(n), replace=False).tolist()
     return pd.DataFrame({"user_id": out_u, "item_id": out_i})
+
+
+def known_items(split: Any) -> pd.Series:
+    """Per user the items a training negative must avoid: with `split.sampling_data: train` what the user did up to
+    and including their training target (never a later item), with `all` every interaction."""
+    if split.config.sampling_data == "all":
+        inter = split.dataset.interactions
+        return inter.groupby(inter["user_id"].astype(str))["item_id"].agg(lambda s: set(map(str, s)))
+    train = split.examples_for("train")
+    return pd.Series({str(u): set(map(str, before)) | {str(t)} for u, before, t in
+                      zip(train["user_id"], split.pre_target_items(train), train["target"])}, dtype=object)
 
 
 def validation_rows(split: Any, max_users: int | None, seed: int) -> pd.DataFrame:

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eval.score_cli import run_chunks, score_full, score_sampled, target_ranks
+from eval.score_cli import run_chunks, score_full, score_sampled
+from mmrec.ranking import target_ranks
 from mmrec.errors import DataError
 
 

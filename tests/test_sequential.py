@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from eval.selection import sampled_metric as validation_metric
+from mmrec.selection import sampled_metric as validation_metric
 from mmrec.errors import DataError
 from mmrec.models.gru4rec import GRU4Rec
 from mmrec.models.sasrec import SASRec

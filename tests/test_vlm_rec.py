@@ -155,9 +155,12 @@ def test_training_rows_use_only_the_training_split(synthetic_split):
     assert (rows["stage"] == "train").all()
     n_train = len(split.examples_for("train"))
     assert (rows["label"] == 1).sum() == n_train and (rows["label"] == 0).sum() == 3 * n_train
-    seen = split.dataset.interactions.groupby("user_id")["item_id"].agg(set)
+    train = split.examples_for("train")  # sampling_data: train -- what the user did up to their training target
+    known = {u: set(before) | {t} for u, before, t in zip(train["user_id"], split.pre_target_items(train),
+                                                          train["target"])}
     negs = rows[rows["label"] == 0]
-    assert not any(item in seen[user] for user, item in zip(negs["user_id"], negs["item_id"]))
+    assert split.config.sampling_data == "train"
+    assert not any(item in known[user] for user, item in zip(negs["user_id"], negs["item_id"]))
     assert not negs.duplicated(["user_id", "item_id"]).any()
     pd.testing.assert_frame_equal(rows, training_rows(split, negatives=3, seed=0))
     valid = validation_rows(split, max_users=10, seed=0)

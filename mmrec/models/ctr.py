@@ -86,7 +86,7 @@ class CTRConfig:
             raise ValueError("'text_fields' must name at least one items.parquet column")
         check_template(self.fusion_template)
         if self.valid_metric != "auto":
-            from eval.selection import parse_selection_metric
+            from mmrec.selection import parse_selection_metric
 
             parse_selection_metric(self.valid_metric)
 

@@ -86,7 +86,7 @@ def load_scorer(cfg: "ExperimentConfig", name: str, ckpt_dir: Path) -> PopScorer
     if not (ckpt_dir / RUN_FILE).is_file():
         raise MmrecError(f"{ckpt_dir}: no popularity counts of model '{name}'; "
                          f"run `mmrec finetune {cfg.source} --model {name}` first")
-    from eval.protocol import experiment_catalogue
+    from mmrec.ranking import experiment_catalogue
     from mmrec.data.splits import load_split
 
     run = read_json(ckpt_dir / RUN_FILE)

@@ -15,7 +15,6 @@ the defaults, every flag can still be set on its own:
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal

@@ -168,7 +168,7 @@ def _weights_error(spec: ModelSpec, what: str, error: Exception) -> MmrecError:
 
 def load_vlm(spec: ModelSpec) -> LoadedVLM:
     """Load an image-text-to-text model, its processor and tokenizer; the model is put in eval mode."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     config = _load_config(spec)
     family = FAMILIES.get(config.model_type, "auto")

@@ -3,7 +3,7 @@
 Early stopping picks the epoch whose weights are reported, so it must use the numbers the experiment reports:
 under `eval.protocol: sampled` the split's persisted validation candidates, under `full` the validation examples
 ranked over the experiment's catalogue (with `eval.mask_history`), both under `eval.tie_policy` and by the same
-code as `mmrec score` / `mmrec eval`. `Selection.record()` is what `run.json` states.
+code as `mmrec score` / `mmrec eval` (`mmrec.ranking`). `Selection.record()` is what `run.json` states.
 """
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ import numpy as np
 import pandas as pd
 
 from mmrec.errors import ConfigError
+from mmrec.ranking import catalogue_manifest, experiment_catalogue, full_ranking_result, rank_catalogue
 from mmrec.metrics import (
     DEFAULT_TIE_POLICY,
     TOPK_METRICS,
-    counts_from_target_ranks,
-    evaluate_counts,
     evaluate_long,
     global_auc,
     metric_name,
@@ -51,14 +50,6 @@ def sampled_metric(scores: np.ndarray, candidates: pd.DataFrame, metric: str, k:
     return float(ev.summary[metric_name(metric, k)])
 
 
-def full_ranking_result(ranks: pd.DataFrame, ks: list[int], tie_policy: str, metrics: list[str]) -> Any:
-    """`mmrec.metrics` evaluation of full-ranking target counts (`eval.score_cli.FULL_COLUMNS` rows)."""
-    c = counts_from_target_ranks(ranks["n_greater"], ranks["n_tied"], ranks["n_ranked"],
-                                 ranks["score"].isna().to_numpy())
-    c.n_invalid = ranks["n_invalid"].to_numpy(np.int64)
-    return evaluate_counts(c, ks, tie_policy, [m for m in metrics if m != "auc"])
-
-
 @dataclass
 class Selection:
     """How an epoch recipe scores its validation stage: protocol, metric and everything that changes the number."""
@@ -73,8 +64,6 @@ class Selection:
     def of(cls, cfg: Any, split: Any, valid_metric: str, where: str) -> "Selection":
         """The selection of an experiment: its eval section's protocol and tie policy; `valid_metric` 'auto'
         means AUC under the sampled protocol and NDCG@<largest K> under full ranking (AUC needs sampled negatives)."""
-        from eval.protocol import experiment_catalogue
-
         ev = cfg.section("eval")
         metric = valid_metric
         if metric == AUTO:
@@ -89,8 +78,6 @@ class Selection:
 
     def record(self) -> dict[str, Any]:
         """What run.json states (and the training fingerprint includes)."""
-        from eval.protocol import catalogue_manifest
-
         out: dict[str, Any] = {"stage": "valid", "protocol": self.protocol, "metric": self.metric,
                                "tie_policy": self.tie_policy}
         if self.protocol == "full":
@@ -105,8 +92,6 @@ class Selection:
 
     def score(self, scorer: Any, split: Any, batch_size: int = 512) -> float:
         """The validation number of `scorer` (NaN without validation examples)."""
-        from eval.score_cli import rank_catalogue
-
         metric, k = parse_selection_metric(self.metric)
         if self.protocol == "sampled":
             valid = split.candidates[split.candidates["stage"] == "valid"].reset_index(drop=True)
