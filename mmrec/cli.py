@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("eval.score_cli", "score a model on the split's persisted candidates -> scores/<model>.parquet"),
     "eval": ("eval.cli", "metrics + protocol manifest for every scored model"),
     "report": ("eval.report_cli", "Markdown and self-contained HTML report of an experiment"),
+    "plan": ("mmrec.plan_cli", "prompt tokens and GPU/host memory of every stage, before anything loads weights"),
     "run": ("mmrec.pipeline_cli", "run every stage of an experiment config, skipping finished ones"),
     "demo": ("mmrec.demo", "the whole pipeline on the synthetic benchmark with tiny models (CPU, no downloads)"),
     "validate": ("mmrec.validate_cli", "load and validate an experiment config without running anything"),

@@ -205,8 +205,20 @@ class Pipeline:
                 plan.append((stage, needed, why))
         return plan
 
-    def run(self, only: list[str] | None = None, start: str | None = None, dry_run: bool = False) -> list[str]:
-        """Run what needs running; returns the names of the stages that ran (or would run)."""
+    def check_plan(self) -> None:
+        """`mmrec plan` first: print every stage's budget and refuse a max_length that cannot fit, before any
+        stage runs. A model the plan cannot find offline is noted, not refused (the run may download it)."""
+        from mmrec.plan import make_plan
+
+        budget = make_plan(self.cfg, strict=False)
+        print(budget.text(), flush=True)
+        budget.check()
+
+    def run(self, only: list[str] | None = None, start: str | None = None, dry_run: bool = False,
+            check_plan: bool = False) -> list[str]:
+        """Run what needs running (after `check_plan()` when asked); returns the stages that ran (or would run)."""
+        if check_plan:
+            self.check_plan()
         plan = self.select(only, start)
         ran = []
         for stage, needed, why in plan:
