@@ -8,6 +8,7 @@ each image file's header; pixels are never decoded); without a dataset the plan 
 """
 from __future__ import annotations
 
+import functools
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,10 +153,7 @@ def _loaded_like(spec: Any, tokens: Tokens, config: Any, vlm: bool) -> Any:
 
 def filler(tokens: Tokens, n: int) -> str:
     """Text of about `n` tokens: a generated summary or preference of that length (max_new_tokens)."""
-    sentence = "The user appears to have a preference for soft, colourful and practical items for everyday use. "
-    base = sentence * (n // 8 + 2)
-    ids = tokens.tokenizer(base, add_special_tokens=False)["input_ids"][:n]
-    return tokens.tokenizer.decode(ids, skip_special_tokens=True)
+    return tokens.text_of(n, "The user appears to have a preference for soft, colourful and practical items. ")
 
 
 def _stats(values: list[int]) -> tuple[int, int]:
@@ -171,11 +169,27 @@ class _Model:
 
 
 def _model(spec: Any, vlm: bool, where: str) -> _Model:
-    from mmrec.plan_model import load_config
+    from mmrec.plan_model import load_config, shipped_id
 
     shape = shape_of(spec, vlm, where)
-    tokens = Tokens(shape.folder, shape.is_vlm, where)
+    tokens = _tokens(shape.folder, shape.is_vlm, shipped_id(spec))
+    tokens.where = where
     return _Model(spec, shape, tokens, _loaded_like(spec, tokens, load_config(shape.folder), shape.is_vlm))
+
+
+@functools.lru_cache(maxsize=16)
+def _tokens(folder: Path, is_vlm: bool, hub_id: str | None) -> Tokens:
+    """One tokenizer/processor per checkpoint and process (planning many configs loads each once)."""
+    return Tokens(folder, is_vlm, str(folder), hub_id=hub_id)
+
+
+def _approx(m: _Model) -> list[str]:
+    if not m.tokens.approximate:
+        return []
+    from mmrec.plan_model import CHARS_PER_TOKEN
+
+    return [f"text tokens estimated at {CHARS_PER_TOKEN} characters per token ({m.spec.name_or_path}'s vocabulary "
+            "is not shipped; give a local folder with its tokenizer for exact counts); image tokens are exact"]
 
 
 def _image_tokens(m: _Model, sizes: list[tuple[int, int]]) -> list[int]:
@@ -197,14 +211,14 @@ def item_stage(cfg: Any, data: DataStats) -> StageBudget:
     texts = [template.format(title=t, text="", item_id="") for t in data.titles]
     rendered = render_prompt(m.loaded, texts[0], image=True)
     overhead = m.tokens.count(rendered, special=True) - m.tokens.count(texts[0]) - 1  # chat markup; the image below
-    text_tokens = [len(ids) + overhead for ids in m.tokens.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    text_tokens = [n + overhead for n in m.tokens.counts(texts)]
     images = _image_tokens(m, data.sizes) or [0]
     top, median = max(text_tokens) + max(images), int(statistics.median(text_tokens)) + int(statistics.median(images))
     big = _largest(m, data.sizes) if data.sizes else (0, 0)
     gpu = generation(sec.model, m.shape, Batch(sec.batch_size, top, m.tokens.tiles(*big) if data.sizes else 0),
                      sec.max_new_tokens)
     return StageBudget("summarize-items", sec.model.name_or_path, top, median, gpu,
-                       notes=_context_note(m.shape, top + sec.max_new_tokens, "item_summaries"))
+                       notes=_context_note(m.shape, top + sec.max_new_tokens, "item_summaries") + _approx(m))
 
 
 def _context_note(shape: ModelShape, total: int, section: str) -> list[str]:
@@ -237,31 +251,33 @@ def user_stage(cfg: Any, data: DataStats) -> StageBudget:
     gpu = generation(sec.model, m.shape, Batch(sec.batch_size, top), sec.max_new_tokens)
     notes = [(f"{k} items per prompt, each with a {item_new}-token image summary; previous preference "
               f"{sec.max_new_tokens} tokens")] + _context_note(m.shape, top + sec.max_new_tokens, "user_summaries")
-    return StageBudget("summarize-users", sec.model.name_or_path, top, median, gpu, notes=notes)
+    return StageBudget("summarize-users", sec.model.name_or_path, top, median, gpu, notes=notes + _approx(m))
 
 
 def _title_extremes(m: _Model, titles: list[str]) -> list[str]:
     """[longest title, median title] by token count."""
-    lengths = [len(ids) for ids in m.tokens.tokenizer(titles, add_special_tokens=False)["input_ids"]]
+    lengths = m.tokens.counts(titles)
     order = sorted(range(len(titles)), key=lambda i: lengths[i])
     return [titles[order[-1]], titles[order[len(order) // 2]]]
 
 
 def vlm_stages(cfg: Any, name: str, data: DataStats) -> list[StageBudget]:
     from mmrec.models.vlm_prompt import PromptBuilder
-    from mmrec.models.vlm_scorer import CACHE_FAMILIES, MAX_CACHED
+    from mmrec.models import vlm_scorer
 
     mcfg = cfg.model(name)
     key = f"models.{name}"
     m = _model(mcfg.model, True, f"{cfg.source}: {key}.model")
     tcfg = mcfg.train
+    # train.max_length: None (where the config allows it) means the language model's context length
+    max_length = tcfg.max_length or m.shape.context or 2**31
     builder = PromptBuilder(m.loaded, 0, 0, use_image=mcfg.use_image, order=mcfg.prompt_order,
-                            max_length=tcfg.max_length)
+                            max_length=max_length)
     pref = _preference(cfg, mcfg, m, data)
     prefix_text, suffix_text = builder.texts(pref, "")
     prefix = m.tokens.count(prefix_text, special=True)
     base = m.tokens.count(suffix_text) - (1 if mcfg.use_image else 0)
-    titles = [len(ids) for ids in m.tokens.tokenizer(data.titles, add_special_tokens=False)["input_ids"]]
+    titles = m.tokens.counts(data.titles)
     images = _image_tokens(m, data.sizes) if mcfg.use_image else [0]
     images = images or [0]
     suffix_max = base + max(titles) + max(images)
@@ -269,11 +285,13 @@ def vlm_stages(cfg: Any, name: str, data: DataStats) -> list[StageBudget]:
     big = _largest(m, data.sizes) if mcfg.use_image and data.sizes else (0, 0)
     tiles = m.tokens.tiles(*big) if mcfg.use_image and data.sizes else 0
     limit_key = f"{key}.train.max_length"
+    # the image, title and question are never cut, the answer always has room, and at least one prefix token stays
+    need = suffix_max + ANSWER_TOKENS + 1
     split = cfg.section("split")
     out = []
-    host = _host(m, mcfg, data, big, prefix, suffix_max, MAX_CACHED)
+    host = _host(m, mcfg, data, big, prefix, suffix_max, getattr(vlm_scorer, "MAX_CACHED", 4096))
     if mcfg.finetune:
-        rows = min(tcfg.max_length, prefix + suffix_max + ANSWER_TOKENS)
+        rows = min(max_length, prefix + suffix_max + ANSWER_TOKENS)
         gpu = training(mcfg.model, m.shape, mcfg.lora, tcfg, mcfg.loss, Batch(tcfg.batch_size, rows, tiles))
         notes = [(f"LoRA r={mcfg.lora.r} on {len(m.shape.lora_targets(mcfg.lora.targets))} layers: "
                   f"{m.shape.lora_params(mcfg.lora.targets, mcfg.lora.r):,} trainable parameters; micro-batch "
@@ -284,16 +302,16 @@ def vlm_stages(cfg: Any, name: str, data: DataStats) -> list[StageBudget]:
         out.append(StageBudget(f"finetune:{name}", mcfg.model.name_or_path, prefix + suffix_max + ANSWER_TOKENS,
                                prefix + suffix_median + ANSWER_TOKENS, gpu,
                                {k + " (x2: train + valid)": 2 * v for k, v in host.items()},
-                               limit_key, tcfg.max_length, suffix_max + ANSWER_TOKENS + 1, notes))
-    cached = mcfg.prefix_cacheable and m.shape.model_type in CACHE_FAMILIES
+                               limit_key, max_length, need, notes + _approx(m)))
+    cached = mcfg.prefix_cacheable and m.shape.model_type in vlm_scorer.CACHE_FAMILIES
     batch = mcfg.score.batch_size
     users = max(1, batch // (split.negatives + 1)) if cached else 1
-    kept_prefix = max(1, min(prefix, tcfg.max_length - suffix_max))
+    kept_prefix = max(1, min(prefix, max_length - suffix_max - ANSWER_TOKENS))
     gpu = scoring(mcfg.model, m.shape, users, Batch(batch, suffix_max, tiles), kept_prefix, cached)
     note = (f"prefix cache on: {users} user prefix(es) of {kept_prefix} tokens per batch of {batch} candidates"
             if cached else f"plain forwards of {batch} whole prompts (prefix cache off)")
     out.append(StageBudget(f"score:{name}", mcfg.model.name_or_path, prefix + suffix_max, prefix + suffix_median,
-                           gpu, host, limit_key, tcfg.max_length, suffix_max + 1, [note]))
+                           gpu, host, limit_key, max_length, need, [note] + _approx(m)))
     return out
 
 
@@ -311,11 +329,12 @@ def _preference(cfg: Any, mcfg: Any, m: _Model, data: DataStats) -> str:
 def _host(m: _Model, mcfg: Any, data: DataStats, big: tuple[int, int], prefix: int, suffix: int,
           max_cached: int) -> dict[str, int]:
     """Host bytes of one scorer's caches at their bound (today's `VLMScorer`/`VLMContext`)."""
-    n = min(max_cached, max(len(data.titles), 1))
+    known = data.dataset_dir is not None  # without a dataset every cache is assumed full
+    n = min(max_cached, len(data.titles)) if known else max_cached
     out = {"encoded items": n * suffix * PY_INT_BYTES, "encoded prefixes": max_cached * prefix * PY_INT_BYTES}
     if mcfg.use_image and data.sizes:
         out["encoded items"] += n * m.tokens.pixel_bytes(*big)
-        out["decoded images"] = min(max_cached, len(data.sizes)) * big[0] * big[1] * 3
+        out["decoded images"] = (min(max_cached, len(data.sizes)) if known else max_cached) * big[0] * big[1] * 3
     return out
 
 

@@ -7,6 +7,7 @@ no weight is read: `torch.device("meta")` allocates no memory, so a 7B model is 
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ class ModelShape:
     head_dim: int
     intermediate: int
     vocab: int
+    context: int  # the language model's positions (max_position_embeddings); 0 when the config has none
     config_dtype: str  # the checkpoint's torch_dtype ("bfloat16", ...)
     linears: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)  # name -> (in, out)
     vision: dict[str, int] = field(default_factory=dict)  # hidden, intermediate, layers, tokens (per tile)
@@ -82,25 +84,23 @@ def model_folder(spec: ModelSpec, where: str) -> Path:
 
 
 def supported_ids() -> list[str]:
-    """The hub ids whose non-weight files ship with mmrec (empty when the package has none)."""
-    try:
-        from mmrec.vlm import families
-    except ImportError:
-        return []
-    ids = getattr(families, "HUB_IDS", None) or getattr(families, "FAMILIES", None) or {}
-    return sorted(ids)
+    """The hub ids whose non-weight files ship with mmrec."""
+    from mmrec.vlm.families import SUPPORTED
+
+    return list(SUPPORTED)
 
 
 def _shipped_folder(name: str) -> Path | None:
-    try:
-        from mmrec.vlm.families import family_dir
-    except ImportError:
-        return None
-    try:
-        folder = family_dir(name)
-    except (KeyError, LookupError, ValueError, ConfigError):
-        return None
-    return Path(folder) if folder is not None and (Path(folder) / "config.json").is_file() else None
+    from mmrec.vlm.families import family_dir
+
+    folder = family_dir(name)
+    return folder if folder is not None and (folder / "config.json").is_file() else None
+
+
+def shipped_id(spec: ModelSpec) -> str | None:
+    """The hub id when the checkpoint is one mmrec ships the files of (and no local folder of that name exists)."""
+    name = spec.name_or_path
+    return name if not Path(name).expanduser().is_dir() and _shipped_folder(name) is not None else None
 
 
 def _hub_cache_folder(name: str, revision: str | None) -> Path | None:
@@ -138,7 +138,8 @@ def _text_dims(config: Any) -> dict[str, int]:
     return {"layers": int(text.num_hidden_layers), "hidden": hidden, "heads": heads,
             "kv_heads": int(getattr(text, "num_key_value_heads", None) or heads),
             "head_dim": int(getattr(text, "head_dim", None) or hidden // heads),
-            "intermediate": int(text.intermediate_size), "vocab": int(text.vocab_size)}
+            "intermediate": int(text.intermediate_size), "vocab": int(text.vocab_size),
+            "context": int(getattr(text, "max_position_embeddings", 0) or 0)}
 
 
 def _vision_dims(config: Any) -> dict[str, int]:
@@ -151,17 +152,28 @@ def _vision_dims(config: Any) -> dict[str, int]:
 
 
 def shape_of(spec: ModelSpec, is_vlm: bool, where: str) -> ModelShape:
-    """The `ModelShape` of a checkpoint, from its config.json alone."""
-    import torch
+    """The `ModelShape` of a checkpoint, from its config.json alone (computed once per folder and process)."""
+    import dataclasses
 
     folder = model_folder(spec, where)
+    try:
+        shape = _shape(folder, is_vlm)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return dataclasses.replace(shape, name=spec.name_or_path)
+
+
+@functools.lru_cache(maxsize=16)
+def _shape(folder: Path, is_vlm: bool) -> ModelShape:
+    import torch
+
     config = load_config(folder)
     is_vlm = is_vlm and getattr(config, "vision_config", None) is not None
     try:
         model = meta_model(config, is_vlm)
     except (ValueError, KeyError) as e:
         kind = "image-text-to-text" if is_vlm else "causal language"
-        message = f"{where}: {folder} is not a {kind} model this transformers knows: {e}"
+        message = f"{folder} is not a {kind} model this transformers knows: {e}"
         raise ConfigError(message.splitlines()[0]) from None
     params = vision = projector = quantizable = 0
     for name, p in model.named_parameters():
@@ -175,7 +187,7 @@ def shape_of(spec: ModelSpec, is_vlm: bool, where: str) -> ModelShape:
             if not any(s in name for s in QUANT_SKIP):
                 quantizable += module.weight.numel()
     dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
-    return ModelShape(name=spec.name_or_path, folder=folder, model_type=config.model_type, is_vlm=is_vlm,
+    return ModelShape(name=str(folder), folder=folder, model_type=config.model_type, is_vlm=is_vlm,
                       params=params, vision_params=vision, projector_params=projector, quantizable_params=quantizable,
                       config_dtype=str(dtype).replace("torch.", ""), linears=linears, vision=_vision_dims(config),
                       **_text_dims(config))
@@ -199,11 +211,20 @@ def weight_bytes(spec: ModelSpec, shape: ModelShape, upcast_unquantized: bool = 
     return int(shape.quantizable_params * quant + rest * (4 if upcast_unquantized else per))
 
 
-class Tokens:
-    """Counts prompt tokens with the checkpoint's own tokenizer and image tokens with its processor's settings."""
+CHARS_PER_TOKEN = 3.6  # English text in the families' BPE/SentencePiece vocabularies: about 3.6-4.5 characters
 
-    def __init__(self, folder: Path, is_vlm: bool, where: str):
+
+class Tokens:
+    """Counts prompt tokens with the checkpoint's own tokenizer and image tokens with its processor's settings.
+
+    A local folder gives its real processor and tokenizer. A supported hub id gives the real processor class with
+    the published settings (`mmrec.vlm.families`); its vocabulary is not shipped, so text is counted at
+    `CHARS_PER_TOKEN` characters per token (special tokens one each) and `approximate` is set."""
+
+    def __init__(self, folder: Path, is_vlm: bool, where: str, hub_id: str | None = None):
         self.folder, self.is_vlm, self.where = folder, is_vlm, where
+        self.hub_id = hub_id
+        self.approximate = hub_id is not None
         self._processor: Any = None
         self._tokenizer: Any = None
         self._image_cache: dict[tuple[int, int], int] = {}
@@ -214,7 +235,12 @@ class Tokens:
             from transformers import AutoProcessor
 
             try:
-                self._processor = AutoProcessor.from_pretrained(str(self.folder), local_files_only=True)
+                if self.hub_id is not None:
+                    from mmrec.vlm.families import load_processor
+
+                    self._processor = load_processor(self.hub_id, tokenizer=self.tokenizer)
+                else:
+                    self._processor = AutoProcessor.from_pretrained(str(self.folder), local_files_only=True)
             except (OSError, ValueError, ImportError) as e:
                 raise ConfigError(f"{self.where}: the processor files in {self.folder} cannot be loaded offline: "
                                   f"{e}".splitlines()[0]) from None
@@ -223,7 +249,9 @@ class Tokens:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            if self.is_vlm:
+            if self.hub_id is not None:
+                self._tokenizer = _family_placeholder(self.hub_id)
+            elif self.is_vlm:
                 self._tokenizer = getattr(self.processor, "tokenizer", None)
             else:
                 from transformers import AutoTokenizer
@@ -238,7 +266,27 @@ class Tokens:
         return self._tokenizer
 
     def count(self, text: str, special: bool = False) -> int:
-        return len(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+        """Tokens of `text` (`special`: with the BOS the tokenizer adds in front)."""
+        if not self.approximate:
+            return len(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+        specials = [t for t in self.tokenizer.all_special_tokens if t]
+        pattern = "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))
+        parts = re.split(f"({pattern})", text) if pattern else [text]
+        n = sum(1 if p in specials else -(-len(p) // CHARS_PER_TOKEN) for p in parts if p)
+        bos = getattr(self.tokenizer, "bos_token", None)
+        return int(n) + (1 if special and bos and not text.startswith(bos) else 0)
+
+    def counts(self, texts: list[str]) -> list[int]:
+        if not self.approximate:
+            return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return [self.count(t) for t in texts]
+
+    def text_of(self, n: int, sentence: str) -> str:
+        """About `n` tokens of `sentence` repeated (a generated summary of `max_new_tokens`)."""
+        if self.approximate:
+            return (sentence * (int(n * CHARS_PER_TOKEN) // len(sentence) + 1))[: int(n * CHARS_PER_TOKEN)]
+        ids = self.tokenizer(sentence * (n // 8 + 2), add_special_tokens=False)["input_ids"][:n]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def image(self, width: int, height: int) -> int:
         """Image placeholder tokens the processor expands one `width` x `height` image into."""
@@ -249,6 +297,13 @@ class Tokens:
                                          else out.num_image_tokens[0])
         return self._image_cache[key]
 
+    def _side(self) -> int:
+        """The square crop the vision tower sees (336 for CLIP-L/14-336, 384 for SigLIP)."""
+        ip = getattr(self.processor, "image_processor", None)
+        crop = getattr(ip, "crop_size", None) or getattr(ip, "size", None) or {}
+        get = crop.get if isinstance(crop, dict) else (lambda k: getattr(crop, k, None))
+        return int(get("height") or get("shortest_edge") or 336)
+
     def tiles(self, width: int, height: int) -> int:
         """Crops the image processor feeds the vision tower for one image (LLaVA-NeXT/OneVision: base + grid)."""
         ip = getattr(self.processor, "image_processor", None)
@@ -257,17 +312,27 @@ class Tokens:
             return 1
         from transformers.image_processing_utils import select_best_resolution
 
-        crop = getattr(ip, "crop_size", None) or getattr(ip, "size", None) or {}
-        side = crop.get("height") or crop.get("shortest_edge") if isinstance(crop, dict) else None
-        side = side or getattr(crop, "height", None) or getattr(crop, "shortest_edge", None) or 336
+        side = self._side()
         best_h, best_w = select_best_resolution((height, width), pinpoints)
         return 1 + (best_h // side) * (best_w // side)
 
     def pixel_bytes(self, width: int, height: int) -> int:
         """float32 bytes of one image's processed pixels (what the scorer keeps per encoded item today)."""
-        ip = getattr(self.processor, "image_processor", None)
-        crop = getattr(ip, "crop_size", None) or getattr(ip, "size", None) or {}
-        side = (crop.get("height") or crop.get("shortest_edge")) if isinstance(crop, dict) else \
-            (getattr(crop, "height", None) or getattr(crop, "shortest_edge", None))
-        side = int(side or 336)
-        return self.tiles(width, height) * 3 * side * side * 4
+        return self.tiles(width, height) * 3 * self._side() ** 2 * 4
+
+
+def _family_placeholder(hub_id: str) -> Any:
+    """The family's special tokens and published chat template, BOS and EOS (no vocabulary)."""
+    import copy
+
+    from mmrec.vlm.families import chat_template, placeholder_tokenizer, read_json
+
+    tok = copy.deepcopy(placeholder_tokenizer(hub_id))
+    config = read_json(hub_id, "tokenizer_config.json") or {}
+    for key in ("bos_token", "eos_token", "pad_token"):
+        value = config.get(key)
+        value = value.get("content") if isinstance(value, dict) else value
+        if value:
+            setattr(tok, key, value)
+    tok.chat_template = chat_template(hub_id)
+    return tok

@@ -2,6 +2,8 @@
 real key/value cache, the processor's image tokens) and against published 7B figures; the CLI and `mmrec run`."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -179,3 +181,30 @@ def test_run_checks_the_plan_before_any_stage(tmp_path, tiny_next, tiny_llm, run
     assert code == 2 and "max_length" in err and "would run" not in out
     code, out, err = run_cli("run", config, "--dry-run", "--no-plan")
     assert code == 0 and "would run" in out
+
+
+PAPER_CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "mllm_msr").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_paper_config_gets_a_budget(path, tmp_path, tiny_next, run_cli):
+    """Offline, from the shipped family files (the datasets do not exist here: assumed image sizes, said so).
+    Every max_length a config sets must fit its longest image prompt; a refusal may only name a max_length the
+    config leaves at the dataclass default."""
+    from mmrec.config import load_yaml
+    from mmrec.vlm.families import SUPPORTED
+
+    raw = load_yaml(path)
+    # tiny_synthetic.yaml names a model `mmrec tiny` builds: the tiny LLaVA-NeXT stands in
+    overrides = [f"models.{name}.model.name_or_path={tiny_next}" for name, spec in raw["models"].items()
+                 if spec.get("kind") == "vlm" and spec["model"]["name_or_path"] not in SUPPORTED]
+    code, out, err = run_cli("plan", path, *overrides)
+    assert "ASSUMED image sizes" in out
+    for name, spec in raw["models"].items():
+        if spec.get("kind") == "vlm":
+            assert f"\nscore:{name}  [" in out
+            set_here = "max_length" in (spec.get("train") or {})
+            if set_here:
+                assert f"models.{name}.train.max_length={spec['train']['max_length']} (fits" in out
+    refused = [k.split("'")[0] for k in err.split("key '")[1:]]
+    assert code == 0 or all("max_length" not in (raw["models"][k.split(".")[1]].get("train") or {}) for k in refused)
