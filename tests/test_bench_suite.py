@@ -87,3 +87,15 @@ def test_vlm_scoring_bench_runs_at_tiny_sizes():
     assert 0.1 < lm["value"] < 0.2  # NF4 + double-quantized constants vs float32: ~1/7.8
     cache_vs_plain = next(r for m, r in rows.items() if m.startswith("prefix cache vs plain"))
     assert cache_vs_plain["value"] > 0 and "FLOP bound" in cache_vs_plain["note"]
+
+
+def test_gpu_smoke_runs_at_tiny_sizes_on_the_cpu(capsys):
+    """bench/gpu_smoke.py's code path (meta-device build + to_empty + init, item summaries, LoRA steps, cached
+    scoring, the plan's estimates beside) at tiny sizes; on a GPU the same script runs the 7B shapes."""
+    smoke = _bench_module("gpu_smoke")
+    assert smoke.main(["--tiny", "--steps", "1", "--new-tokens", "4", "--score-batch", "4", "--pref-words", "20"]) == 0
+    out = capsys.readouterr().out
+    for phase, unit in (("item summaries", "images/s"), ("LoRA training", "tokens/s"), ("scoring", "candidates/s")):
+        line = next(line for line in out.splitlines() if line.startswith(phase))
+        assert unit in line and "MiB" in line  # the plan's estimate beside the throughput
+    assert "plan: weights" in out and "KV cache" in out and "LoRA weights+grads+AdamW" in out
