@@ -223,10 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         loaded, spec = build(args, Path(tmp))
         shape = shape_of(spec, True, "gpu_smoke")
         image = _image(args)
+        from mmrec.vlm.families import image_token_count
+
+        n_image = image_token_count(loaded.processor, args.width, args.height)
         print(f"model: {'tiny LLaVA-NeXT' if args.tiny else HUB_ID + ' (random weights)'}, {shape.params:,} "
-              f"parameters, {args.device}, image {args.width}x{args.height} "
-              f"({loaded.processor._get_num_multimodal_tokens(image_sizes=[(args.height, args.width)])['num_image_tokens'][0]}"
-              " image tokens)")
+              f"parameters, {args.device}, image {args.width}x{args.height} ({n_image} image tokens)")
         rows = [("item summaries", *summaries(args, loaded, image, shape, spec)),
                 ("LoRA training", *train(args, loaded, image, shape, spec)),
                 ("scoring", *score(args, loaded, image, shape, spec))]

@@ -94,6 +94,7 @@ class DataStats:
     """Item titles and image sizes (width, height) the prompts are built from."""
 
     titles: list[str]
+    texts: list[str]  # item descriptions (the fusion template shows them), aligned with titles
     sizes: list[tuple[int, int]]  # one per item with an image
     note: str
     history: int  # longest history a user prompt lists (direct mode)
@@ -109,12 +110,13 @@ def data_stats(cfg: Any) -> DataStats:
     if not (root / "items.parquet").is_file():
         history = split.max_history or (split.top_k - 1 if split.protocol == "paper" else 50)
         sizes = " ".join(f"{w}x{h}" for w, h in ASSUMED_SIZES)
-        return DataStats([ASSUMED_TITLE], list(ASSUMED_SIZES), f"{root} not found: ASSUMED image sizes {sizes} "
+        return DataStats([ASSUMED_TITLE], [""], list(ASSUMED_SIZES), f"{root} not found: ASSUMED image sizes {sizes} "
                          f"(width x height), titles like {ASSUMED_TITLE!r}, histories of {history} items", history)
     import pandas as pd
 
     items = pd.read_parquet(root / "items.parquet")
-    titles = items["title"].fillna("").astype(str).tolist() if "title" in items else [""]
+    titles, texts = (items[c].fillna("").astype(str).tolist() if c in items else [""] * len(items)
+                      for c in ("title", "text"))
     sizes = []
     for row in items.itertuples(index=False):
         if getattr(row, "image", None) is None or (isinstance(row.image, float) and row.image != row.image):
@@ -127,8 +129,8 @@ def data_stats(cfg: Any) -> DataStats:
     inter = pd.read_parquet(root / "interactions.parquet", columns=["user_id"])
     longest = int(inter["user_id"].value_counts().max()) - 1 if len(inter) else 0
     history = min(longest, split.max_history or longest, split.top_k - 1 if split.protocol == "paper" else longest)
-    return DataStats(titles or [""], sizes, f"{root}: {len(items):,} items, {len(sizes):,} image sizes read",
-                     max(history, 1), root)
+    note = f"{root}: {len(items):,} items, {len(sizes):,} image sizes read"
+    return DataStats(titles or [""], texts or [""], sizes, note, max(history, 1), root)
 
 
 def _header_size(path: Path) -> tuple[int, int]:
@@ -208,7 +210,8 @@ def item_stage(cfg: Any, data: DataStats) -> StageBudget:
     sec = cfg.section("item_summaries")
     m = _model(sec.model, True, f"{cfg.source}: item_summaries.model")
     template = item_template(sec.template)
-    texts = [template.format(title=t, text="", item_id="") for t in data.titles]
+    texts = [template.format(title=t, text=x[: sec.max_text_chars], item_id="")
+             for t, x in zip(data.titles, data.texts)]
     rendered = render_prompt(m.loaded, texts[0], image=True)
     overhead = m.tokens.count(rendered, special=True) - m.tokens.count(texts[0]) - 1  # chat markup; the image below
     text_tokens = [n + overhead for n in m.tokens.counts(texts)]

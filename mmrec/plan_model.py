@@ -292,9 +292,9 @@ class Tokens:
         """Image placeholder tokens the processor expands one `width` x `height` image into."""
         key = (int(width), int(height))
         if key not in self._image_cache:
-            out = self.processor._get_num_multimodal_tokens(image_sizes=[(key[1], key[0])])
-            self._image_cache[key] = int(out["num_image_tokens"][0] if isinstance(out, dict)
-                                         else out.num_image_tokens[0])
+            from mmrec.vlm.families import image_token_count
+
+            self._image_cache[key] = image_token_count(self.processor, *key)
         return self._image_cache[key]
 
     def _side(self) -> int:

@@ -167,6 +167,15 @@ def test_plan_reads_image_sizes_from_the_dataset(tmp_path, tiny_next, tiny_llm, 
     with Image.open(synthetic_dataset / first["image"]) as img:
         assert stats.sizes[0] == img.size
     assert len(stats.sizes) == len(with_image) and "image sizes read" in stats.note
+    from mmrec.plan import make_plan
+    from mmrec.plan_model import Tokens
+
+    plan = make_plan(cfg.with_overrides(["item_summaries.template=fusion"]))
+    items_stage = next(s for s in plan.stages if s.stage == "summarize-items")
+    tokens = Tokens(tiny_next, True, "test")
+    most = max(tokens.image(w, h) for w, h in stats.sizes)
+    assert items_stage.tokens_max > most  # the largest image's tokens plus the template, title and description
+    assert [s.stage for s in plan.stages] == ["summarize-items", "summarize-users", "finetune:rec", "score:rec"]
 
 
 def test_unknown_hub_id_offline_is_a_clear_error(tmp_path, tiny_next, tiny_llm, run_cli):
