@@ -54,3 +54,19 @@ def synthetic_split(synthetic_dataset):
     out = synthetic_dataset / "splits" / "loo"
     make_split(synthetic_dataset, SplitConfig(protocol="loo", negatives=20, seed=0), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def family_loaded(tmp_path_factory):
+    """`get(hub_id)`: a weightless LoadedVLM / LoadedLM of a supported checkpoint (published configs, processor and
+    chat template; real tokenizer where a package ships it, see mmrec.vlm.family_tokenizers), built once per session."""
+    from family_fixtures import loaded_family
+
+    built: dict[str, object] = {}
+
+    def get(hub_id: str):
+        if hub_id not in built:
+            built[hub_id] = loaded_family(hub_id, tmp_path_factory.mktemp("tokenizer"))
+        return built[hub_id]
+
+    return get

@@ -129,8 +129,28 @@ def image_token_count(hub_id_or_processor: Any, width: int, height: int) -> int:
     OneVision: anyres_max_9). Accepts a supported hub id or an already-built processor."""
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
-    processor = _counting_processor(hub_id_or_processor) if isinstance(hub_id_or_processor, str) else hub_id_or_processor
+    given = hub_id_or_processor
+    processor = _counting_processor(given) if isinstance(given, str) else given
     counter = getattr(processor, "_get_num_multimodal_tokens", None)
     if counter is None:
         raise ConfigError(f"{type(processor).__name__} cannot count image tokens (no _get_num_multimodal_tokens)")
     return int(counter(image_sizes=[(height, width)])["num_image_tokens"][0])
+
+
+def meta_model(hub_id: str) -> Any:
+    """The model transformers builds from the published config, on the meta device: every module, parameter name
+    and shape of the real checkpoint, and no memory (for parameter counts, LoRA targets, quantization and FSDP)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    auto = AutoModelForImageTextToText if is_vlm(hub_id) else AutoModelForCausalLM
+    with torch.device("meta"):
+        return auto.from_config(load_config(hub_id))
+
+
+def layer_classes(model: Any) -> list[str]:
+    """The repeated block classes of `model` that FSDP wraps one by one (accelerate's
+    `fsdp_transformer_layer_cls_to_wrap`): the classes of its `_no_split_modules` that occur in it, embeddings aside."""
+    present = {type(m).__name__ for m in model.modules()}
+    wanted = set(getattr(model, "_no_split_modules", None) or [])
+    return sorted(c for c in wanted & present if "Embedding" not in c)

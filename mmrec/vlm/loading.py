@@ -19,6 +19,11 @@ log = get_logger(__name__)
 
 # model_type -> family; anything else loads through AutoModelForImageTextToText as "auto".
 FAMILIES = {"llava": "llava", "llava_next": "llava_next", "llava_onevision": "llava_onevision"}
+# Modules left unquantized by `quantization: 4bit/8bit` (transformers 5 matches them from the start of the full
+# module name): a VLM quantizes its language model only; an LLM everything but the output head.
+VLM_QUANT_SKIP = ["lm_head", "model.multi_modal_projector", "model.vision_tower", "multi_modal_projector",
+                  "vision_tower"]
+LLM_QUANT_SKIP = ["lm_head"]
 
 
 @dataclass
@@ -124,8 +129,7 @@ def load_vlm(spec: ModelSpec) -> LoadedVLM:
 
     config = _load_config(spec)
     family = FAMILIES.get(config.model_type, "auto")
-    # transformers 5 matches skip-module names from the start of the full module name.
-    skip = ["lm_head", "model.multi_modal_projector", "model.vision_tower", "multi_modal_projector", "vision_tower"]
+    skip = VLM_QUANT_SKIP
     try:
         processor = _load_processor(spec)
         model = AutoModelForImageTextToText.from_pretrained(spec.name_or_path, **_model_kwargs(spec, skip))
@@ -164,7 +168,7 @@ def load_llm(spec: ModelSpec) -> LoadedLM:
     _load_config(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.name_or_path, **_common_kwargs(spec))
-        model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **_model_kwargs(spec, ["lm_head"]))
+        model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **_model_kwargs(spec, LLM_QUANT_SKIP))
     except (OSError, ValueError) as e:
         raise MmrecError(f"cannot load language model '{spec.name_or_path}': {e}".splitlines()[0]) from None
     _prepare_tokenizer(tokenizer, model)

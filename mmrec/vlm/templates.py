@@ -102,14 +102,26 @@ def render_prompt(loaded: Any, user_text: str, image: bool) -> str:
 
 
 def _apply_own(owner: Any, tokenizer: Any, user_text: str, image: bool) -> str:
-    content: list[dict[str, str]] = ([{"type": "image"}] if image else []) + [{"type": "text", "text": user_text}]
-    messages = [{"role": "user", "content": content}]
-    try:
-        text = owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    except Exception:  # text-only templates that expect a plain string as content
-        messages = [{"role": "user", "content": user_text}]
-        text = owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    """The checkpoint's own template on one user turn. A text-only turn goes as a plain string, the form every
+    chat template takes; only when the template drops it (LLaVA's processor templates read text from content parts
+    only) as a list of parts. Never trust a template to fail loudly on the other form: Llama-3's prints a list given
+    as content (`message['content'] | trim`) instead of raising. A turn with an image needs parts."""
+    attempts: list[Any] = [[{"type": "image"}, {"type": "text", "text": user_text}]] if image else \
+        [user_text, [{"type": "text", "text": user_text}]]
+    wanted, rendered = user_text.strip(), ""
+    for content in attempts:
+        try:
+            rendered = owner.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                                 tokenize=False)
+        except Exception:  # a template that refuses this form of content: try the next form
+            continue
+        if wanted in rendered:
+            break
+    else:
+        name = getattr(tokenizer, "name_or_path", "") or type(owner).__name__
+        raise ConfigError(f"the chat template of '{name}' does not render the prompt text (got {rendered[:200]!r}); "
+                          f"set prompt_format to one of {', '.join(BUILTIN)}")
     bos = getattr(tokenizer, "bos_token", None)
-    if bos and text.startswith(bos):
-        text = text[len(bos):]  # the tokenizer adds BOS itself; keeping both would double it
-    return text
+    if bos and rendered.startswith(bos):
+        rendered = rendered[len(bos):]  # the tokenizer adds BOS itself; keeping both would double it
+    return rendered
