@@ -186,12 +186,11 @@ def _tokens(folder: Path, is_vlm: bool, hub_id: str | None) -> Tokens:
 
 
 def _approx(m: _Model) -> list[str]:
-    if not m.tokens.approximate:
+    m.tokens.tokenizer  # noqa: B018 (building it sets `stand_in`)
+    if not m.tokens.stand_in:
         return []
-    from mmrec.plan_model import CHARS_PER_TOKEN
-
-    return [f"text tokens estimated at {CHARS_PER_TOKEN} characters per token ({m.spec.name_or_path}'s vocabulary "
-            "is not shipped; give a local folder with its tokenizer for exact counts); image tokens are exact"]
+    return [f"text tokens counted with a same-kind stand-in vocabulary ({m.spec.name_or_path}'s is not shipped; "
+            "give a local folder with its tokenizer for exact counts); image tokens are exact"]
 
 
 def _image_tokens(m: _Model, sizes: list[tuple[int, int]]) -> list[int]:

@@ -211,20 +211,18 @@ def weight_bytes(spec: ModelSpec, shape: ModelShape, upcast_unquantized: bool = 
     return int(shape.quantizable_params * quant + rest * (4 if upcast_unquantized else per))
 
 
-CHARS_PER_TOKEN = 3.6  # English text in the families' BPE/SentencePiece vocabularies: about 3.6-4.5 characters
-
-
 class Tokens:
     """Counts prompt tokens with the checkpoint's own tokenizer and image tokens with its processor's settings.
 
     A local folder gives its real processor and tokenizer. A supported hub id gives the real processor class with
-    the published settings (`mmrec.vlm.families`); its vocabulary is not shipped, so text is counted at
-    `CHARS_PER_TOKEN` characters per token (special tokens one each) and `approximate` is set."""
+    the published settings (`mmrec.vlm.families`) around the tokenizer `mmrec.vlm.family_tokenizers` builds offline:
+    the real vocabulary for Mistral, LLaVA-NeXT-Mistral, Qwen2.5 and OneVision, a same-kind stand-in for Llama-3
+    and LLaVA-1.5 (`stand_in` is then set: text lengths are close, not exact)."""
 
     def __init__(self, folder: Path, is_vlm: bool, where: str, hub_id: str | None = None):
         self.folder, self.is_vlm, self.where = folder, is_vlm, where
         self.hub_id = hub_id
-        self.approximate = hub_id is not None
+        self.stand_in = False
         self._processor: Any = None
         self._tokenizer: Any = None
         self._image_cache: dict[tuple[int, int], int] = {}
@@ -250,7 +248,13 @@ class Tokens:
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
             if self.hub_id is not None:
-                self._tokenizer = _family_placeholder(self.hub_id)
+                import tempfile
+
+                from mmrec.vlm.family_tokenizers import build_tokenizer, is_real
+
+                with tempfile.TemporaryDirectory() as tmp:
+                    self._tokenizer = build_tokenizer(self.hub_id, Path(tmp))
+                self.stand_in = not is_real(self.hub_id)
             elif self.is_vlm:
                 self._tokenizer = getattr(self.processor, "tokenizer", None)
             else:
@@ -267,24 +271,13 @@ class Tokens:
 
     def count(self, text: str, special: bool = False) -> int:
         """Tokens of `text` (`special`: with the BOS the tokenizer adds in front)."""
-        if not self.approximate:
-            return len(self.tokenizer(text, add_special_tokens=special)["input_ids"])
-        specials = [t for t in self.tokenizer.all_special_tokens if t]
-        pattern = "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))
-        parts = re.split(f"({pattern})", text) if pattern else [text]
-        n = sum(1 if p in specials else -(-len(p) // CHARS_PER_TOKEN) for p in parts if p)
-        bos = getattr(self.tokenizer, "bos_token", None)
-        return int(n) + (1 if special and bos and not text.startswith(bos) else 0)
+        return len(self.tokenizer(text, add_special_tokens=special)["input_ids"])
 
     def counts(self, texts: list[str]) -> list[int]:
-        if not self.approximate:
-            return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        return [self.count(t) for t in texts]
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def text_of(self, n: int, sentence: str) -> str:
         """About `n` tokens of `sentence` repeated (a generated summary of `max_new_tokens`)."""
-        if self.approximate:
-            return (sentence * (int(n * CHARS_PER_TOKEN) // len(sentence) + 1))[: int(n * CHARS_PER_TOKEN)]
         ids = self.tokenizer(sentence * (n // 8 + 2), add_special_tokens=False)["input_ids"][:n]
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
@@ -319,20 +312,3 @@ class Tokens:
     def pixel_bytes(self, width: int, height: int) -> int:
         """float32 bytes of one image's processed pixels (what the scorer keeps per encoded item today)."""
         return self.tiles(width, height) * 3 * self._side() ** 2 * 4
-
-
-def _family_placeholder(hub_id: str) -> Any:
-    """The family's special tokens and published chat template, BOS and EOS (no vocabulary)."""
-    import copy
-
-    from mmrec.vlm.families import chat_template, placeholder_tokenizer, read_json
-
-    tok = copy.deepcopy(placeholder_tokenizer(hub_id))
-    config = read_json(hub_id, "tokenizer_config.json") or {}
-    for key in ("bos_token", "eos_token", "pad_token"):
-        value = config.get(key)
-        value = value.get("content") if isinstance(value, dict) else value
-        if value:
-            setattr(tok, key, value)
-    tok.chat_template = chat_template(hub_id)
-    return tok
