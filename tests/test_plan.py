@@ -217,3 +217,20 @@ def test_every_shipped_paper_config_gets_a_budget(path, tmp_path, tiny_next, run
                 assert f"models.{name}.train.max_length={spec['train']['max_length']} (fits" in out
     refused = [k.split("'")[0] for k in err.split("key '")[1:]]
     assert code == 0 or all("max_length" not in (raw["models"][k.split(".")[1]].get("train") or {}) for k in refused)
+
+
+# Published sizes (billions of parameters, as the model cards and papers state them).
+PUBLISHED = {"llava-hf/llava-1.5-7b-hf": 7.06, "llava-hf/llava-v1.6-mistral-7b-hf": 7.57,
+             "llava-hf/llava-onevision-qwen2-7b-ov-hf": 8.03, "meta-llama/Meta-Llama-3-8B-Instruct": 8.03,
+             "mistralai/Mistral-7B-Instruct-v0.2": 7.24, "Qwen/Qwen2.5-7B-Instruct": 7.62}
+
+
+@pytest.mark.parametrize("hub_id", sorted(PUBLISHED))
+def test_plan_shapes_of_the_shipped_families_have_their_published_sizes(hub_id):
+    from mmrec.vlm.families import is_vlm
+
+    shape = shape_of(ModelSpec(name_or_path=hub_id), is_vlm(hub_id), "test")
+    assert abs(shape.params / 1e9 - PUBLISHED[hub_id]) < 0.01
+    bf16 = weight_bytes(ModelSpec(name_or_path=hub_id, dtype="bfloat16"), shape)
+    nf4 = weight_bytes(ModelSpec(name_or_path=hub_id, dtype="bfloat16", quantization="4bit"), shape)
+    assert 14e9 < bf16 < 16.2e9 and 4e9 < nf4 < 6.5e9  # 4-bit: ~0.52 B per LM linear weight, the rest bf16
