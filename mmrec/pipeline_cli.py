@@ -6,7 +6,7 @@ Stages: prep, split, summarize-items, summarize-users, finetune:<model>, score:<
 A changed config section or input re-runs that stage and what depends on it, nothing else; an interrupted
 stage resumes. `--only finetune` or `--from score` accept a stage kind for all models. Before any stage runs,
 `mmrec plan`'s budget is printed and a config whose max_length cannot hold its longest image prompt is refused
-(`--no-plan` skips this).
+(a dry run says it would refuse; `--no-plan` skips the plan).
 """
 from __future__ import annotations
 

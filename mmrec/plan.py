@@ -53,20 +53,21 @@ class Plan:
     stages: list[StageBudget] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def refusals(self) -> list[str]:
-        """One message per length key too small for some stage, with the value that fits all its stages."""
+    def refusals(self, stages: set[str] | None = None) -> list[str]:
+        """One message per length key too small for some stage (of `stages`, default all), with the value that
+        fits all its stages."""
         needs: dict[str, tuple[int, int, list[str]]] = {}
         for s in self.stages:
-            if not s.fits:
+            if not s.fits and (stages is None or s.stage in stages):
                 limit, need, stages = needs.get(s.limit_key, (s.limit, 0, []))
                 needs[s.limit_key] = (limit, max(need, s.needs), stages + [s.stage])
         return [f"{self.source}: key '{key}' is {limit} but the longest image prompt of {' and '.join(stages)} needs "
                 f"{need} tokens (image, title and question are never cut); set {key}={need} or more"
                 for key, (limit, need, stages) in needs.items()]
 
-    def check(self) -> None:
-        """Refuse a config whose `max_length` cannot hold its longest image prompt."""
-        bad = self.refusals()
+    def check(self, stages: set[str] | None = None) -> None:
+        """Refuse a config whose `max_length` cannot hold its longest image prompt (in `stages`, default all)."""
+        bad = self.refusals(stages)
         if bad:
             raise ConfigError("; ".join(bad))
 

@@ -186,10 +186,15 @@ def test_unknown_hub_id_offline_is_a_clear_error(tmp_path, tiny_next, tiny_llm, 
 
 def test_run_checks_the_plan_before_any_stage(tmp_path, tiny_next, tiny_llm, run_cli):
     config = _tiny_config(tmp_path, tiny_next, tiny_llm, max_length=40)
-    code, out, err = run_cli("run", config, "--dry-run")
-    assert code == 2 and "max_length" in err and "would run" not in out
+    code, out, err = run_cli("run", config)
+    assert code == 2 and "models.rec.train.max_length' is 40" in err and "[      run]" not in out
+    assert not (tmp_path / "run" / ".mmrec").exists()  # no stage started
+    code, out, err = run_cli("run", config, "--dry-run")  # a dry run says it would refuse, and what would run
+    assert code == 0 and "[would refuse]" in out and "models.rec.train.max_length' is 40" in out
+    code, out, err = run_cli("run", config, "--dry-run", "--only", "summarize-items")  # only stages about to run count
+    assert code == 0 and "[would refuse]" not in out
     code, out, err = run_cli("run", config, "--dry-run", "--no-plan")
-    assert code == 0 and "would run" in out
+    assert code == 0 and "would run" in out and "prompt tokens" not in out
 
 
 PAPER_CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "mllm_msr").glob("*.yaml"))
