@@ -6,10 +6,10 @@ throughput beside `mmrec plan`'s estimate for the same shapes.
     python bench/gpu_smoke.py --tiny          # tiny sizes on the CPU (the default without CUDA): checks the wiring
 
 The model is built on the meta device, moved with `to_empty` and initialised in place (no 30 GB float32 copy, no
-download). The family's vocabulary is not shipped, so the tokenizer is mmrec's tiny Mistral-style one with the real
-chat template and processor: text prompts are shorter than with the real vocabulary; image tokens are the real ones.
-Weights are random, so generated text is noise and generation may stop early at a random end-of-sequence.
-Measured memory is `torch.cuda.max_memory_allocated` per phase (CPU: not measured, printed as "-").
+download). The tokenizer is Mistral's real vocabulary (`mmrec.vlm.family_tokenizers`), the processor the real class
+with the published settings (`mmrec.vlm.families`). Weights are random, so generated text is noise and generation
+may stop early at a random end-of-sequence. Measured memory is `torch.cuda.max_memory_allocated` per phase (CPU:
+not measured, printed as "-").
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def build(args: argparse.Namespace, tmp: Path):
     """(LoadedVLM with a meta-built, to_empty'd and initialised model, ModelSpec the plan reads)."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-    from mmrec.tiny import IMAGE_TOKEN, build_tiny_llava, build_tokenizer
+    from mmrec.tiny import build_tiny_llava
     from mmrec.vlm.loading import LoadedVLM
     from mmrec.vlm.spec import ModelSpec
 
@@ -64,10 +64,10 @@ def build(args: argparse.Namespace, tmp: Path):
         spec = ModelSpec(name_or_path=str(folder), dtype="float32")
     else:
         from mmrec.vlm.families import load_config, load_processor
+        from mmrec.vlm.family_tokenizers import build_tokenizer
 
-        tokenizer = build_tokenizer("mistral")
+        tokenizer = build_tokenizer(HUB_ID, tmp / "tokenizer")  # Mistral's real vocabulary (mistral-common)
         config, processor = load_config(HUB_ID), load_processor(HUB_ID, tokenizer=tokenizer)
-        config.image_token_index = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)  # the stand-in tokenizer's id
         spec = ModelSpec(name_or_path=HUB_ID, dtype="bfloat16" if dtype == torch.bfloat16 else "float32")
     if args.layers:
         config.text_config.num_hidden_layers = args.layers
