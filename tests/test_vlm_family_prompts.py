@@ -126,3 +126,24 @@ def test_recommendation_prompts_and_yes_no_ids(family_loaded, hub_id, variant):
         image_tokens = ids.count(tok.convert_tokens_to_ids(loaded.image_token))
         assert image_tokens == (families.image_token_count(hub_id, 500, 500) if use_image else 0)
         assert ids.count(tok.bos_token_id) == (1 if tok.bos_token_id is not None else 0)
+
+
+def test_mistral_prompts_tokenize_as_mistrals_reference_encoder(family_loaded):
+    """Mistral's own reference implementation (mistral-common's v1 instruct tokenizer, the one Mistral-7B-Instruct
+    v0.1/v0.2 were trained with) encodes the same user turns to the same ids as mmrec's path: the published chat
+    template rendered by render_prompt, then the tokenizer as `generate` calls it."""
+    from mistral_common.protocol.instruct.messages import UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    reference = MistralTokenizer.v1()
+    hub_id = "mistralai/Mistral-7B-Instruct-v0.2"
+    loaded = family_loaded(hub_id)
+    gen = TextGenerator(lambda: loaded, GenerationSettings())
+    cfg = UserSummaryConfig(model=ModelSpec(name_or_path=hub_id))
+    prompter = Prompter(cfg, TITLES, {}, SUMMARIES)
+    for block, previous in ((["i1", "i2"], None), (["i3", "i4"], "The user likes warm, red items.")):
+        text, _ = prompter.step("u1", block, previous)
+        ours = loaded.tokenizer([gen.prompt(text, image=False)])["input_ids"][0]
+        theirs = reference.encode_chat_completion(ChatCompletionRequest(messages=[UserMessage(content=text)])).tokens
+        assert ours == theirs
