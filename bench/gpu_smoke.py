@@ -175,7 +175,7 @@ def train(args, loaded, image, shape, spec) -> tuple[Phase, dict, str]:
 
     def step():
         with autocast:
-            loss = lm_loss(model(**batch.inputs).logits, batch.labels)[0]  # the `answer` loss of vlm_lora.py
+            loss = lm_loss(model(**batch.inputs).logits, batch.labels)[0]  # whole-row logits: the `full` loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -185,7 +185,7 @@ def train(args, loaded, image, shape, spec) -> tuple[Phase, dict, str]:
         for _ in range(args.steps):
             step()
     model.eval()
-    est = training(spec, shape, lora, tcfg, "answer", Batch(n, batch.tokens // n, tiles(loaded, args)))
+    est = training(spec, shape, lora, tcfg, "full", Batch(n, batch.tokens // n, tiles(loaded, args)))
     return ph, est, f"{args.steps * batch.tokens / ph.seconds:,.0f} tokens/s"
 
 

@@ -304,6 +304,7 @@ def vlm_stages(cfg: Any, name: str, data: DataStats) -> list[StageBudget]:
             notes.append("QLoRA: peft casts every non-quantized weight (embeddings, lm_head, vision tower) to float32")
         out.append(StageBudget(f"finetune:{name}", mcfg.model.name_or_path, prefix + suffix_max + ANSWER_TOKENS,
                                prefix + suffix_median + ANSWER_TOKENS, gpu,
+                               host if hasattr(mcfg.score, "cache_mb") else  # one cache shared with validation
                                {k + " (x2: train + valid)": 2 * v for k, v in host.items()},
                                limit_key, max_length, need, notes + _approx(m)))
     cached = mcfg.prefix_cacheable and m.shape.model_type in vlm_scorer.CACHE_FAMILIES
@@ -331,7 +332,18 @@ def _preference(cfg: Any, mcfg: Any, m: _Model, data: DataStats) -> str:
 
 def _host(m: _Model, mcfg: Any, data: DataStats, big: tuple[int, int], prefix: int, suffix: int,
           max_cached: int) -> dict[str, int]:
-    """Host bytes of one scorer's caches at their bound (today's `VLMScorer`/`VLMContext`)."""
+    """Host bytes of one scorer's caches at their bound. With `score.cache_mb` (byte-bounded caches) that bound and
+    the context's decoded-image cache; otherwise `max_cached` encoded items (float32 pixels) and prefixes and as
+    many decoded images."""
+    from mmrec.models import vlm_context
+
+    cache_mb = getattr(mcfg.score, "cache_mb", None)
+    if cache_mb is not None:
+        out = {"encoded items + prefixes (score.cache_mb)": int(cache_mb * 2**20)}
+        image_mb = getattr(vlm_context, "IMAGE_CACHE_MB", None)
+        if mcfg.use_image and image_mb is not None:
+            out["decoded images"] = int(image_mb * 2**20)
+        return out
     known = data.dataset_dir is not None  # without a dataset every cache is assumed full
     n = min(max_cached, len(data.titles)) if known else max_cached
     out = {"encoded items": n * suffix * PY_INT_BYTES, "encoded prefixes": max_cached * prefix * PY_INT_BYTES}

@@ -12,9 +12,9 @@ How each term is made (docs/plan.md says the same for users):
   (4 x intermediate), and with LoRA dropout > 0 each targeted layer's own dropped-out input plus a 1-byte mask.
   With gradient checkpointing only each layer's input is kept, plus one layer's activations while it is recomputed.
   tests/test_plan.py checks this against the bytes autograd really saves on a tiny model.
-- logits: a loss over full sequences (`answer`, `full`: what finetune/vlm_lora.py computes today) holds
-  rows x tokens x vocab logits in the compute dtype, their float32 copy and the float32 log-softmax; `yes_no`
-  holds one position per row.
+- logits: the `full` loss holds rows x tokens x vocab logits in the compute dtype, their float32 copy and the
+  float32 log-softmax; the `answer` loss the same at the 2 positions that predict the answer (issue 11's fix in
+  finetune), `yes_no` at one position per row.
 - key/value cache: 2 x layers x rows x tokens x kv_heads x head_dim x dtype bytes.
 - inference activations: one layer's working set at a time (norm in float32, q/k/v/o, the MLP's three tensors).
 Allocator fragmentation and the CUDA context (~0.5 GiB) are not included; the plan prints them as a margin.
@@ -27,6 +27,7 @@ from typing import Any
 from mmrec.plan_model import ModelShape, weight_bytes, weight_dtype_bytes
 
 ADAM_STATE_BYTES = 16  # float32 LoRA weight (4) + its gradient (4) + AdamW exp_avg (4) + exp_avg_sq (4)
+ANSWER_POSITIONS = 2  # the `answer` loss projects only the positions that predict " Yes"/" No" and end of sequence
 CONTEXT_MARGIN = 512 * 2**20  # CUDA context + allocator slack, printed beside every GPU total
 
 
@@ -103,12 +104,12 @@ def training(spec: Any, shape: ModelShape, lora: Any, train: Any, loss: str, bat
     acts = kept_activations(shape, lora.targets, lora.dropout, d, tokens, train.gradient_checkpointing)
     if train.gradient_checkpointing:  # one layer's activations exist again while it is recomputed in backward
         acts += tokens * train_layer_bytes(shape, lora.targets, lora.dropout, d)
-    full_logits = loss in ("answer", "full")
+    positions = {"full": batch.tokens, "answer": ANSWER_POSITIONS}.get(loss, 1)
     return {
         "weights": weight_bytes(spec, shape, upcast_unquantized=spec.quantization is not None),
         "LoRA weights+grads+AdamW": trainable * ADAM_STATE_BYTES,
         "activations": acts,
-        "logits": logits_bytes(shape, batch.rows, batch.tokens if full_logits else 1, d, loss=True),
+        "logits": logits_bytes(shape, batch.rows, positions, d, loss=True),
         "vision tower": vision_bytes(shape, batch.rows * batch.tiles, d),
     }
 
