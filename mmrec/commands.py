@@ -32,6 +32,7 @@ LIBRARY_COMMANDS: dict[str, str] = {
     "run": "mmrec.pipeline_cli",
     "demo": "mmrec.demo",
     "validate": "mmrec.validate_cli",
+    "plan": "mmrec.plan_cli",
     "tiny": "mmrec.tiny_cli",
 }
 # One line of help per command, in the order `mmrec --help` lists them (a typical experiment's); kept here so that
@@ -49,6 +50,7 @@ HELP: dict[str, str] = {
     "run": "run every stage of an experiment config, skipping finished ones",
     "demo": "the whole pipeline on the synthetic benchmark with tiny models (CPU, no downloads)",
     "validate": "load and validate an experiment config without running anything",
+    "plan": "prompt tokens and GPU/host memory per stage of a config, before anything loads (offline)",
     "tiny": "build tiny random models (LLaVA, LLaVA-NeXT, text LLM, CLIP) for tests and dry runs",
     "export": "export a split to other toolkits' formats (RecBole atomic files)",
 }

@@ -214,9 +214,25 @@ class Pipeline:
                 plan.append((stage, needed, why))
         return plan
 
-    def run(self, only: list[str] | None = None, start: str | None = None, dry_run: bool = False) -> list[str]:
-        """Run what needs running; returns the names of the stages that ran (or would run)."""
+    def check_plan(self, stages: set[str], refuse: bool = True) -> None:
+        """`mmrec plan` first: print every stage's budget and refuse a max_length that cannot fit one of `stages`
+        (those about to run), before any stage runs; `refuse=False` (a dry run) only says it would refuse. A model
+        the plan cannot find offline is noted, not refused (the run may download it)."""
+        from mmrec.plan import make_plan
+
+        budget = make_plan(self.cfg, strict=False)
+        print(budget.text(), flush=True)
+        if refuse:
+            budget.check(stages)
+        for reason in budget.refusals(stages):
+            print(f"[would refuse] {reason}", flush=True)
+
+    def run(self, only: list[str] | None = None, start: str | None = None, dry_run: bool = False,
+            check_plan: bool = False) -> list[str]:
+        """Run what needs running (after `check_plan()` when asked); returns the stages that ran (or would run)."""
         plan = self.select(only, start)
+        if check_plan:
+            self.check_plan({stage.name for stage, needed, _ in plan if needed}, refuse=not dry_run)
         ran = []
         for stage, needed, why in plan:
             verb = ("would run" if dry_run else "run") if needed else "skip"

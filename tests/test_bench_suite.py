@@ -103,3 +103,15 @@ def test_item_cache_bench_runs_and_reports_its_figures():
         rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert "(1, 5, 3, 336, 336)" in proc.stdout and "25.8 GiB" in proc.stdout
     assert {r["unit"] for r in rows} == {"MiB", "ms CPU"} and len(rows) == 6
+
+
+def test_gpu_smoke_runs_at_tiny_sizes_on_the_cpu(capsys):
+    """bench/gpu_smoke.py's code path (meta-device build + to_empty + init, item summaries, LoRA steps, cached
+    scoring, the plan's estimates beside) at tiny sizes; on a GPU the same script runs the 7B shapes."""
+    smoke = _bench_module("gpu_smoke")
+    assert smoke.main(["--tiny", "--steps", "1", "--new-tokens", "4", "--score-batch", "4", "--pref-words", "20"]) == 0
+    out = capsys.readouterr().out
+    for phase, unit in (("item summaries", "images/s"), ("LoRA training", "tokens/s"), ("scoring", "candidates/s")):
+        line = next(line for line in out.splitlines() if line.startswith(phase))
+        assert unit in line and "MiB" in line  # the plan's estimate beside the throughput
+    assert "plan: weights" in out and "KV cache" in out and "LoRA weights+grads+AdamW" in out
