@@ -115,7 +115,10 @@ def data_stats(cfg: Any) -> DataStats:
                          f"(width x height), titles like {ASSUMED_TITLE!r}, histories of {history} items", history)
     import pandas as pd
 
-    items = pd.read_parquet(root / "items.parquet")
+    from mmrec.data.canonical import INTERACTIONS_FILE, ITEMS_FILE, REMAKE
+    from mmrec.io import read_table
+
+    items = read_table(root / ITEMS_FILE, remedy=REMAKE).to_pandas()
     titles, texts = (items[c].fillna("").astype(str).tolist() if c in items else [""] * len(items)
                       for c in ("title", "text"))
     sizes = []
@@ -127,7 +130,7 @@ def data_stats(cfg: Any) -> DataStats:
             w, h = _header_size(root / str(row.image))
         if w and h:
             sizes.append((int(w), int(h)))
-    inter = pd.read_parquet(root / "interactions.parquet", columns=["user_id"])
+    inter = read_table(root / INTERACTIONS_FILE, ["user_id"], remedy=REMAKE).to_pandas()
     longest = int(inter["user_id"].value_counts().max()) - 1 if len(inter) else 0
     history = min(longest, split.max_history or longest, split.top_k - 1 if split.protocol == "paper" else longest)
     note = f"{root}: {len(items):,} items, {len(sizes):,} image sizes read"
@@ -265,8 +268,8 @@ def _title_extremes(m: _Model, titles: list[str]) -> list[str]:
 
 
 def vlm_stages(cfg: Any, name: str, data: DataStats) -> list[StageBudget]:
-    from mmrec.models.vlm_prompt import PromptBuilder
     from mmrec.models import vlm_scorer
+    from mmrec.models.vlm_prompt import PromptBuilder
 
     mcfg = cfg.model(name)
     key = f"models.{name}"
