@@ -6,9 +6,9 @@
 For each dataset shape it generates the synthetic benchmark (`data_prep/synthetic.py`: users with drifting tastes,
 Zipf-like popularity) with that shape's users, items and mean sequence length, splits it leave-one-out (100
 sampled validation/test negatives; 20 for `synthetic`), trains each model with its **default** settings (plus
-`--set` overrides, e.g. `--set batch_size=256 epochs=50` for the old defaults), and prints per model: batch size, optimizer steps
-per epoch, epochs run, best epoch, whether early stopping fired, mean seconds per epoch and the best validation
-NDCG@10. Shapes: `synthetic` = configs/baselines/synthetic.yaml's 800 users x 120 items x 20 per user;
+`--set` overrides, e.g. `--set batch_size=256 epochs=50` for the old defaults), and prints per model: batch size,
+optimizer steps per epoch, epochs run, best epoch, whether early stopping fired, mean seconds per epoch and the best
+validation NDCG@10. Shapes: `synthetic` = configs/baselines/synthetic.yaml's 800 users x 120 items x 20 per user;
 `ml-100k` = 943 x 1682 x 106 and `ml-1m` = 6040 x 3706 x 165 (MovieLens' sizes; the interactions are
 synthetic, so only the shape - and thus steps per epoch - matches). Seconds depend on the machine's load.
 """
@@ -22,11 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from results import emit  # noqa: E402  bench/ is sys.path[0] when a benchmark runs as a script
+
 from data_prep import synthetic  # noqa: E402
 from finetune.sequential import train  # noqa: E402
 from mmrec.data.splits import SplitConfig, make_split  # noqa: E402
 from mmrec.experiment import ExperimentConfig  # noqa: E402
-from results import emit  # noqa: E402  bench/ is sys.path[0] when a benchmark runs as a script
 
 SHAPES = {"synthetic": (800, 120, 20), "ml-100k": (943, 1682, 106), "ml-1m": (6040, 3706, 165)}
 NEGATIVES = {"synthetic": 20}  # sampled validation/test negatives (100 unless listed; 120 items leave too few)

@@ -20,12 +20,19 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from results import emit  # bench/ is sys.path[0] when a benchmark runs as a script
 
-from mmrec.encoders import (ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig, build_tiny_open_clip,
-                            embed_images, embed_texts)
+from mmrec.encoders import (
+    ImageEncoder,
+    ImageEncoderConfig,
+    TextEncoder,
+    TextEncoderConfig,
+    build_tiny_open_clip,
+    embed_images,
+    embed_texts,
+)
 from mmrec.models.ctr import CTRConfig, CTRScorer, build_model
 from mmrec.models.ctr_features import Catalogue
-from results import emit  # bench/ is sys.path[0] when a benchmark runs as a script
 
 DENSE = 384 + 512  # text_image with MiniLM and ViT-B-32
 
@@ -38,7 +45,8 @@ def scoring(n_candidates: int, n_items: int, per_user: int = 21, history: int = 
     hist = g.integers(0, n_items, size=(n_users, history))
     examples = pd.DataFrame({"user_id": users, "stage": "test", "history": [[item_ids[i] for i in h] for h in hist]})
     candidates = pd.DataFrame({"user_id": np.repeat(users, per_user), "stage": "test",
-                               "item_id": np.asarray(item_ids, dtype=object)[g.integers(0, n_items, n_users * per_user)]})
+                               "item_id": np.asarray(item_ids, dtype=object)[g.integers(0, n_items,
+                                                                                        n_users * per_user)]})
     mcfg = CTRConfig(variant="text_image")
     torch.manual_seed(0)
     model = build_model(mcfg, n_users, n_items, torch.arange(n_items + 1), DENSE).eval()
@@ -56,9 +64,11 @@ def scoring(n_candidates: int, n_items: int, per_user: int = 21, history: int = 
     t_mlp = (time.perf_counter() - t) * len(candidates) / len(sub)
     assert np.allclose(table_scores[: len(sub)], mlp_scores, atol=1e-4)
     rate = len(candidates) / t_table
-    print(f"scoring {len(candidates):,} candidates ({n_users:,} users x {per_user}, {n_items:,} items, history {history}):")
+    print(f"scoring {len(candidates):,} candidates ({n_users:,} users x {per_user}, {n_items:,} items, "
+          f"history {history}):")
     print(f"  content table (shipped): {t_table:6.2f} s  {rate:12,.0f} candidates/s")
-    print(f"  bottom MLP per item     : {t_mlp:6.2f} s  {len(candidates) / t_mlp:12,.0f} candidates/s (extrapolated from 10%)")
+    print(f"  bottom MLP per item     : {t_mlp:6.2f} s  {len(candidates) / t_mlp:12,.0f} candidates/s "
+          "(extrapolated from 10%)")
     print(f"  ratio: {t_mlp / t_table:.1f}x")
     emit("ctr", f"scoring {len(candidates):,} candidates, cached content vectors, cand/s", rate, "cand/s",
          note=f"{t_table:.2f}s")
@@ -74,7 +84,8 @@ def _rate(fn, n: int) -> float:
 def embedding(n_texts: int, n_images: int, n_big: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        texts = [f"Acme {k} sticker: a small vinyl sticker with a striped circle outline, item {k}." for k in range(n_texts)]
+        texts = [f"Acme {k} sticker: a small vinyl sticker with a striped circle outline, item {k}."
+                 for k in range(n_texts)]
         g = np.random.default_rng(0)
         paths = []
         for k in range(n_images):

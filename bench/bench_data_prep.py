@@ -7,7 +7,8 @@
 Each size runs in its own process so its peak RSS is its own. Goal on 2 cores: under 60 s and 4 GB at 10 M.
 Phases: `import` = mmrec.data.canonical.write_tables (validate, sort into sequence order, Parquet + stats),
 `kcore` = mmrec.data.kcore.kcore(5, 5), `split` = mmrec.data.splits.make_split (LOO, candidates, training
-negatives, leakage check, hashes). Generation is timed but not part of the pipeline total. CPU seconds are printed beside wall
+negatives, leakage check, hashes). Generation is timed but not part of the pipeline total. CPU seconds are printed \
+beside wall
 seconds: on shared cores the difference is time spent waiting for other jobs.
 """
 from __future__ import annotations
@@ -24,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-
 from results import emit  # bench/ is sys.path[0] when a benchmark runs as a script
 
 GOAL_SECONDS, GOAL_GB = 60.0, 4.0
@@ -43,7 +43,8 @@ def generate(rows: int, seed: int = 0, mean_len: int = 50) -> tuple[pd.DataFrame
     gaps = g.exponential(3600.0, len(user)).astype(np.int64)
     ts = np.cumsum(gaps)
     starts = np.r_[0, np.flatnonzero(np.diff(user)) + 1]
-    ts = ts - np.repeat(ts[starts], np.diff(np.r_[starts, len(user)])) + 1_600_000_000 + g.integers(0, 10**7, n_users)[user]
+    ts = (ts - np.repeat(ts[starts], np.diff(np.r_[starts, len(user)]))
+          + 1_600_000_000 + g.integers(0, 10**7, n_users)[user])
     order = g.permutation(len(user))
     user_ids = pa.array([f"u{k:08d}" for k in range(n_users)])
     item_ids = pa.array([f"i{k:07d}" for k in range(n_items)])
@@ -89,7 +90,8 @@ def child(rows: int, negatives: int) -> dict:
                       Path(tmp) / "split")
         candidates = sum(split.info["counts"]["candidates"].values())
     pipeline = ("kcore", "import", "split")
-    return {"rows": rows, "kept": report["interactions_after"], "candidates": candidates, "wall": p.wall, "cpu": p.cpu, "peak_after": p.peak,
+    return {"rows": rows, "kept": report["interactions_after"], "candidates": candidates, "wall": p.wall, "cpu": p.cpu,
+            "peak_after": p.peak,
             "total_s": sum(p.wall[k] for k in pipeline), "total_cpu_s": sum(p.cpu[k] for k in pipeline),
             "peak_gb": peak_gb()}
 
@@ -117,11 +119,13 @@ def main() -> None:
         print(f"{r['rows']:>11,} rows: {phases} | total {r['total_s']:.1f}s (cpu {r['total_cpu_s']:.1f}s) | "
               f"{r['rows'] / r['total_s']:,.0f} interactions/s | peak {r['peak_gb']:.2f} GB | "
               f"{r['kept']:,} kept by 5-core | {r['candidates']:,} candidates", flush=True)
-    print("\n| rows | total s | cpu s | interactions/s | peak GB | bytes/interaction | time vs 60 s goal | memory vs 4 GB goal |")
+    print("\n| rows | total s | cpu s | interactions/s | peak GB | bytes/interaction | time vs 60 s goal "
+          "| memory vs 4 GB goal |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['rows']:,} | {r['total_s']:.1f} | {r['total_cpu_s']:.1f} | {r['rows'] / r['total_s']:,.0f} | {r['peak_gb']:.2f} | "
-              f"{r['peak_gb'] * 1024**3 / r['rows']:.0f} | {r['total_s'] / GOAL_SECONDS:.2f}x | {r['peak_gb'] / GOAL_GB:.2f}x |")
+        print(f"| {r['rows']:,} | {r['total_s']:.1f} | {r['total_cpu_s']:.1f} | {r['rows'] / r['total_s']:,.0f} | "
+              f"{r['peak_gb']:.2f} | {r['peak_gb'] * 1024**3 / r['rows']:.0f} | {r['total_s'] / GOAL_SECONDS:.2f}x | "
+              f"{r['peak_gb'] / GOAL_GB:.2f}x |")
     r = results[-1]  # the largest size is the headline (the goals are stated at 10 M)
     size = f"{r['rows'] / 1e6:g}M"
     emit("data_prep", f"prepare {size} interactions (5-core, LOO, 99 negatives), wall s", r["total_s"], "s",

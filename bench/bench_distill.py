@@ -21,13 +21,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch
-from results import emit
+import torch  # noqa: E402  (after OMP_NUM_THREADS is set)
+from results import emit  # noqa: E402  (bench/ is sys.path[0] when a benchmark runs as a script)
 
-from mmrec.cli import main as mmrec
-from mmrec.distill.summary import gap_summary
-from mmrec.experiment import ExperimentConfig, ExperimentPaths
-from mmrec.io import read_json
+from mmrec.cli import main as mmrec  # noqa: E402  (after the sys.path insert)
+from mmrec.distill.summary import gap_summary  # noqa: E402
+from mmrec.experiment import ExperimentConfig, ExperimentPaths  # noqa: E402
+from mmrec.io import read_json  # noqa: E402
 
 METRICS = ("auc", "ndcg@10")
 PAIRS = (("sasrec", "sasrec_distill"), ("gru4rec", "gru4rec_distill"))

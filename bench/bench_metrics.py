@@ -15,9 +15,9 @@ import math
 import time
 
 import numpy as np
+from results import emit  # bench/ is sys.path[0] when a benchmark runs as a script
 
 from mmrec.metrics import evaluate_matrix, global_auc
-from results import emit  # bench/ is sys.path[0] when a benchmark runs as a script
 
 KS = (1, 5, 10, 20)
 
@@ -25,9 +25,9 @@ KS = (1, 5, 10, 20)
 def loop_metrics(scores: np.ndarray, labels: np.ndarray, ks=KS) -> dict[str, float]:
     """The obvious implementation: per user, rank the positive (expected rank over ties), then each metric."""
     sums = {f"{m}@{k}": 0.0 for m in ("hr", "ndcg", "mrr") for k in ks}
-    for s, l in zip(scores, labels):
-        t = s[l][0]
-        neg = s[~l]
+    for s, lab in zip(scores, labels):
+        t = s[lab][0]
+        neg = s[~lab]
         if math.isnan(t):
             above, tied = len(neg), 0
         else:

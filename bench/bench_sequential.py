@@ -15,12 +15,12 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from results import emit  # bench/ is sys.path[0] when a benchmark runs as a script
 from torch.nn import functional as F
 
 from mmrec.models.gru4rec import GRU4Rec
 from mmrec.models.sasrec import SASRec
 from mmrec.models.sequential import SequentialModel, batches, last_hidden, pad_batch, sequence_loss, windows
-from results import emit  # bench/ is sys.path[0] when a benchmark runs as a script
 
 MAX_LEN = 50
 

@@ -63,7 +63,8 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+    device = (f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available()
+              else f"cpu ({torch.get_num_threads()} threads)")
     root = Path(tempfile.mkdtemp(prefix="bench_summarize."))
     mmrec_main(["prep", "synthetic", "--users", str(args.users), "--items", str(args.items), "--interactions-per-user",
                 "10", "--min-length", "6", "--out", str(root / "dataset")])
@@ -87,13 +88,15 @@ def main() -> None:
         cfg = UserSummaryConfig(model=spec, max_new_tokens=args.max_new_tokens, batch_size=bs, stages=["test"])
         gen = TextGenerator(lambda: loaded, cfg.settings())
         out = root / f"users_{bs}.parquet"
-        stats, secs = timed(lambda: summarize_users(cfg, split, summaries, out, root / f"cache_users_{bs}", generator=gen))
+        stats, secs = timed(lambda: summarize_users(cfg, split, summaries, out, root / f"cache_users_{bs}",
+                                                    generator=gen))
         rates[name] = stats.examples / secs
         tables[name] = pd.read_parquet(out)
         print(f"  preferences, {name:<20} {stats.examples} users, {stats.steps} steps, {gen.calls} model calls "
               f"in {secs:.2f}s -> {rates[name]:.1f} users/s")
     one, batched = rates.values()
-    same = tables["one user at a time"]["steps"].map(list).tolist() == tables[f"batched x{args.batch_size}"]["steps"].map(list).tolist()
+    same = (tables["one user at a time"]["steps"].map(list).tolist()
+            == tables[f"batched x{args.batch_size}"]["steps"].map(list).tolist())
     print(f"RATIO preference summarization, batched / one at a time: {batched / one:.1f}x users/s "
           f"(goal >= 4x); identical texts: {same}")
     where = "GPU" if torch.cuda.is_available() else "CPU"

@@ -35,11 +35,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmrec.models.vlm_forward import (cached_p_yes, plain_p_yes, prefix_cache, select_cache,  # noqa: E402
-                                      stack_pixels, vision_dtype)
-from mmrec.models.vlm_prompt import PromptBuilder  # noqa: E402
 from results import emit  # noqa: E402  (bench/ is sys.path[0] when a benchmark runs as a script)
 from vlm_flops import flop_count  # noqa: E402
+
+from mmrec.models.vlm_forward import cached_p_yes, plain_p_yes, prefix_cache, select_cache, stack_pixels, vision_dtype  # noqa: E402
+from mmrec.models.vlm_prompt import PromptBuilder  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WORDS = ("striped dotted solid red orange yellow green blue purple circle square triangle diamond items colourful "

@@ -112,6 +112,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     from bench_vlm_scoring import candidates, load
+
     from mmrec.models.vlm_adapter import apply_lora
     from mmrec.models.vlm_forward import lm_loss, train_batch, vision_dtype
     from mmrec.models.vlm_prompt import PromptBuilder

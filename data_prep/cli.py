@@ -14,7 +14,8 @@ import json
 # source name -> (module, help)
 SOURCES: dict[str, tuple[str, str]] = {
     "synthetic": ("data_prep.synthetic", "generate the synthetic multimodal benchmark (known ground truth)"),
-    "amazon2023": ("data_prep.amazon2023", "Amazon Reviews 2023: <Category>.jsonl(.gz) + meta_<Category>.jsonl(.gz) + images"),
+    "amazon2023": ("data_prep.amazon2023",
+                   "Amazon Reviews 2023: <Category>.jsonl(.gz) + meta_<Category>.jsonl(.gz) + images"),
     "microlens": ("data_prep.microlens", "MicroLens: pairs CSV (user,item,timestamp) + titles CSV + covers folder"),
     "movielens": ("data_prep.movielens", "MovieLens ml-100k / ml-1m / ml-latest(-small) + optional posters folder"),
     "recbole": ("data_prep.recbole", "RecBole atomic files (.inter, .item with name:type headers)"),

@@ -279,7 +279,8 @@ def finish_import(args: argparse.Namespace, interactions: pd.DataFrame, items: p
         stats = write_tables(tmp, items, inter.reset_index(drop=True), prep_info=_prep_info(args, source, inputs),
                              extra_stats=extra)
     cache.close(remove=True)
-    log.info("wrote %s: %d users, %d items, %d interactions", out, stats["users"], stats["items"], stats["interactions"])
+    log.info("wrote %s: %d users, %d items, %d interactions",
+             out, stats["users"], stats["items"], stats["interactions"])
     return stats
 
 

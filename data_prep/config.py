@@ -14,7 +14,8 @@ from mmrec.errors import ConfigError
 
 
 def options_to_argv(options: dict[str, Any]) -> list[str]:
-    """{'min_user': 5, 'require_image': True, 'tags': ['a','b']} -> ['--min-user', '5', '--require-image', '--tags', 'a', 'b']."""
+    """{'min_user': 5, 'require_image': True, 'tags': ['a','b']}
+    -> ['--min-user', '5', '--require-image', '--tags', 'a', 'b']."""
     argv: list[str] = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")

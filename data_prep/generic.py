@@ -16,8 +16,17 @@ from pathlib import Path
 import pandas as pd
 
 from data_prep.common import add_common_arguments, finish_import, index_images
-from data_prep.readers import (TIME_FORMATS, BadLines, JsonlFile, TableFile, check_file, read_all, to_rating,
-                               to_seconds, unknown_items)
+from data_prep.readers import (
+    TIME_FORMATS,
+    BadLines,
+    JsonlFile,
+    TableFile,
+    check_file,
+    read_all,
+    to_rating,
+    to_seconds,
+    unknown_items,
+)
 from mmrec.data.images import ImageError, ImagePolicy, safe_join
 from mmrec.errors import DataError
 

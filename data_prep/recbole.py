@@ -75,7 +75,7 @@ def read_inter(f: TableFile, args: argparse.Namespace, bad: BadLines) -> tuple[p
 
 def read_items(f: TableFile, args: argparse.Namespace, bad: BadLines) -> pd.DataFrame:
     fields = parse_header(f)
-    item = _field(fields, args.item_field, f, "--item-field")
+    _field(fields, args.item_field, f, "--item-field")
     texty = [n for n, (_, kind) in fields.items() if kind in ("token", "token_seq") and n != args.item_field]
     title = args.title_field or next((n for n in texty if "title" in n or "name" in n), None)
     if title is not None:

@@ -82,7 +82,8 @@ def _check(args: argparse.Namespace) -> None:
 
 def _attributes(n_items: int, seed: int) -> pd.DataFrame:
     """Balanced attribute combinations: every combo appears before any repeats, in a seeded order."""
-    combos = np.array([(c, s, p) for c in range(len(COLOURS)) for s in range(len(SHAPES)) for p in range(len(PATTERNS))])
+    combos = np.array([(c, s, p) for c in range(len(COLOURS)) for s in range(len(SHAPES))
+                       for p in range(len(PATTERNS))])
     g = rng(seed, "synthetic", "items")
     order = np.concatenate([g.permutation(len(combos)) for _ in range(-(-n_items // len(combos)))])[:n_items]
     chosen = combos[order]

@@ -76,7 +76,8 @@ def eval_rows(examples: pd.DataFrame, max_history: int | None) -> tuple[pd.DataF
     hist = [list(h)[-max_history:] if max_history else list(h) for h in examples["history"]]
     keep = np.array([len(h) > 0 for h in hist], dtype=bool)
     full_len = np.array([len(h) for h in examples["history"]], dtype=float)
-    rows = pd.DataFrame({"user_id": examples["user_id"].to_numpy()[keep], "history": [h for h, k in zip(hist, keep) if k],
+    rows = pd.DataFrame({"user_id": examples["user_id"].to_numpy()[keep],
+                         "history": [h for h, k in zip(hist, keep) if k],
                          "item_id": examples["target"].to_numpy()[keep], "timestamp": full_len[keep]})
     return rows, int((~keep).sum())
 

@@ -15,12 +15,12 @@ import pandas as pd
 from eval import report_data as rd
 from eval.report_gallery import GalleryUser, build_gallery, sample_users
 from eval.report_images import Thumbnails
-from mmrec.eval_config import ReportConfig
 from eval.svg import histogram_chart, line_chart
-from mmrec.truth import read_truth
 from mmrec.errors import DataError, MmrecError
+from mmrec.eval_config import ReportConfig
 from mmrec.experiment import ExperimentPaths
 from mmrec.io import atomic_dir, write_text
+from mmrec.truth import read_truth
 
 ASSETS_DIR = "report_assets"
 SCORE_PLOT_USERS = 50_000  # score histograms use a seeded sample of users beyond this (bounded memory)
@@ -74,7 +74,8 @@ def _find_split(paths: ExperimentPaths, name: str | None, runs: list[rd.RunResul
             v = rd.flatten(r.manifest).get(key)
             if isinstance(v, str) and paths.split(v).is_dir():
                 return paths.split(v)
-    found = sorted(p for p in paths.split("x").parent.glob("*") if p.is_dir()) if paths.split("x").parent.is_dir() else []
+    found = (sorted(p for p in paths.split("x").parent.glob("*") if p.is_dir())
+             if paths.split("x").parent.is_dir() else [])
     return found[0] if len(found) == 1 else None
 
 
@@ -150,7 +151,8 @@ def _metric_plots(table: rd.ResultsTable) -> list[Plot]:
     for fam, series in rd.k_curves(table).items():
         label = rd.metric_label(f"{fam}@K")
         plots.append(Plot(name=f"{fam}_at_k", caption=f"{label} per model (mean over seeds)",
-                          svg=line_chart(series, title=label, x_label="K", y_label=label.split("@")[0], integer_x=True)))
+                          svg=line_chart(series, title=label, x_label="K", y_label=label.split("@")[0],
+                                         integer_x=True)))
     return plots
 
 
@@ -165,7 +167,8 @@ def _first_run_scores(paths: ExperimentPaths, runs: list[rd.RunResult], stage: s
     for run in first.values():
         df = rd.read_scores(paths, run, stage, users)
         if df is None:
-            notes.append(f"no scores for run '{run}' ({paths.scores(run)}): its score plot and gallery column are omitted")
+            notes.append(f"no scores for run '{run}' ({paths.scores(run)}): "
+                         "its score plot and gallery column are omitted")
             continue
         scores[run] = df
     return scores
@@ -227,7 +230,8 @@ def _distillation(paths: ExperimentPaths, runs: list[rd.RunResult], table: rd.Re
 
 
 def _gallery(paths: ExperimentPaths, split: Any, runs: list[rd.RunResult], table: rd.ResultsTable,
-             scores: dict[str, pd.DataFrame], opts: ReportConfig, users: list[str], notes: list[str]) -> list[GalleryUser]:
+             scores: dict[str, pd.DataFrame], opts: ReportConfig, users: list[str],
+             notes: list[str]) -> list[GalleryUser]:
     """The gallery of `users` (empty without a split); optional inputs that are missing become notes."""
     if split is None or not users:
         return []

@@ -31,11 +31,13 @@ def _experiment(args: argparse.Namespace):
         overrides.insert(0, config)  # `mmrec report --dir D key=value`: the first override landed in `config`
         config = None
     if config is None and args.dir is None:
-        raise ConfigError("give an experiment config (mmrec report CONFIG.yaml) or a directory (mmrec report --dir DIR)")
+        raise ConfigError("give an experiment config (mmrec report CONFIG.yaml) "
+                          "or a directory (mmrec report --dir DIR)")
     if args.dir is not None:
         overrides.append(f"experiment.dir={args.dir}")
     if config is None:
-        return ExperimentConfig.from_mapping(apply_overrides({}, overrides, where="command line"), source="command line")
+        return ExperimentConfig.from_mapping(apply_overrides({}, overrides, where="command line"),
+                                             source="command line")
     return ExperimentConfig.load(config, overrides)
 
 

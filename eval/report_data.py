@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mmrec.metrics import mean_ci
 from mmrec.errors import DataError
 from mmrec.experiment import ExperimentPaths
+from mmrec.metrics import mean_ci
 
 RUN_RE = re.compile(r"^(?P<model>.+)@seed(?P<seed>-?\d+)$")
 AT_K_RE = re.compile(r"^(?P<family>[a-z_]+)@(?P<k>\d+)$")

@@ -8,9 +8,9 @@ from html import escape
 from typing import Any
 
 from eval.report_data import RunResult, fmt_cell, metric_label
-from mmrec.metrics import mean_ci
 from mmrec.experiment import ExperimentPaths
 from mmrec.io import read_json
+from mmrec.metrics import mean_ci
 
 IGNORED = ("distill", "device", "eval_batch_size")
 

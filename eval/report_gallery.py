@@ -101,8 +101,10 @@ def _preference(user_summaries: pd.DataFrame | None, user: str, stage: str) -> t
 def build_gallery(*, users: list[str], stage: str, examples: pd.DataFrame, candidates: pd.DataFrame,
                   items: pd.DataFrame, scores: dict[str, pd.DataFrame], ranking_run: str | None,
                   item_summaries: pd.DataFrame | None = None, user_summaries: pd.DataFrame | None = None,
-                  thumbs: Thumbnails | None = None, max_history: int = 10, max_candidates: int = 10) -> list[GalleryUser]:
-    """One `GalleryUser` per id in `users`. `scores` maps run id -> its scores table (user_id, stage, item_id, score)."""
+                  thumbs: Thumbnails | None = None, max_history: int = 10,
+                  max_candidates: int = 10) -> list[GalleryUser]:
+    """One `GalleryUser` per id in `users`. `scores` maps run id -> its scores table
+    (user_id, stage, item_id, score)."""
     lookup = _ItemLookup(items, item_summaries, thumbs)
     ex = examples[examples["stage"] == stage].assign(user_id=lambda d: d["user_id"].astype(str)).set_index("user_id")
     cands = candidates[candidates["stage"] == stage].assign(user_id=lambda d: d["user_id"].astype(str),

@@ -16,12 +16,15 @@ if TYPE_CHECKING:
 SVG = "image/svg+xml"
 
 CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;background:#f6f7f9}
+body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;\
+margin:0;color:#1d1d1f;background:#f6f7f9}
 main{max-width:1180px;margin:0 auto;padding:24px}
-h1{margin:0 0 4px;font-size:26px}h2{margin:32px 0 12px;font-size:20px;border-bottom:2px solid #e3e6ea;padding-bottom:4px}
+h1{margin:0 0 4px;font-size:26px}\
+h2{margin:32px 0 12px;font-size:20px;border-bottom:2px solid #e3e6ea;padding-bottom:4px}
 h3{margin:0 0 8px;font-size:16px}.sub{color:#5f6368;margin:6px 0 16px;font-size:13px}
 nav a{margin-right:14px;color:#0b57d0;text-decoration:none;font-size:14px}
-table{border-collapse:collapse;background:#fff;font-size:13px}th,td{border:1px solid #e3e6ea;padding:5px 8px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;background:#fff;font-size:13px}\
+th,td{border:1px solid #e3e6ea;padding:5px 8px;text-align:left;vertical-align:top}
 th{background:#f0f2f5;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.best{font-weight:700;color:#0b57d0}.wrap{overflow-x:auto}
 .tables{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}.tables>p{flex-basis:100%;margin:0}
@@ -30,10 +33,12 @@ details summary{cursor:pointer;font-size:13px;font-weight:600;margin:8px 0}
 .manifest td{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px;word-break:break-all}
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:16px}
 figure{margin:0;background:#fff;border:1px solid #e3e6ea;border-radius:6px;padding:8px}
-figure img{width:100%;max-width:620px;height:auto;display:block;margin:0 auto}figcaption{font-size:12px;color:#5f6368;margin-top:4px}
+figure img{width:100%;max-width:620px;height:auto;display:block;margin:0 auto}\
+figcaption{font-size:12px;color:#5f6368;margin-top:4px}
 .card{background:#fff;border:1px solid #e3e6ea;border-radius:8px;padding:16px;margin-bottom:20px}
 .history{display:flex;gap:10px;overflow-x:auto;padding-bottom:6px}
-.item{flex:0 0 132px;font-size:11px}.item .t{font-weight:600;margin-top:3px}.item .s{color:#5f6368;margin-top:2px;max-height:10em;overflow-y:auto}
+.item{flex:0 0 132px;font-size:11px}.item .t{font-weight:600;margin-top:3px}\
+.item .s{color:#5f6368;margin-top:2px;max-height:10em;overflow-y:auto}
 .cands .s{color:#5f6368;font-size:12px;max-height:4.5em;overflow-y:auto}
 .thumb{width:96px;height:96px;object-fit:contain;background:#f0f2f5;border-radius:4px;display:block}
 .noimg{width:96px;height:96px;background:#eceff3;border-radius:4px;display:flex;align-items:center;justify-content:center;color:#9aa0a6;font-size:11px}
@@ -74,13 +79,15 @@ def _results(report: "Report") -> str:
                 first = f"<th rowspan='{len(t.rows)}'>{escape(metric_label(fam))}</th>" if i == 0 else ""
                 cells = "".join(_cell(t, m, f"{fam}@{k}", best_of(t, f"{fam}@{k}")) for k in ks)
                 rows.append(f"<tr>{first}<td><b>{escape(m)}</b></td>{cells}</tr>")
-        parts.append(f"<div class='wrap'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+        parts.append(f"<div class='wrap'><table><thead><tr>{head}</tr></thead>"
+                     f"<tbody>{''.join(rows)}</tbody></table></div>")
     head = "<th>model</th><th>seeds</th>" + "".join(f"<th>{escape(metric_label(c))}</th>" for c in values)
     rows = "".join(f"<tr><td><b>{escape(m)}</b></td><td>{escape(seeds[m])}</td>"
                    + "".join(_cell(t, m, c, best_of(t, c)) for c in values) + "</tr>" for m in t.rows)
     parts.append(f"<div class='wrap'><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>")
-    parts.append("<p class='sub'>Mean ± 95% t-interval half-width over seeds (one value when a model ran once); best in "
-                 "blue. Invalid scores count as misses; tie and invalid rates are diagnostics (lower is better).</p>")
+    parts.append("<p class='sub'>Mean ± 95% t-interval half-width over seeds (one value when a model ran once); "
+                 "best in blue. Invalid scores count as misses; tie and invalid rates are diagnostics "
+                 "(lower is better).</p>")
     return "<div class='tables'>" + "".join(parts) + "</div>"
 
 
@@ -102,7 +109,8 @@ def _comparisons(report: "Report") -> str:
         f"<td class='num'>{c['t_pvalue']:.3g}</td><td class='num'>{c['wilcoxon_pvalue']:.3g}</td></tr>"
         for c in report.comparisons)
     return ("<p class='label'>Paired tests: the best model against each other one, per-user metric "
-            f"(seeds averaged)</p><div class='wrap'><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>")
+            f"(seeds averaged)</p><div class='wrap'><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{rows}</tbody></table></div>")
 
 
 def _truth(report: "Report") -> str:
@@ -139,16 +147,20 @@ def _manifest(report: "Report") -> str:
 
 
 def _user(u: GalleryUser) -> str:
-    shown = (f"last {len(u.history)} of {u.history_total}" if u.history_total > len(u.history) else str(u.history_total))
+    shown = (f"last {len(u.history)} of {u.history_total}" if u.history_total > len(u.history)
+             else str(u.history_total))
     hist = "".join(f"<div class='item'>{_img(it)}<div class='t'>{escape(it.title or it.item_id)}</div>"
-                   f"<div class='s'>{escape(it.summary or '')}</div></div>" for it in u.history) or "<p>(empty history)</p>"
-    parts = [f"<div class='card' id='user-{escape(u.user_id)}'><h3>User <code>{escape(u.user_id)}</code> · {escape(u.stage)}</h3>",
+                   f"<div class='s'>{escape(it.summary or '')}</div></div>"
+                   for it in u.history) or "<p>(empty history)</p>"
+    parts = [f"<div class='card' id='user-{escape(u.user_id)}'><h3>User <code>{escape(u.user_id)}</code> · "
+             f"{escape(u.stage)}</h3>",
              f"<p class='label'>History ({shown} items, oldest first)</p><div class='history'>{hist}</div>"]
     steps = u.steps or ([u.preference] if u.preference else [])
     if steps:
         parts.append("<p class='label'>Preference at every recurrence step</p><ol class='steps'>"
                      + "".join(f"<li>{escape(s)}</li>" for s in steps) + "</ol>")
-    ranked_by = f"ranked by <code>{escape(u.ranking_run)}</code>" if u.ranking_run else "in candidate-file order (no scores)"
+    ranked_by = (f"ranked by <code>{escape(u.ranking_run)}</code>" if u.ranking_run
+                 else "in candidate-file order (no scores)")
     head = "".join(f"<th>{escape(h)}</th>" for h in ["rank", "", "item"]) + "".join(
         f"<th>{escape(r)}<br><small>score (rank)</small></th>" for r in u.runs)
     rows = []
@@ -163,16 +175,18 @@ def _user(u: GalleryUser) -> str:
     if u.user_metric:
         ranked_by += f"; {escape(metric_label(u.user_metric[0]))} on this user: {u.user_metric[1]:.4f}"
     parts.append(f"<p class='label'>Candidates ({len(u.candidates)} of {u.n_candidates} shown, {ranked_by})</p>"
-                 f"<div class='wrap'><table class='cands'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div></div>")
+                 f"<div class='wrap'><table class='cands'><thead><tr>{head}</tr></thead>"
+                 f"<tbody>{''.join(rows)}</tbody></table></div></div>")
     return "".join(parts)
 
 
 def render_html(report: "Report") -> str:
     t = report.table
-    sections = ["results", "manifest"] + (["plots"] if report.plots else []) + (["gallery"] if report.gallery else []) + (
-        ["notes"] if report.notes else [])
+    sections = (["results", "manifest"] + (["plots"] if report.plots else [])
+                + (["gallery"] if report.gallery else []) + (["notes"] if report.notes else []))
     body = [f"<h1>{escape(report.title)}</h1>",
-            f"<p class='sub'>Experiment <code>{escape(report.experiment_dir)}</code> · stage <b>{escape(report.stage)}</b> · "
+            f"<p class='sub'>Experiment <code>{escape(report.experiment_dir)}</code> · "
+            f"stage <b>{escape(report.stage)}</b> · "
             f"{len(report.runs)} run(s) of {len(t.rows)} model(s)</p>",
             "<nav>" + "".join(f"<a href='#{s}'>{s.capitalize()}</a>" for s in sections) + "</nav>",
             f"<h2 id='results'>Results</h2>{_results(report)}{_comparisons(report)}{_truth(report)}"
@@ -185,7 +199,8 @@ def render_html(report: "Report") -> str:
     if report.gallery:
         body.append("<h2 id='gallery'>Gallery</h2>" + "".join(_user(u) for u in report.gallery))
     if report.notes:
-        body.append("<h2 id='notes'>Notes</h2><ul class='notes'>" + "".join(f"<li>{escape(n)}</li>" for n in report.notes) + "</ul>")
+        body.append("<h2 id='notes'>Notes</h2><ul class='notes'>"
+                    + "".join(f"<li>{escape(n)}</li>" for n in report.notes) + "</ul>")
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{escape(report.title)}</title><style>{CSS}</style></head>"

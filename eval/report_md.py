@@ -91,7 +91,8 @@ def render_markdown(report: "Report", assets_folder: str) -> tuple[str, dict[str
                        for fam in families for i, m in enumerate(t.rows)])
         out.append("")
     out += _table(["model", "seeds"] + [metric_label(c) for c in values],
-                  [[f"**{md_cell(m)}**", md_cell(seeds[m])] + [fmt_cell(t.rows[m].get(c)) for c in values] for m in t.rows])
+                  [[f"**{md_cell(m)}**", md_cell(seeds[m])] + [fmt_cell(t.rows[m].get(c)) for c in values]
+                   for m in t.rows])
     out += ["", "Cells are the mean ± the 95% t-interval half-width over seeds (one value when a model ran once). "
             "Invalid scores count as misses; tie and invalid rates are diagnostics.", ""]
     if report.comparisons:
@@ -110,10 +111,12 @@ def render_markdown(report: "Report", assets_folder: str) -> tuple[str, dict[str
     out += ["## Protocol manifest", ""]
     facts = key_facts(report.shared_manifest)
     if report.shared_manifest:
-        out += _table(["key", "value"], [[f"`{md_cell(k)}`", md_cell(v)] for k, v in (facts or report.shared_manifest).items()])
+        out += _table(["key", "value"],
+                      [[f"`{md_cell(k)}`", md_cell(v)] for k, v in (facts or report.shared_manifest).items()])
         if facts and len(facts) < len(report.shared_manifest):
             out += ["", f"<details><summary>Full shared manifest ({len(report.shared_manifest)} entries)</summary>", ""]
-            out += _table(["key", "value"], [[f"`{md_cell(k)}`", md_cell(v)] for k, v in report.shared_manifest.items()])
+            out += _table(["key", "value"],
+                          [[f"`{md_cell(k)}`", md_cell(v)] for k, v in report.shared_manifest.items()])
             out += ["", "</details>"]
     else:
         out.append("(the metrics files carry no shared manifest)")

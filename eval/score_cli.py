@@ -73,7 +73,8 @@ def write_with_meta(df: pd.DataFrame, path: Path, meta: dict[str, Any]) -> Path:
     return write_parquet(table, path)
 
 
-def run_chunks(n_chunks: int, compute: Callable[[int], pd.DataFrame], parts_dir: Path, key: str, desc: str) -> pd.DataFrame:
+def run_chunks(n_chunks: int, compute: Callable[[int], pd.DataFrame], parts_dir: Path, key: str,
+               desc: str) -> pd.DataFrame:
     """Compute chunks 0..n-1, saving each as it finishes; chunks saved under the same `key` are reused."""
     key_file = parts_dir / "key.json"
     if parts_dir.exists() and (not key_file.is_file() or read_json(key_file).get("key") != key):
@@ -152,7 +153,8 @@ def score_run(cfg: ExperimentConfig, run_cfg: ExperimentConfig, name: str, run: 
     cands_sha = check_candidates(split, split_dir)
     ckpt = paths.checkpoint(run)
     if not ckpt.exists():
-        raise DataError(f"{ckpt}: no checkpoint for run '{run}'; run `mmrec finetune {cfg.source} --model {name}` first")
+        raise DataError(f"{ckpt}: no checkpoint for run '{run}'; "
+                        f"run `mmrec finetune {cfg.source} --model {name}` first")
     base = {"run": run, "model": name, "stages": stages, "candidates_sha256": cands_sha,
             "checkpoint_fingerprint": checkpoint_fingerprint(ckpt),
             "model_config": hash_json(to_dict(run_cfg.model(name))), "experiment_seed": run_cfg.seed}
@@ -185,8 +187,9 @@ def score_run(cfg: ExperimentConfig, run_cfg: ExperimentConfig, name: str, run: 
             summary = f"{len(df)} candidates, {n_nan} invalid (NaN) scores"
         else:
             if not isinstance(scorer, CatalogueScorer):
-                raise ConfigError(f"{cfg.source}: model '{name}' (kind {run_cfg.model(name).kind}) cannot rank the whole "
-                                  "catalogue; use eval.protocol=sampled or leave it out with eval.models")
+                raise ConfigError(f"{cfg.source}: model '{name}' (kind {run_cfg.model(name).kind}) "
+                                  "cannot rank the whole catalogue; use eval.protocol=sampled "
+                                  "or leave it out with eval.models")
             examples = split.examples[split.examples["stage"].isin(stages)]
             masked = split.pre_target_items(examples) if ev.mask_history else None
             df = score_full(scorer, examples, ev.mask_history, ev.batch_users, parts, key, run, catalogue, masked)

@@ -81,23 +81,29 @@ class _Frame:
         span = (self.y1 - self.y0) or 1.0
         return self.bottom - (y - self.y0) / span * (self.bottom - self.top)
 
-    def axes(self, title: str, x_label: str, y_label: str, x_tick_labels: Mapping[float, str] | None = None) -> list[str]:
+    def axes(self, title: str, x_label: str, y_label: str,
+             x_tick_labels: Mapping[float, str] | None = None) -> list[str]:
         out = [f"<rect x='0' y='0' width='{self.w}' height='{self.h}' fill='white'/>",
-               f"<text x='{self.w / 2:.1f}' y='18' text-anchor='middle' font-size='13' font-weight='600'>{escape(title)}</text>"]
+               f"<text x='{self.w / 2:.1f}' y='18' text-anchor='middle' font-size='13' font-weight='600'>"
+               f"{escape(title)}</text>"]
         for y in self.y_ticks:
             p = self.py(y)
             out.append(f"<line x1='{self.left}' x2='{self.right}' y1='{p:.1f}' y2='{p:.1f}' stroke='#e5e5e5'/>")
-            out.append(f"<text x='{self.left - 6}' y='{p + 4:.1f}' text-anchor='end' font-size='10'>{escape(fmt_number(y))}</text>")
+            out.append(f"<text x='{self.left - 6}' y='{p + 4:.1f}' text-anchor='end' font-size='10'>"
+                       f"{escape(fmt_number(y))}</text>")
         for x in self.x_ticks:
             p = self.px(x)
             label = (x_tick_labels or {}).get(x, fmt_number(x))
             out.append(f"<line x1='{p:.1f}' x2='{p:.1f}' y1='{self.bottom}' y2='{self.bottom + 4}' stroke='#555'/>")
-            out.append(f"<text x='{p:.1f}' y='{self.bottom + 16}' text-anchor='middle' font-size='10'>{escape(label)}</text>")
+            out.append(f"<text x='{p:.1f}' y='{self.bottom + 16}' text-anchor='middle' font-size='10'>"
+                       f"{escape(label)}</text>")
         out.append(f"<line x1='{self.left}' x2='{self.right}' y1='{self.bottom}' y2='{self.bottom}' stroke='#555'/>")
         out.append(f"<line x1='{self.left}' x2='{self.left}' y1='{self.top}' y2='{self.bottom}' stroke='#555'/>")
-        out.append(f"<text x='{(self.left + self.right) / 2:.1f}' y='{self.h - 8}' text-anchor='middle' font-size='11'>{escape(x_label)}</text>")
+        out.append(f"<text x='{(self.left + self.right) / 2:.1f}' y='{self.h - 8}' text-anchor='middle' "
+                   f"font-size='11'>{escape(x_label)}</text>")
         cy = (self.top + self.bottom) / 2
-        out.append(f"<text x='14' y='{cy:.1f}' text-anchor='middle' font-size='11' transform='rotate(-90 14 {cy:.1f})'>{escape(y_label)}</text>")
+        out.append(f"<text x='14' y='{cy:.1f}' text-anchor='middle' font-size='11' "
+                   f"transform='rotate(-90 14 {cy:.1f})'>{escape(y_label)}</text>")
         return out
 
     def legend(self) -> list[str]:
@@ -117,8 +123,10 @@ def _document(width: int, height: int, title: str, body: list[str]) -> str:
 
 def _empty(width: int, height: int, title: str, why: str) -> str:
     body = [f"<rect x='0' y='0' width='{width}' height='{height}' fill='white' stroke='#ddd'/>",
-            f"<text x='{width / 2:.1f}' y='18' text-anchor='middle' font-size='13' font-weight='600'>{escape(title)}</text>",
-            f"<text x='{width / 2:.1f}' y='{height / 2:.1f}' text-anchor='middle' font-size='12' fill='#777'>{escape(why)}</text>"]
+            f"<text x='{width / 2:.1f}' y='18' text-anchor='middle' font-size='13' font-weight='600'>"
+            f"{escape(title)}</text>",
+            f"<text x='{width / 2:.1f}' y='{height / 2:.1f}' text-anchor='middle' font-size='12' fill='#777'>"
+            f"{escape(why)}</text>"]
     return _document(width, height, title, body)
 
 
@@ -172,7 +180,8 @@ def histogram_chart(groups: Mapping[str, Sequence[float]], *, title: str, x_labe
         counts, _ = np.histogram(v, bins=edges)
         heights[name] = counts / (v.size * (edges[1] - edges[0])) if density and v.size else counts.astype(float)
     top = max(float(h.max()) for h in heights.values() if h.size) or 1.0
-    frame = _Frame(width, height, nice_ticks(lo, hi), nice_ticks(0.0, top), [f"{n} (n={data[n].size})" for n in heights])
+    frame = _Frame(width, height, nice_ticks(lo, hi), nice_ticks(0.0, top),
+                   [f"{n} (n={data[n].size})" for n in heights])
     body = frame.axes(title, x_label, "density" if density else "count")
     for i, (name, h) in enumerate(heights.items()):
         color = PALETTE[i % len(PALETTE)]
@@ -181,6 +190,7 @@ def histogram_chart(groups: Mapping[str, Sequence[float]], *, title: str, x_labe
                 continue
             x, y = frame.px(left), frame.py(value)
             body.append(f"<rect x='{x:.1f}' y='{y:.1f}' width='{max(frame.px(right) - x - 0.5, 0.5):.1f}' "
-                        f"height='{frame.bottom - y:.1f}' fill='{color}' fill-opacity='0.45' stroke='{color}' stroke-width='0.6'/>")
+                        f"height='{frame.bottom - y:.1f}' fill='{color}' fill-opacity='0.45' stroke='{color}' "
+                        "stroke-width='0.6'/>")
     body += frame.legend()
     return _document(width, height, title, body)

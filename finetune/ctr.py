@@ -20,19 +20,27 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from mmrec.selection import Selection
 from finetune.checkpoint import check_previous_run
 from finetune.sequential import STATE_DIR, EpochMeter, EpochStats, TrainState
 from mmrec.config import to_dict
 from mmrec.errors import DataError
 from mmrec.experiment import ExperimentConfig, ExperimentPaths
 from mmrec.io import atomic_path, hash_json, write_json, write_parquet
-from mmrec.models.ctr import (CONTENT_KEY, ITEMS_FILE, RUN_FILE, USERS_FILE, WEIGHTS_FILE, CTRConfig, CTRScorer,
-                              build_model)
+from mmrec.models.ctr import (
+    CONTENT_KEY,
+    ITEMS_FILE,
+    RUN_FILE,
+    USERS_FILE,
+    WEIGHTS_FILE,
+    CTRConfig,
+    CTRScorer,
+    build_model,
+)
 from mmrec.models.ctr_features import Catalogue, build_features
 from mmrec.models.sequential import batches, resolve_device, training_sequences
 from mmrec.progress import get_logger
 from mmrec.seeding import derive_seed, rng, seed_everything
+from mmrec.selection import Selection
 
 
 def positives(sequences: pd.Series, users: pd.Index, catalogue: Catalogue, history_len: int,
@@ -175,7 +183,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     users = pd.Index(sorted(sequences.index))
     pos = positives(sequences, users, catalogue, mcfg.history_len, mcfg.train_positions)
     seen = seen_keys(sequences, users, catalogue)
-    split_negs = split_negatives(split, sequences, users, catalogue, mcfg, name) if mcfg.negative_source == "split" else None
+    split_negs = (split_negatives(split, sequences, users, catalogue, mcfg, name)
+                  if mcfg.negative_source == "split" else None)
     validated = selection.available(split)
     distiller = None
     if mcfg.distill is not None:
@@ -199,7 +208,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         write_parquet(pd.DataFrame({"user_id": list(users)}), out_dir / USERS_FILE)
     info: dict[str, Any] = {"kind": mcfg.kind, "variant": mcfg.variant, "config": to_dict(mcfg),
                             "fingerprint": fingerprint, "finished": False, "n_users": len(users),
-                            "n_id_items": len(id_items), "n_catalogue": len(catalogue), "dense_dim": int(feats.shape[1]),
+                            "n_id_items": len(id_items), "n_catalogue": len(catalogue),
+                            "dense_dim": int(feats.shape[1]),
                             "features": feat_info, "train_positives": int(len(pos[0])),
                             "candidates_sha256": split.candidates_sha256, "selection": selection.record()}
     write_json(info, run_file)

@@ -304,8 +304,7 @@ def load_full_state(model: Any, optimizer: Any, weights: Mapping[str, torch.Tens
         load_trainable_state(model, dict(weights))
         optimizer.load_state_dict(dict(optim))
         return
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     names = _param_names(model, optimizer)
     missing = [n for n in names if n not in weights]

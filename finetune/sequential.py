@@ -27,17 +27,30 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from mmrec.selection import Selection
 from finetune.checkpoint import check_previous_run, clear_stale, load_checkpoint, save_checkpoint
 from mmrec.config import to_dict
 from mmrec.errors import DataError
 from mmrec.experiment import MODEL_KINDS, ExperimentConfig
 from mmrec.io import atomic_path, hash_json, write_json, write_parquet, write_text
-from mmrec.models.sequential import (ITEMS_FILE, RUN_FILE, WEIGHTS_FILE, ItemVocab, SequentialConfig,
-                                     SequentialModel, SequentialScorer, auto_batch_size, batches, pad_batch,
-                                     resolve_device, sequence_loss, training_sequences, windows)
+from mmrec.models.sequential import (
+    ITEMS_FILE,
+    RUN_FILE,
+    WEIGHTS_FILE,
+    ItemVocab,
+    SequentialConfig,
+    SequentialModel,
+    SequentialScorer,
+    auto_batch_size,
+    batches,
+    pad_batch,
+    resolve_device,
+    sequence_loss,
+    training_sequences,
+    windows,
+)
 from mmrec.progress import get_logger, progress
 from mmrec.seeding import derive_seed, rng, seed_everything
+from mmrec.selection import Selection
 
 LOG_FILE = "train_log.jsonl"
 STATE_DIR = "checkpoint"
@@ -138,8 +151,9 @@ class EpochMeter:
         return EpochStats(self.total / max(self.n, 1), time.perf_counter() - self.start, self.examples)
 
 
-def run_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, samples: list[list[int]], mcfg: SequentialConfig,
-              order: np.ndarray, device: torch.device, desc: str, distiller: Any = None) -> EpochStats:
+def run_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, samples: list[list[int]],
+              mcfg: SequentialConfig, order: np.ndarray, device: torch.device, desc: str,
+              distiller: Any = None) -> EpochStats:
     """One pass over the training windows in `order`; an example is one training target (a window position). The
     loss adds the distillation term of `distiller` (a `finetune.distill.Distiller`) when the model has a `distill:`
     section."""

@@ -28,8 +28,17 @@ from typing import Any
 import torch
 
 from finetune.checkpoint import capture_rng, check_previous_run, load_checkpoint, save_checkpoint
-from finetune.distributed import (base_spec, full_state, is_sharded, load_full_state, make_accelerator, on_main,
-                                  prepare, save_adapter, validate)
+from finetune.distributed import (
+    base_spec,
+    full_state,
+    is_sharded,
+    load_full_state,
+    make_accelerator,
+    on_main,
+    prepare,
+    save_adapter,
+    validate,
+)
 from finetune.vlm_data import batches_per_epoch, epoch_batches, training_rows, validation_rows
 from mmrec.config import to_dict
 from mmrec.data.splits import load_split
@@ -38,8 +47,15 @@ from mmrec.experiment import ExperimentConfig
 from mmrec.io import hash_json, write_json, write_text
 from mmrec.models.vlm_adapter import apply_lora, merge_adapter
 from mmrec.models.vlm_context import report_missing
-from mmrec.models.vlm_forward import (answer_logits, answer_loss, lm_loss, model_device, train_batch, vision_dtype,
-                                      yes_no_loss)
+from mmrec.models.vlm_forward import (
+    answer_logits,
+    answer_loss,
+    lm_loss,
+    model_device,
+    train_batch,
+    vision_dtype,
+    yes_no_loss,
+)
 from mmrec.models.vlm_scorer import ADAPTER_DIR, RUN_FILE, VLMScorer, build_context, make_builder, resolve
 from mmrec.progress import get_logger, progress
 from mmrec.seeding import derive_seed, seed_everything

@@ -123,7 +123,8 @@ def invoke(name: str, argv: list[str]) -> int:
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The shared shape of stage commands: `mmrec <stage> CONFIG.yaml [key.path=value ...]`."""
     parser.add_argument("config", help="experiment YAML (see configs/)")
-    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="override config values, e.g. split.seed=3")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value",
+                        help="override config values, e.g. split.seed=3")
 
 
 def load_experiment(args: argparse.Namespace):

@@ -136,7 +136,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         raise ConfigError(f"{where}: key '{key}' must be {' or '.join(_type_name(a) for a in args)}, got {value!r}")
     if origin is Literal:
         if value not in get_args(tp):
-            raise ConfigError(f"{where}: key '{key}' must be one of {', '.join(repr(a) for a in get_args(tp))}, got {value!r}")
+            raise ConfigError(f"{where}: key '{key}' must be one of "
+                              f"{', '.join(repr(a) for a in get_args(tp))}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):

@@ -139,13 +139,15 @@ class ExperimentConfig:
         if key not in self._cache:
             models = self.raw.get("models") or {}
             if name not in models:
-                raise ConfigError(f"{self.source}: no model '{name}' under 'models' (have: {', '.join(models) or 'none'})")
+                raise ConfigError(f"{self.source}: no model '{name}' under 'models' "
+                                  f"(have: {', '.join(models) or 'none'})")
             spec = models[name]
             if not isinstance(spec, dict) or "kind" not in spec:
                 raise ConfigError(f"{self.source}: key '{key}' needs a 'kind' (one of {', '.join(MODEL_KINDS)})")
             kind = spec["kind"]
             if kind not in MODEL_KINDS:
-                raise ConfigError(f"{self.source}: key '{key}.kind' must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
+                raise ConfigError(f"{self.source}: key '{key}.kind' must be one of {', '.join(MODEL_KINDS)}, "
+                                  f"got {kind!r}")
             cls = _resolve(MODEL_KINDS[kind])
             self._cache[key] = from_dict(cls, spec, where=self.source, prefix=key)
         return self._cache[key]
@@ -238,8 +240,10 @@ class ExperimentPaths:
         return self.root / "report.html"
 
 
-def runs_of(cfg: ExperimentConfig, names: list[str], seeds: list[int] | None) -> list[tuple[str, str, ExperimentConfig]]:
+def runs_of(cfg: ExperimentConfig, names: list[str],
+            seeds: list[int] | None) -> list[tuple[str, str, ExperimentConfig]]:
     """(model name, run id, config of that run) for every model x seed; one run per model without seeds."""
     if not seeds:
         return [(n, ExperimentPaths.run_id(n), cfg) for n in names]
-    return [(n, ExperimentPaths.run_id(n, s), cfg.with_overrides([f"experiment.seed={s}"])) for n in names for s in seeds]
+    return [(n, ExperimentPaths.run_id(n, s), cfg.with_overrides([f"experiment.seed={s}"]))
+            for n in names for s in seeds]

@@ -281,7 +281,8 @@ def evaluate_counts(c: PositiveCounts, ks: Sequence[int] = (1, 3, 5, 10), tie_po
         summary[key] = float(np.mean(values[has_pos])) if has_pos.any() else float("nan")
     if "gauc" in metrics:
         weights = c.n_pos[gauc_rows]
-        summary["gauc"] = float(np.average(per_row["auc"][gauc_rows], weights=weights)) if weights.sum() else float("nan")
+        summary["gauc"] = (float(np.average(per_row["auc"][gauc_rows], weights=weights)) if weights.sum()
+                           else float("nan"))
     n_positives = len(c.row)
     n_cells = int(c.n_pos.sum() + c.n_neg.sum())
     counts = {

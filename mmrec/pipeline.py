@@ -68,7 +68,8 @@ class Pipeline:
     def _cli(self, *args: str) -> None:
         code = invoke(args[0], [self.config_path, *self.overrides, *args[1:]])
         if code != 0:
-            raise MmrecError(f"stage '{args[0]}' failed (exit {code}); fix the error above and re-run `mmrec run` to resume")
+            raise MmrecError(f"stage '{args[0]}' failed (exit {code}); "
+                             "fix the error above and re-run `mmrec run` to resume")
 
     def dataset_dir(self) -> Path:
         data = self.cfg.section("data")
@@ -108,7 +109,8 @@ class Pipeline:
                 deps = (*deps, signals["name"])
             stages.append(Stage(
                 f"finetune:{model}", (f"models.{model}", "experiment"), deps,
-                lambda fresh, m=model: self._cli("finetune", "--model", m, *seed_args, *(["--no-resume"] if fresh else [])),
+                lambda fresh, m=model: self._cli("finetune", "--model", m, *seed_args,
+                                                 *(["--no-resume"] if fresh else [])),
                 lambda rs=model_runs: [self.paths.checkpoint(r) for r in rs]))
             stages.append(Stage(
                 f"score:{model}", ("eval",), (f"finetune:{model}",),  # protocol/stages change what is scored
@@ -130,7 +132,8 @@ class Pipeline:
         data = self.cfg.section("data")
         if data.path:
             if not (Path(data.path) / "interactions.parquet").is_file():
-                raise MmrecError(f"{self.cfg.source}: data.path {data.path} is not a canonical dataset; run `mmrec prep` first")
+                raise MmrecError(f"{self.cfg.source}: data.path {data.path} is not a canonical dataset; "
+                                 "run `mmrec prep` first")
             return
         hook("prepare_dataset")(data, self.paths.dataset, where=self.cfg.source)
 

@@ -27,7 +27,8 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name if name.startswith("mmrec") else f"mmrec.{name}")
 
 
-def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T] | tqdm:
+def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "",
+             unit: str = "it") -> Iterator[T] | tqdm:
     """A tqdm bar (rate and ETA) on stderr; silenced with MMREC_NO_PROGRESS=1 (tests, CI logs)."""
     disable = os.environ.get("MMREC_NO_PROGRESS", "") not in ("", "0")
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True, file=sys.stderr)

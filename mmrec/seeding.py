@@ -9,7 +9,8 @@ from mmrec.io import hash_json
 
 
 def derive_seed(seed: int, *keys: object) -> int:
-    """A 63-bit seed derived from `seed` and names, so separate draws (e.g. test vs train negatives) never share a stream."""
+    """A 63-bit seed derived from `seed` and names, so separate draws (e.g. test vs train negatives) never share
+    a stream."""
     return int(hash_json([seed, *keys])[:15], 16)
 
 

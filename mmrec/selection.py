@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from mmrec.errors import ConfigError
-from mmrec.ranking import catalogue_manifest, experiment_catalogue, full_ranking_result, rank_catalogue
 from mmrec.metrics import (
     DEFAULT_TIE_POLICY,
     TOPK_METRICS,
@@ -23,6 +22,7 @@ from mmrec.metrics import (
     global_auc,
     metric_name,
 )
+from mmrec.ranking import catalogue_manifest, experiment_catalogue, full_ranking_result, rank_catalogue
 
 AUTO = "auto"
 

@@ -42,7 +42,8 @@ LLAMA3_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "{% if message['content'] is string %}{% set text = message['content'] %}"
-    "{% else %}{% set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') %}"
+    "{% else %}{% set text = message['content'] | selectattr('type', 'equalto', 'text') "
+    "| map(attribute='text') | join('') %}"
     "{% endif %}"
     "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + text | trim + '<|eot_id|>' }}"
     "{% endfor %}"
@@ -166,13 +167,18 @@ def build_tiny_llava(out_dir: str | Path, family: Family = "llava", seed: int = 
         model = LlavaForConditionalGeneration(LlavaConfig(**common))
         processor = LlavaProcessor(image_processor=CLIPImageProcessor(**img_args), **proc_args)
     else:
-        from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor, LlavaNextProcessor
+        from transformers import (
+            LlavaNextConfig,
+            LlavaNextForConditionalGeneration,
+            LlavaNextImageProcessor,
+            LlavaNextProcessor,
+        )
 
         s = image_size
         pinpoints = [[s, s], [s, 2 * s], [2 * s, s], [2 * s, 2 * s]]
         model = LlavaNextForConditionalGeneration(LlavaNextConfig(image_grid_pinpoints=pinpoints, **common))
-        processor = LlavaNextProcessor(image_processor=LlavaNextImageProcessor(image_grid_pinpoints=pinpoints, **img_args),
-                                       **proc_args)
+        processor = LlavaNextProcessor(
+            image_processor=LlavaNextImageProcessor(image_grid_pinpoints=pinpoints, **img_args), **proc_args)
     model.generation_config.pad_token_id = tok.pad_token_id
     return _save(out_dir, model, processor)
 

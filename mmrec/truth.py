@@ -10,8 +10,9 @@ are visible only in the image, so:
   user's true colour and pattern at the last item that step summarized (and the share naming a wrong one).
 
 A summary "names" a value when the word occurs in it (whole word, any case). The values an attribute can take are
-the ones the benchmark's truth tables use, so the metrics need nothing from the generator that wrote them. With a real VLM and LLM these say at
-once whether the model and the prompts work; a random tiny model's text names a value only by chance (~0).
+the ones the benchmark's truth tables use, so the metrics need nothing from the generator that wrote them. With a
+real VLM and LLM these say at once whether the model and the prompts work; a random tiny model's text names a value
+only by chance (~0).
 """
 from __future__ import annotations
 
@@ -54,7 +55,10 @@ def _shares(texts: list[str], truth: pd.DataFrame, vocab: Vocabulary) -> dict[st
     n = len(texts)
     hits = {a: [truth[a].iloc[i] in named(t, vocab[a]) for i, t in enumerate(texts)] for a in ATTRIBUTES}
     wrong_any = [any(named(t, vocab[a]) - {truth[a].iloc[i]} for a in ATTRIBUTES) for i, t in enumerate(texts)]
-    share = (lambda xs: float(sum(xs)) / n if n else float("nan"))
+
+    def share(xs):
+        return float(sum(xs)) / n if n else float("nan")
+
     return {"n": n, "colour": share(hits["colour"]), "pattern": share(hits["pattern"]),
             "faithful": share([c and p for c, p in zip(hits["colour"], hits["pattern"])]), "wrong": share(wrong_any)}
 
@@ -109,7 +113,8 @@ def summary_truth(dataset_root: Path, paths: ExperimentPaths, examples: pd.DataF
         return None
     out: dict[str, Any] = {"dataset": str(dataset_root)}
     attrs = _read(attrs_file, "item truth", ["item_id", *ATTRIBUTES])
-    steps = _read(steps_file, "interaction truth", ["user_id", "item_id", *ATTRIBUTES]) if steps_file.is_file() else None
+    steps = (_read(steps_file, "interaction truth", ["user_id", "item_id", *ATTRIBUTES]) if steps_file.is_file()
+             else None)
     vocab = vocabulary(attrs, *([steps] if steps is not None else []))
     if paths.item_summaries.is_file():
         items = _read(paths.item_summaries, "item summaries", ["item_id", "summary"])
@@ -137,8 +142,10 @@ def truth_rows(truth: dict[str, Any]) -> list[list[str]]:
 def format_truth(truth: dict[str, Any]) -> str:
     """The truth metrics as a small text table (what `mmrec eval` prints)."""
     widths = [22, 6, 7, 7, 7, 7]
-    line = (lambda cells: " ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                   for i, (c, w) in enumerate(zip(cells, widths))))
+
+    def line(cells):
+        return " ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     return "\n".join([TRUTH_CAPTION + ":", line(TRUTH_HEADER), *map(line, truth_rows(truth))])
 
 

@@ -10,9 +10,20 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from finetune.checkpoint import (META_FILE, TENSORS_FILE, PreviousRun, capture_rng, check_previous_run, clear_stale,
-                                 has_checkpoint, load_checkpoint, load_optimizer_state, optimizer_state,
-                                 process_rng, save_checkpoint)
+from finetune.checkpoint import (
+    META_FILE,
+    TENSORS_FILE,
+    PreviousRun,
+    capture_rng,
+    check_previous_run,
+    clear_stale,
+    has_checkpoint,
+    load_checkpoint,
+    load_optimizer_state,
+    optimizer_state,
+    process_rng,
+    save_checkpoint,
+)
 from mmrec.errors import ConfigError
 from mmrec.experiment import ExperimentConfig
 from mmrec.io import write_json

@@ -221,9 +221,9 @@ def test_accelerate_config(path):
     config, turned by accelerate's launcher into the processes' environment, is one the recipe accepts (FSDP2)."""
     from accelerate.commands.config.config_args import ClusterConfig
     from accelerate.utils import DistributedType
+    from test_finetune_vlm_distributed import accelerate_launch_env
 
     from finetune.distributed import launch_problem
-    from test_finetune_vlm_distributed import accelerate_launch_env
 
     cfg = ClusterConfig.from_yaml_file(str(path))
     assert cfg.distributed_type in (DistributedType.MULTI_GPU, DistributedType.FSDP)  # DDP or FSDP2

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from crash import crash_on_call
 from safetensors.torch import load_file
 
 import finetune.ctr as recipe
@@ -17,8 +18,6 @@ from mmrec.errors import ConfigError, DataError
 from mmrec.experiment import ExperimentConfig, ExperimentPaths
 from mmrec.models.ctr import CTRConfig, build_model, load_scorer
 from mmrec.models.ctr_features import Catalogue, item_texts
-
-from crash import crash_on_call
 
 VARIANTS = ("id_only", "text", "text_image", "mmrec")
 FAST = {"epochs": 8, "patience": 8, "batch_size": 512}
@@ -36,7 +35,8 @@ def experiment(tmp_path_factory, synthetic_split):
     clip = build_tiny_open_clip(root / "tiny_clip")
     attrs = pd.read_parquet(Path(synthetic_split).parents[1] / "item_attributes.parquet")
     summaries = pd.DataFrame({"item_id": attrs["item_id"],
-                              "summary": [f"A {p} {c} {s}." for c, s, p in zip(attrs["colour"], attrs["shape"], attrs["pattern"])]})
+                              "summary": [f"A {p} {c} {s}."
+                                          for c, s, p in zip(attrs["colour"], attrs["shape"], attrs["pattern"])]})
     target = ExperimentPaths(root / "exp").item_summaries
     target.parent.mkdir(parents=True)
     summaries.to_parquet(target)

@@ -43,7 +43,10 @@ def test_ranking_loss_is_the_correct_bce():
         emb.weight.copy_(torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
     hidden = torch.tensor([[1.0, 0.5]])
     loss = ranking_loss(hidden, emb, torch.tensor([[1, 2]]), torch.tensor([[3, 3]]), torch.tensor([[0.75, 0.25]]))
-    sig = lambda x: 1 / (1 + math.exp(-x))
+
+    def sig(x):
+        return 1 / (1 + math.exp(-x))
+
     # scores: item1 2.0, item2 0.5, negative item3 -1.0
     neg = -math.log(1 - sig(-1.0))
     want = 0.75 * (-math.log(sig(2.0)) + neg) + 0.25 * (-math.log(sig(0.5)) + neg)
@@ -206,7 +209,10 @@ def test_join_by_ids_and_hash_check(tmp_path, synthetic_dataset):
     # rows in another order give the same lists (joined by ids, never by position)
     shuffled = table.sample(frac=1.0, random_state=0)
     ex2, lists2 = teacher_lists(shuffled, vocab, seqs, 10, "t")
-    key = lambda ex: list(zip(ex["user_id"], ex["position"]))
+
+    def key(ex):
+        return list(zip(ex["user_id"], ex["position"]))
+
     order = [key(ex2).index(k) for k in key(examples)]
     assert torch.equal(lists2.items[order], lists.items) and torch.equal(lists2.confidence[order], lists.confidence)
     # a signal whose next item is not the training sequence's is refused, naming user and position

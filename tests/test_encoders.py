@@ -5,8 +5,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmrec.encoders import (EmbeddingCache, ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig,
-                            build_tiny_open_clip, embed_images, embed_texts)
+from mmrec.encoders import (
+    EmbeddingCache,
+    ImageEncoder,
+    ImageEncoderConfig,
+    TextEncoder,
+    TextEncoderConfig,
+    build_tiny_open_clip,
+    embed_images,
+    embed_texts,
+)
 from mmrec.errors import ConfigError, DataError
 
 TEXTS = ["a red striped circle sticker", "a crimson striped round sticker", "quantum field theory lecture notes"]

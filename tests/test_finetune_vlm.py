@@ -9,12 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from crash import crash_on_call
 from safetensors.torch import load_file
+from test_vlm_rec import make_experiment, tiny_models, vlm_model  # noqa: F401  (fixture)
 
 from mmrec.metrics import global_auc
-
-from crash import crash_on_call
-from test_vlm_rec import make_experiment, tiny_models, vlm_model  # noqa: F401  (fixture)
 
 # Learnable at tiny scale: yes/no loss, LoRA also on lm_head (the random head's tiny weights otherwise cap how
 # far the Yes/No logits can move), a constant lr of 1e-3 (3e-3 and above oscillate on this model), and batches of

@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from crash import crash_on_call
 from safetensors.torch import load_file
+from test_finetune_vlm import QUICK_TRAIN, _adapter, _run_info
+from test_vlm_rec import make_experiment, tiny_models, vlm_model  # noqa: F401  (fixture)
 
 from finetune.distributed import launch_problem, make_accelerator, user_share
 from mmrec.errors import ConfigError
-from crash import crash_on_call
-from test_finetune_vlm import QUICK_TRAIN, _adapter, _run_info
-from test_vlm_rec import make_experiment, tiny_models, vlm_model  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 # FSDP runs get what `accelerate launch --config_file configs/accelerate/fsdp_8gpu.yaml` exports (`fsdp_env`: its

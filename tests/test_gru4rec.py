@@ -17,7 +17,8 @@ def config(**fields) -> ExperimentConfig:
 def test_defaults_follow_recbole():
     cfg = config().model("g")
     assert isinstance(cfg, GRU4RecConfig)
-    assert (cfg.hidden_size, cfg.gru_size, cfg.num_layers, cfg.dropout, cfg.max_len, cfg.loss) == (64, 128, 1, 0.3, 50, "ce")
+    assert ((cfg.hidden_size, cfg.gru_size, cfg.num_layers, cfg.dropout, cfg.max_len, cfg.loss)
+            == (64, 128, 1, 0.3, 50, "ce"))
     assert cfg.valid_metric == "ndcg@10" and cfg.device == "auto"
 
 

@@ -17,7 +17,8 @@ def test_cascade_reaches_fixed_point():
     # in round 2; round 3 finds nothing to remove
     pairs = [("a", "x"), ("a", "y"), ("a", "z"), ("b", "x"), ("b", "y"), ("c", "x"), ("c", "y"), ("d", "z")]
     out, report = kcore(_frame(pairs), min_user=2, min_item=2)
-    assert set(zip(out.user_id, out.item_id)) == {("a", "x"), ("a", "y"), ("b", "x"), ("b", "y"), ("c", "x"), ("c", "y")}
+    assert set(zip(out.user_id, out.item_id)) == {("a", "x"), ("a", "y"), ("b", "x"), ("b", "y"),
+                                                  ("c", "x"), ("c", "y")}
     assert report["rounds"] == 2 and report["interactions_removed"] == 2
     assert report["users_after"] == 3 and report["items_after"] == 2 and report["users_removed"] == 1
 

@@ -12,7 +12,8 @@ from mmrec.errors import DataError
 def _tables(split_dir):
     ds = split_dir.parent.parent
     return (pq.read_table(ds / "interactions.parquet"), pq.read_table(ds / "items.parquet")["item_id"].combine_chunks(),
-            pq.read_table(split_dir / "examples.parquet").to_pandas(), pq.read_table(split_dir / "candidates.parquet").to_pandas(),
+            pq.read_table(split_dir / "examples.parquet").to_pandas(),
+            pq.read_table(split_dir / "candidates.parquet").to_pandas(),
             pq.read_table(split_dir / "train_negatives.parquet").to_pandas())
 
 

@@ -18,7 +18,8 @@ from mmrec.metrics import (
 
 # Fixture: 3 users x 5 candidates, one positive each (label column marked *).
 #   u0: scores [0.9, 0.8*, 0.3, 0.2, 0.1]  -> one negative above: rank 2, no tie
-#   u1: scores [0.5*, 0.5, 0.5, 0.1, 0.0]  -> tied with 2 negatives: pessimistic 3, optimistic 1, expected uniform {1,2,3}
+#   u1: scores [0.5*, 0.5, 0.5, 0.1, 0.0]  -> tied with 2 negatives: pessimistic 3, optimistic 1,
+#                                             expected uniform {1,2,3}
 #   u2: scores [0.4, 0.3, 0.2, 0.1, 0.05*] -> last: rank 5
 SCORES = np.array([[0.9, 0.8, 0.3, 0.2, 0.1],
                    [0.5, 0.5, 0.5, 0.1, 0.0],

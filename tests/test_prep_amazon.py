@@ -91,7 +91,8 @@ def test_local_images_and_ms_timestamps(tmp_path, run_cli, caplog):
     imgs.mkdir()
     (imgs / "A.png").write_bytes(png_bytes())
     (imgs / "B.jpg").write_bytes(b"")  # zero-byte: skipped by the default policy, counted
-    code, out, err = run_cli("prep", "amazon2023", "--reviews", r, "--meta", m, "--images", imgs, "--out", tmp_path / "d")
+    code, out, err = run_cli("prep", "amazon2023", "--reviews", r, "--meta", m, "--images", imgs,
+                             "--out", tmp_path / "d")
     assert code == 0, err
     stats = json.loads(out)
     assert stats["dropped"]["duplicates"] == 1 and stats["images"]["skipped"] == {"empty": 1}
@@ -175,19 +176,22 @@ def test_bad_json_line_named_or_skipped(tmp_path, run_cli, caplog):
     code, out, err = run_cli("prep", "amazon2023", "--reviews", r, "--meta", m, "--bad-lines", "skip",
                              "--out", tmp_path / "d")
     assert code == 0, err
-    assert json.loads(out)["dropped"]["bad_lines"] == {"Baby_Products.jsonl.gz": 2} and "line 4: invalid JSON" in caplog.text
+    assert (json.loads(out)["dropped"]["bad_lines"] == {"Baby_Products.jsonl.gz": 2}
+            and "line 4: invalid JSON" in caplog.text)
 
 
 def test_missing_field_and_unknown_item(tmp_path, run_cli):
     r, m = fixture_files(tmp_path)
     bad = write_jsonl_gz(tmp_path / "wrong.jsonl.gz", [{"user": "U1", "asin": "A", "time": 1}])
     code, _, err = run_cli("prep", "amazon2023", "--reviews", bad, "--meta", m, "--out", tmp_path / "d")
-    assert code == 2 and "wrong.jsonl.gz: field 'user_id' is missing (line 1 has fields ['asin', 'time', 'user'])" in err
+    assert (code == 2
+            and "wrong.jsonl.gz: field 'user_id' is missing (line 1 has fields ['asin', 'time', 'user'])" in err)
     write_jsonl_gz(r, [review("U1", "A", 1), review("U1", "Q", 2)])
     code, _, err = run_cli("prep", "amazon2023", "--reviews", r, "--meta", m, "--out", tmp_path / "d")
     assert code == 2 and "line 2: item 'Q' is not in" in err
     (tmp_path / "empty.jsonl").write_text("")
-    code, _, err = run_cli("prep", "amazon2023", "--reviews", tmp_path / "empty.jsonl", "--meta", m, "--out", tmp_path / "d")
+    code, _, err = run_cli("prep", "amazon2023", "--reviews", tmp_path / "empty.jsonl", "--meta", m,
+                           "--out", tmp_path / "d")
     assert code == 2 and "empty.jsonl: reviews file is empty" in err
 
 

@@ -142,7 +142,8 @@ def test_jsonl_int_ids_with_gaps_and_config_options(tmp_path):
     """Integer ids with a null among them stay '7' (not '7.0'); the `data` section of a config runs the same import."""
     from data_prep.config import PrepConfig, prep_from_config
 
-    write(tmp_path / "log.jsonl", '{"u": 7, "i": 3, "t": 10}\n{"u": null, "i": 3, "t": 11}\n{"u": 8, "i": 4, "t": 12}\n')
+    write(tmp_path / "log.jsonl",
+          '{"u": 7, "i": 3, "t": 10}\n{"u": null, "i": 3, "t": 11}\n{"u": 8, "i": 4, "t": 12}\n')
     cfg = PrepConfig(source="generic", options={"interactions": str(tmp_path / "log.jsonl"), "user_col": "u",
                                                 "item_col": "i", "time_col": "t", "bad_lines": "skip"})
     stats = prep_from_config(cfg, tmp_path / "d")

@@ -219,7 +219,8 @@ def test_score_plots_sample_users_on_large_evaluations(tmp_path, run_cli, monkey
     assert code == 0, err
     assert "score distributions drawn from 2 of 3 users" in out
     page = parse_page(paths.report_html.read_text())
-    svgs = [b64.b64decode(i["src"].split(",", 1)[1]).decode() for i in page.imgs if i["src"].startswith("data:image/svg")]
+    svgs = [b64.b64decode(i["src"].split(",", 1)[1]).decode()
+            for i in page.imgs if i["src"].startswith("data:image/svg")]
     assert any("positives (n=2)" in s and "negatives (n=6)" in s for s in svgs)
     assert paths.report_html.read_text().count("class='card'") == 3  # the gallery's users are read regardless
 

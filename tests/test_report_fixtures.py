@@ -49,7 +49,8 @@ def make_dataset(root: Path) -> None:
 
 def make_split(split_dir: Path, dataset_dir: Path) -> pd.DataFrame:
     """A real leave-one-out split with 3 sampled negatives per example; returns its candidates."""
-    from mmrec.data.splits import SplitConfig, make_split as split
+    from mmrec.data.splits import SplitConfig
+    from mmrec.data.splits import make_split as split
 
     return split(dataset_dir, SplitConfig(protocol="loo", negatives=3, valid_negatives=3), split_dir).candidates
 

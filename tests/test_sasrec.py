@@ -17,7 +17,8 @@ def config(**fields) -> ExperimentConfig:
 def test_defaults_follow_recbole():
     cfg = config().model("s")
     assert isinstance(cfg, SASRecConfig)
-    assert (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.inner_size, cfg.dropout, cfg.max_len) == (64, 2, 2, 256, 0.5, 50)
+    assert ((cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.inner_size, cfg.dropout, cfg.max_len)
+            == (64, 2, 2, 256, 0.5, 50))
     assert (cfg.loss, cfg.bce_negatives, cfg.lr) == ("ce", 1, 1e-3)
 
 

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from eval.score_cli import run_chunks, score_full, score_sampled
-from mmrec.ranking import target_ranks
 from mmrec.errors import DataError
+from mmrec.ranking import target_ranks
 
 
 def test_target_ranks_by_hand() -> None:

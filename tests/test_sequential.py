@@ -9,12 +9,21 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from mmrec.selection import sampled_metric as validation_metric
 from mmrec.errors import DataError
 from mmrec.models.gru4rec import GRU4Rec
 from mmrec.models.sasrec import SASRec
-from mmrec.models.sequential import (PAD, ItemVocab, SequentialScorer, last_hidden, pad_batch, sample_negatives,
-                                     sequence_loss, training_sequences, windows)
+from mmrec.models.sequential import (
+    PAD,
+    ItemVocab,
+    SequentialScorer,
+    last_hidden,
+    pad_batch,
+    sample_negatives,
+    sequence_loss,
+    training_sequences,
+    windows,
+)
+from mmrec.selection import sampled_metric as validation_metric
 
 
 def tiny_models(n_items: int = 12, max_len: int = 8):

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from crash import crash_on_call
 from safetensors.torch import load_file
 
 import finetune.sequential as recipe
@@ -18,8 +19,6 @@ from mmrec.errors import ConfigError, MmrecError
 from mmrec.experiment import ExperimentConfig, ExperimentPaths
 from mmrec.metrics import evaluate_long
 from mmrec.models.base import CatalogueScorer, load_scorer
-
-from crash import crash_on_call
 
 TINY = {"hidden_size": 16, "epochs": 3, "batch_size": 32, "max_len": 10, "patience": 5, "device": "cpu"}
 MODELS = {
@@ -62,7 +61,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, synthetic_split
     with pytest.raises(KeyboardInterrupt):
         recipe.train(cfg_b, name, tmp_path / "b" / "ckpt")
     state = json.loads((tmp_path / "b" / "ckpt" / "checkpoint" / "state.json").read_text())
-    assert state["loop"]["epoch"] == 1 and not json.loads((tmp_path / "b" / "ckpt" / "run.json").read_text())["finished"]
+    assert (state["loop"]["epoch"] == 1
+            and not json.loads((tmp_path / "b" / "ckpt" / "run.json").read_text())["finished"])
     monkeypatch.setattr(recipe, "run_epoch", real_epoch)
     resumed = recipe.train(cfg_b, name, tmp_path / "b" / "ckpt")
 

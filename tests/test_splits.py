@@ -29,7 +29,8 @@ def _ex(split):
 @pytest.fixture
 def small(tmp_path):
     rows = ([("a", f"i{k}", 10 * k) for k in range(5)]            # a: i0..i4
-            + [("b", "i5", 100), ("b", "i7", 200), ("b", "i6", 200), ("b", "i8", 300)]  # tie: i7 before i6 (source order)
+            # tie: i7 before i6 (source order)
+            + [("b", "i5", 100), ("b", "i7", 200), ("b", "i6", 200), ("b", "i8", 300)]
             + [("c", "i1", 5), ("c", "i2", 6)]                   # two items: train only
             + [("d", "i3", 1)])                                  # one item: no example
     return _dataset(tmp_path / "ds", rows)
@@ -168,7 +169,8 @@ def test_deterministic_and_reused(synthetic_dataset, tmp_path):
     assert (tmp_path / "a" / "candidates.parquet").stat().st_mtime_ns == mtime
     with pytest.raises(ConfigError, match="different config"):
         make_split(synthetic_dataset, SplitConfig(negatives=11), tmp_path / "a")
-    assert make_split(synthetic_dataset, SplitConfig(negatives=11), tmp_path / "a", overwrite=True).config.negatives == 11
+    assert make_split(synthetic_dataset, SplitConfig(negatives=11), tmp_path / "a",
+                      overwrite=True).config.negatives == 11
 
 
 def test_too_many_negatives_is_a_clear_error(small, tmp_path):
@@ -178,7 +180,8 @@ def test_too_many_negatives_is_a_clear_error(small, tmp_path):
 
 
 def test_config_validation():
-    cfg = ExperimentConfig.from_mapping({"split": {"protocol": "paper", "top_k": 11, "user_fractions": [0.8, 0.0, 0.2]}})
+    cfg = ExperimentConfig.from_mapping(
+        {"split": {"protocol": "paper", "top_k": 11, "user_fractions": [0.8, 0.0, 0.2]}})
     assert cfg.section("split").top_k == 11 and cfg.section("split").n_valid_negatives == 1
     assert SplitConfig().n_valid_negatives == 20 and SplitConfig(name="x").dir_name == "x"
     for bad, msg in [({"protocol": "random"}, "must be one of"), ({"negative": 3}, "did you mean 'negatives'"),

@@ -76,7 +76,8 @@ def test_every_item_gets_a_summary_and_a_rerun_makes_zero_model_calls(world, ref
     stats2, _ = _run(world, tmp_path)
     pd.testing.assert_frame_equal(_table(tmp_path / "items.parquet"), table)
     # again over the now cached run: no model calls, the model is not even loaded
-    stats3, gen = _run(world, tmp_path, generator=TextGenerator(lambda: pytest.fail("model loaded"), _cfg(world).settings()))
+    stats3, gen = _run(world, tmp_path,
+                       generator=TextGenerator(lambda: pytest.fail("model loaded"), _cfg(world).settings()))
     assert (stats3.model_calls, stats3.generated, stats3.cached) == (0, 0, 10) and gen.calls == 0
 
 
@@ -173,7 +174,8 @@ def test_bad_template_is_a_config_error(world, run_cli, tmp_path):
 def test_cli_runs_shards_then_merges(world, run_cli, tmp_path):
     config = tmp_path / "exp.yaml"
     config.write_text(f"experiment: {{dir: {tmp_path}}}\ndata: {{path: {world['dataset']}}}\n"
-                      f"item_summaries: {{model: {{name_or_path: {world['model']}}}, max_new_tokens: 4, batch_size: 5}}\n")
+                      f"item_summaries: {{model: {{name_or_path: {world['model']}}}, "
+                      "max_new_tokens: 4, batch_size: 5}\n")
     code, out, err = run_cli("summarize-items", config, "--shard", "0/2")
     assert code == 0, err
     assert "other shards are still missing" in out and not (tmp_path / "summaries" / "items.parquet").exists()

@@ -8,17 +8,22 @@ import re
 import pandas as pd
 import pytest
 import torch
+from test_summarize_items import CrashAfter
 
 from mmrec.cli import main as mmrec_main
 from mmrec.data.splits import SplitConfig, load_split, make_split
 from mmrec.errors import DataError
 from mmrec.summarize.generation import TextGenerator
 from mmrec.summarize.shard import Shard
-from mmrec.summarize.users import (LeakageError, UserSummaryConfig, guard_prompt_items, merge_user_summaries,
-                                   summarize_users)
+from mmrec.summarize.users import (
+    LeakageError,
+    UserSummaryConfig,
+    guard_prompt_items,
+    merge_user_summaries,
+    summarize_users,
+)
 from mmrec.tiny import build_tiny_llm
 from mmrec.vlm import ModelSpec, load_llm
-from test_summarize_items import CrashAfter
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,7 +43,8 @@ def world(tmp_path_factory):
     make_split(exp / "dataset", SplitConfig(protocol="loo", negatives=2), exp / "splits" / "loo")
     split = load_split(exp / "splits" / "loo")
     items = split.dataset.items
-    summaries = pd.DataFrame({"item_id": items["item_id"], "summary": [f"picture number {i}" for i in range(len(items))],
+    summaries = pd.DataFrame({"item_id": items["item_id"],
+                              "summary": [f"picture number {i}" for i in range(len(items))],
                               "status": ["ok"] * len(items)})
     summaries.to_parquet(exp / "summaries.parquet", index=False)
     model_dir = build_tiny_llm(root / "llm")
@@ -121,7 +127,8 @@ def test_shards_merge_to_the_single_process_table(world, reference, tmp_path):
     assert second.complete and first.examples + second.examples == 15
     pd.testing.assert_frame_equal(_table(tmp_path / "users.parquet"), reference[0])
     (tmp_path / "users.parquet").unlink()
-    merge_user_summaries(_cfg(world), world["split"], world["summaries"], tmp_path / "users.parquet", tmp_path / "cache")
+    merge_user_summaries(_cfg(world), world["split"], world["summaries"], tmp_path / "users.parquet",
+                         tmp_path / "cache")
     pd.testing.assert_frame_equal(_table(tmp_path / "users.parquet"), reference[0])
 
 
@@ -137,7 +144,8 @@ def test_leakage_guard_refuses_target_and_later_items():
 
 
 def test_prompts_only_ever_show_items_before_the_target(world, tmp_path):
-    custom = {"first": "User {user_id}:\n{items}", "next": "User {user_id}:\n{items}\n{previous}", "item": "[{item_id}]"}
+    custom = {"first": "User {user_id}:\n{items}", "next": "User {user_id}:\n{items}\n{previous}",
+              "item": "[{item_id}]"}
     cfg = _cfg(world, custom_templates=custom, stages=["train", "valid"])
     _, gen = _run(world, tmp_path, cfg=cfg)
     examples = world["split"].examples.set_index(["user_id", "stage"])

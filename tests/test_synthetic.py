@@ -65,7 +65,8 @@ def test_deterministic_per_seed(tmp_path):
     c = synthetic.generate(_args("--out", tmp_path, "--users", 30, "--items", 40, "--seed", 4))
     assert a["interactions"].equals(b["interactions"]) and a["user_preferences"].equals(b["user_preferences"])
     assert not a["interactions"].equals(c["interactions"])
-    assert synthetic.draw_item(0, 1, 2, 32, np.random.default_rng(0)) == synthetic.draw_item(0, 1, 2, 32, np.random.default_rng(0))
+    assert (synthetic.draw_item(0, 1, 2, 32, np.random.default_rng(0))
+            == synthetic.draw_item(0, 1, 2, 32, np.random.default_rng(0)))
 
 
 def test_image_attributes_beat_titles(synthetic_split):
@@ -106,7 +107,8 @@ def test_rerun_keeps_or_refuses(tmp_path):
     assert (other / "notes.txt").read_text() == "keep me"
 
 
-@pytest.mark.parametrize("argv,msg", [(["--items", "1"], "--items >= 2"), (["--min-length", "50", "--items", "40"], "min-length"),
+@pytest.mark.parametrize("argv,msg", [(["--items", "1"], "--items >= 2"),
+                                      (["--min-length", "50", "--items", "40"], "min-length"),
                                       (["--noise", "1.5"], "--noise"), (["--image-size", "4"], "image-size")])
 def test_bad_arguments(tmp_path, argv, msg):
     with pytest.raises(DataError, match=msg):

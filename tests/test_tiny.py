@@ -62,7 +62,8 @@ def test_tiny_tokenizer_is_sentencepiece_like(tiny_dirs):
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
     assert tok.convert_tokens_to_ids("<image>") == loaded.model.config.image_token_id
     assert tok.pad_token == "<pad>" and tok.padding_side == "left"
-    assert tok.decode(tok.encode("the user likes red circles", add_special_tokens=False)) == "the user likes red circles"
+    assert (tok.decode(tok.encode("the user likes red circles", add_special_tokens=False))
+            == "the user likes red circles")
 
 
 def test_tiny_llm_generates_after_reload(tiny_dirs):
@@ -95,7 +96,7 @@ def test_tiny_cli_builds_each_family(run_cli, tmp_path):
 
 
 def test_tiny_cli_builds_a_clip_image_encoder_that_embeds(run_cli, tmp_path):
-    from mmrec.encoders.image import ImageEncoderConfig, ImageEncoder
+    from mmrec.encoders.image import ImageEncoder, ImageEncoderConfig
 
     code, out, err = run_cli("tiny", "--family", "clip", "--out", tmp_path / "clip")
     assert code == 0, err

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from mmrec.truth import named, summary_truth, truth_path
 from mmrec.data.splits import SplitConfig, load_split, make_split
 from mmrec.experiment import ExperimentPaths
+from mmrec.truth import named, summary_truth, truth_path
 
 
 def test_named_matches_whole_words_in_any_case():
@@ -25,7 +25,8 @@ def test_vocabulary_is_what_the_truth_tables_use(synthetic_dataset):
     from mmrec.truth import vocabulary
 
     tables = [pd.read_parquet(synthetic_dataset / f) for f in ("item_attributes.parquet", "interaction_truth.parquet")]
-    assert vocabulary(*tables) == {"colour": tuple(sorted(synthetic.COLOURS)), "pattern": tuple(sorted(synthetic.PATTERNS))}
+    assert vocabulary(*tables) == {"colour": tuple(sorted(synthetic.COLOURS)),
+                                   "pattern": tuple(sorted(synthetic.PATTERNS))}
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,8 @@ def test_builtin_templates_render_exactly():
     expected = {
         "mistral": "[INST] <image>\nQ? [/INST]",
         "vicuna": "USER: <image>\nQ? ASSISTANT:",
-        "llama3": "<|start_header_id|>user<|end_header_id|>\n\n<image>\nQ?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+        "llama3": ("<|start_header_id|>user<|end_header_id|>\n\n<image>\nQ?<|eot_id|>"
+                   "<|start_header_id|>assistant<|end_header_id|>\n\n"),
         "chatml": "<|im_start|>user\n<image>\nQ?<|im_end|>\n<|im_start|>assistant\n",
         "plain": "<image>\nQ?",
     }
@@ -170,8 +171,15 @@ def test_4bit_vlm_keeps_vision_tower_and_projector_unquantized(models):
 
 def _tiny_onevision(out):
     """A tiny LLaVA-OneVision (SigLIP + Qwen2) without a chat template: built-in ChatML must be inferred."""
-    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionImageProcessor,
-                              LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor, Qwen2Config, SiglipVisionConfig)
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
 
     from mmrec.tiny import build_tokenizer
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from test_vlm_rec import tiny_models  # noqa: F401  (fixture)
 
 
@@ -56,9 +55,10 @@ def test_answer_loss_projects_only_the_answer_positions(tiny_models):
 
 
 def _zero_shot(tmp_path, tiny_models, synthetic_split, family="llava", **score):
+    from test_vlm_rec import make_experiment, vlm_model
+
     from mmrec.experiment import ExperimentConfig
     from mmrec.models.vlm_scorer import build_scorer
-    from test_vlm_rec import make_experiment, vlm_model
 
     cfg = make_experiment(tmp_path, synthetic_split, {"m": vlm_model(tiny_models[family], variant="zero_shot")})
     return build_scorer(ExperimentConfig.load(cfg, [f"models.m.score.{k}={v}" for k, v in score.items()]), "m")
@@ -179,10 +179,11 @@ def test_training_encodes_and_validates_through_one_scorer(tmp_path, run_cli, ti
     whose prompt cannot fit `max_length` are left out of training and NaN in validation, counted in the record."""
     import json
 
+    from test_vlm_rec import make_experiment, vlm_model
+
     import finetune.vlm_lora as recipe
     from finetune.vlm_data import training_rows
     from mmrec.data.splits import load_split
-    from test_vlm_rec import make_experiment, vlm_model
 
     probe = _zero_shot(tmp_path / "probe", tiny_models, synthetic_split)
     rows = training_rows(load_split(synthetic_split), negatives=0, seed=0)

@@ -50,7 +50,8 @@ class UserItems:
         return self.keys[lo:hi] - user * self.n_items
 
 
-def item_weights(sampling: Literal["uniform", "popularity"], item_counts: np.ndarray, alpha: float = 1.0) -> np.ndarray | None:
+def item_weights(sampling: Literal["uniform", "popularity"], item_counts: np.ndarray,
+                 alpha: float = 1.0) -> np.ndarray | None:
     """None for uniform sampling, else count**alpha per item (items never interacted with get weight 0)."""
     if sampling == "uniform":
         return None
@@ -68,7 +69,8 @@ def check_feasible(users: np.ndarray, n: int, seen: UserItems, weights: np.ndarr
         available = seen.n_items - seen.counts()
     else:
         drawable = weights > 0
-        seen_drawable = np.bincount(seen.keys[drawable[seen.keys % seen.n_items]] // seen.n_items, minlength=seen.n_users)
+        seen_drawable = np.bincount(seen.keys[drawable[seen.keys % seen.n_items]] // seen.n_items,
+                                    minlength=seen.n_users)
         available = int(drawable.sum()) - seen_drawable
     short = users[available[users] < n]
     if len(short):
@@ -126,7 +128,8 @@ def _sample_chunk(g: np.random.Generator, users: np.ndarray, n: int, seen: UserI
         have[pending] = np.minimum(valid.sum(axis=1), n)
         pending = pending[have[pending] < n]
     for row in pending:  # exact fallback: the allowed set is so small that rejection keeps missing it
-        allowed = np.setdiff1d(np.arange(seen.n_items), np.concatenate([seen.items_of(int(users[row])), out[row, :have[row]]]))
+        allowed = np.setdiff1d(np.arange(seen.n_items),
+                               np.concatenate([seen.items_of(int(users[row])), out[row, :have[row]]]))
         p = None
         if weights is not None:
             allowed = allowed[weights[allowed] > 0]

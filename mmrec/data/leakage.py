@@ -221,7 +221,8 @@ def _check_candidates(pieces: Iterator[pa.Table], item_ids: pa.Array, seen: User
         found, at = _lookup(eg_sorted, cu[pos] * 3 + cs[pos])
         if not found.all():
             k = int(np.flatnonzero(pos)[np.flatnonzero(~found)[0]])
-            _fail("a candidate row has no example of its (user, stage)", int((~found).sum()), name(cu[k]), STAGES[cs[k]])
+            _fail("a candidate row has no example of its (user, stage)", int((~found).sum()), name(cu[k]),
+                  STAGES[cs[k]])
         target_ok = ex_t[eg_order[at]] == ci[pos]
         if not target_ok.all():
             k = int(np.flatnonzero(pos)[np.flatnonzero(~target_ok)[0]])
@@ -237,7 +238,8 @@ def _check_candidates(pieces: Iterator[pa.Table], item_ids: pa.Array, seen: User
         known, _ = _lookup(eg_sorted, groups)
         if not known.all():
             g = int(groups[~known][0])
-            _fail("a candidate row has no example of its (user, stage)", int((~known).sum()), name(g // 3), STAGES[g % 3])
+            _fail("a candidate row has no example of its (user, stage)", int((~known).sum()), name(g // 3),
+                  STAGES[g % 3])
         present.append(groups)
         # positives are targets, hence the user's items; any further hit is a leaked negative
         hits = int(seen.contains(ck // n_items // 3, ck % n_items).sum())
@@ -251,7 +253,8 @@ def _check_candidates(pieces: Iterator[pa.Table], item_ids: pa.Array, seen: User
     groups = np.sort(np.concatenate(present)) if present else np.zeros(0, dtype=np.int64)
     if len(groups) > 1 and (groups[1:] == groups[:-1]).any():
         g = int(groups[1:][groups[1:] == groups[:-1]][0])
-        _fail("one example's candidates are split across row groups (must be contiguous)", 1, name(g // 3), STAGES[g % 3])
+        _fail("one example's candidates are split across row groups (must be contiguous)", 1, name(g // 3),
+              STAGES[g % 3])
     _, at = _lookup(eg_sorted, groups)
     wrong = positives[at] != 1
     if wrong.any():

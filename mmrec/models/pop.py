@@ -86,8 +86,8 @@ def load_scorer(cfg: "ExperimentConfig", name: str, ckpt_dir: Path) -> PopScorer
     if not (ckpt_dir / RUN_FILE).is_file():
         raise MmrecError(f"{ckpt_dir}: no popularity counts of model '{name}'; "
                          f"run `mmrec finetune {cfg.source} --model {name}` first")
-    from mmrec.ranking import experiment_catalogue
     from mmrec.data.splits import load_split
+    from mmrec.ranking import experiment_catalogue
 
     run = read_json(ckpt_dir / RUN_FILE)
     return PopScorer(pd.read_parquet(ckpt_dir / COUNTS_FILE), bool(run["config"]["include_valid"]),

@@ -164,7 +164,8 @@ class SequentialModel(nn.Module):
         return hidden @ self.item_embedding.weight[1:].T
 
 
-def sample_negatives(target: torch.Tensor, n_items: int, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_negatives(target: torch.Tensor, n_items: int, k: int,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
     """[N, k] items drawn uniformly from 1..n_items excluding each row's target (one draw, no rejection loop)."""
     draw = torch.randint(1, n_items, (target.shape[0], k), generator=generator, device=target.device)
     return draw + (draw >= target[:, None]).long()

@@ -93,7 +93,8 @@ def plan(cfg: ItemSummaryConfig, dataset_dir: Path) -> tuple[pd.DataFrame, dict[
     """Every item's prompt and cache key (no model needed). Returns items, units by key, and item -> key|None."""
     items = _read_items(dataset_dir)
     template = item_template(cfg.template)
-    text_only = FUSION_TEXT_ONLY if cfg.template == "fusion" else (template if placeholders(template) & {"title", "text"} else None)
+    text_only = (FUSION_TEXT_ONLY if cfg.template == "fusion"
+                 else (template if placeholders(template) & {"title", "text"} else None))
     fp, settings = model_fingerprint(cfg.model), cfg.settings().key()
     units: dict[str, Unit] = {}
     key_of: dict[str, Any] = {}

@@ -109,7 +109,8 @@ class UserRunStats:
 class Prompter:
     """Renders the item lines and step prompts, and derives each step's cache key."""
 
-    def __init__(self, cfg: UserSummaryConfig, titles: dict[str, str], texts: dict[str, str], summaries: dict[str, str]):
+    def __init__(self, cfg: UserSummaryConfig, titles: dict[str, str], texts: dict[str, str],
+                 summaries: dict[str, str]):
         self.cfg = cfg
         self.parts = user_templates(cfg.template, cfg.custom_templates)
         self.titles, self.texts, self.summaries = titles, texts, summaries
@@ -225,7 +226,8 @@ def merge_user_summaries(cfg: UserSummaryConfig, split: Any, item_summaries: str
     """Write the output from what every shard cached (what `--merge` runs); no model is loaded."""
     prompter = Prompter(cfg, *_item_maps(cfg, split.dataset.items, Path(item_summaries)))
     examples = _examples(cfg, split.examples, Shard())
-    if not run_recurrence(examples, prompter, GenerationCache(cache_dir, "merge"), None, cfg.batch_size, UserRunStats()):
+    if not run_recurrence(examples, prompter, GenerationCache(cache_dir, "merge"), None, cfg.batch_size,
+                          UserRunStats()):
         raise MmrecError("some preference steps are not generated yet; run the remaining shards first")
     return write_user_summaries(cfg, examples, out_path)
 
@@ -235,5 +237,6 @@ def write_user_summaries(cfg: UserSummaryConfig, examples: list[Example], out_pa
     rows = [{"user_id": e.user_id, "stage": e.stage, "preference": e.steps[-1] if e.steps else "",
              "steps": list(e.steps), "n_items": len(e.items), "mode": cfg.mode, "block_size": cfg.block_size,
              "status": "ok" if e.steps else "empty_history"} for e in examples]
-    frame = pd.DataFrame(rows, columns=["user_id", "stage", "preference", "steps", "n_items", "mode", "block_size", "status"])
+    frame = pd.DataFrame(rows, columns=["user_id", "stage", "preference", "steps", "n_items", "mode", "block_size",
+                                        "status"])
     return write_parquet(frame, out_path)

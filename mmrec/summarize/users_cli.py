@@ -15,7 +15,8 @@ from mmrec.commands import add_config_arguments, load_experiment
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--shard", metavar="i/n", help="do part i of n of the users (0-based), or 'auto' from RANK/WORLD_SIZE")
+    parser.add_argument("--shard", metavar="i/n",
+                        help="do part i of n of the users (0-based), or 'auto' from RANK/WORLD_SIZE")
     parser.add_argument("--merge", action="store_true", help="only write the table from what all shards cached")
 
 

@@ -116,7 +116,8 @@ def _quantization(spec: ModelSpec, skip: list[str]) -> Any:
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise ConfigError("quantization needs the bitsandbytes package: pip install bitsandbytes") from None
-    compute = torch.float32 if spec.dtype == "float32" else (torch.float16 if spec.dtype == "float16" else torch.bfloat16)
+    compute = (torch.float32 if spec.dtype == "float32"
+               else (torch.float16 if spec.dtype == "float16" else torch.bfloat16))
     if spec.quantization == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
                                   bnb_4bit_use_double_quant=True, llm_int8_skip_modules=skip)
@@ -180,7 +181,8 @@ def load_vlm(spec: ModelSpec) -> LoadedVLM:
         raise _weights_error(spec, "vision-language model", e) from None
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None:
-        raise MmrecError(f"'{spec.name_or_path}' has a processor without a tokenizer; it is not a vision-language model")
+        raise MmrecError(f"'{spec.name_or_path}' has a processor without a tokenizer; "
+                         "it is not a vision-language model")
     _prepare_tokenizer(tokenizer, model)
     model.eval()
     log.debug("loaded %s (%s) from %s", type(model).__name__, family, spec.name_or_path)
@@ -200,7 +202,8 @@ def _load_processor(spec: ModelSpec) -> Any:
             raise
     processor = AutoProcessor.from_pretrained(spec.name_or_path, **kw)
     if getattr(processor, "image_processor", None) is not None:
-        processor.image_processor = AutoImageProcessor.from_pretrained(spec.name_or_path, backend=spec.image_backend, **kw)
+        processor.image_processor = AutoImageProcessor.from_pretrained(spec.name_or_path, backend=spec.image_backend,
+                                                                       **kw)
     return processor
 
 

@@ -4,7 +4,8 @@ Built-in formats (what the checkpoints were trained with):
 - mistral: `[INST] <image>\\n{text} [/INST]` (llava-v1.6-mistral-7b; Mistral-Instruct). The closing tag is `[/INST]`.
 - vicuna: `USER: <image>\\n{text} ASSISTANT:` (llava-1.5, llava-v1.6-vicuna).
 - llama3: `<|start_header_id|>user<|end_header_id|>\\n\\n{text}<|eot_id|>...assistant...\\n\\n` (Llama-3-Instruct).
-- chatml: `<|im_start|>user\\n<image>\\n{text}<|im_end|>\\n<|im_start|>assistant\\n` (llava-onevision on Qwen2, Qwen2-VL style).
+- chatml: `<|im_start|>user\\n<image>\\n{text}<|im_end|>\\n<|im_start|>assistant\\n`
+  (llava-onevision on Qwen2, Qwen2-VL style).
 - plain: `<image>\\n{text}` (base models without chat tuning).
 The rendered prompt never contains the BOS token; the tokenizer adds it (see `encode_kwargs`).
 """

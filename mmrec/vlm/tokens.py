@@ -19,13 +19,15 @@ def answer_token_id(tokenizer: Any, prompt: str, answer: str) -> int:
     full = tokenizer.encode(prompt + sep + answer, add_special_tokens=False)
     added = full[len(base):]
     if full[: len(base)] != base or len(added) != 1:
-        pieces = tokenizer.convert_ids_to_tokens(added) if full[: len(base)] == base else "(it merged with the prompt's end)"
+        pieces = (tokenizer.convert_ids_to_tokens(added) if full[: len(base)] == base
+                  else "(it merged with the prompt's end)")
         raise MmrecError(f"the answer {answer!r} after this prompt is not one token of the tokenizer "
                          f"({type(tokenizer).__name__}); it encodes as {pieces}. Use a prompt that ends with the "
                          "chat template's assistant marker, or a model whose tokenizer has the answer as one token")
     decoded = tokenizer.decode(added, skip_special_tokens=False).strip()
     if decoded != answer:
-        raise MmrecError(f"the token {added[0]} taken for {answer!r} decodes to {decoded!r}; refusing a wrong answer id")
+        raise MmrecError(f"the token {added[0]} taken for {answer!r} decodes to {decoded!r}; "
+                         "refusing a wrong answer id")
     return int(added[0])
 
 
