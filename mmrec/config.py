@@ -232,4 +232,45 @@ def load_section(cls: type[T], path: str | Path, overrides: list[str] | None = N
     return from_dict(cls, data, where=str(path))
 
 
-__all__ = ["apply_overrides", "from_dict", "load_layered_yaml", "load_section", "load_yaml", "to_dict"]
+def _option_kwargs(tp: Any, name: str) -> dict[str, Any]:
+    """argparse settings for a field annotated `tp` (Optional unwrapped)."""
+    args = [a for a in get_args(tp) if a is not type(None)]
+    if get_origin(tp) in (Union, types.UnionType) and len(args) == 1:
+        tp = args[0]
+    origin = get_origin(tp)
+    if origin is Literal:
+        values = list(get_args(tp))
+        return {"type": type(values[0]), "choices": values}
+    if origin is list and get_args(tp)[0] in (int, float, str):
+        return {"type": get_args(tp)[0], "nargs": "+"}
+    if tp is bool:
+        import argparse
+
+        return {"action": argparse.BooleanOptionalAction}
+    if tp in (int, float, str, Path):
+        return {"type": tp}
+    raise TypeError(f"field '{name}' of type {tp} has no command-line form")
+
+
+def add_options(parser: Any, cls: type) -> None:
+    """One `--field-name` option per field of dataclass `cls`, typed from its annotation (Literal gives choices,
+    a list several values) with its `metadata["help"]` and default: the dataclass is the one source of a flag's
+    type, default and help, so a command line and the YAML key it sets never disagree. Options left out are None
+    (`options_from_args` drops them, so the dataclass default applies)."""
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        helptext = f.metadata.get("help", "")
+        if default is not None:
+            helptext = f"{helptext} (default {' '.join(map(str, default)) if isinstance(default, list) else default})"
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=helptext,
+                            **_option_kwargs(hints[f.name], f.name))
+
+
+def options_from_args(args: Any, cls: type) -> dict[str, Any]:
+    """The fields of `cls` given on the command line (see `add_options`), ready for `from_dict`."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
+__all__ = ["add_options", "apply_overrides", "from_dict", "load_layered_yaml", "load_section", "load_yaml",
+           "options_from_args", "to_dict"]

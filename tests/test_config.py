@@ -1,10 +1,12 @@
 """The config system: typed sections, overrides, and errors that name the file and key."""
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
 import pytest
+import yaml
 
 from mmrec.config import apply_overrides, from_dict, load_layered_yaml, load_section, load_yaml, to_dict
 from mmrec.errors import ConfigError
@@ -149,3 +151,37 @@ def test_validate_names_a_missing_local_model_folder_and_its_key(tmp_path, run_c
     for name in (tmp_path / "llava", "llava-hf/llava-v1.6-mistral-7b-hf"):  # a folder that exists, a hub id
         f.write_text(f"item_summaries:\n  model:\n    name_or_path: {name}\n")
         assert run_cli("validate", f, "--quiet")[0] == 0
+
+
+def test_command_line_options_come_from_the_dataclass():
+    """One rule from a config dataclass to flags: every field is a `--field-name` option with the field's type,
+    choices and help (its `metadata['help']`); options left out keep the defaults; the command line and the YAML
+    give the same config."""
+    import argparse
+
+    from mmrec.config import add_options, options_from_args
+    from mmrec.data.splits import SplitConfig
+
+    parser = argparse.ArgumentParser()
+    add_options(parser, SplitConfig)
+    flags = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    fields = {f.name: f for f in dataclasses.fields(SplitConfig)}
+    assert set(flags) == set(fields)
+    for name, f in fields.items():
+        assert f.metadata.get("help"), f"SplitConfig.{name} has no help"
+        assert flags[name].help.startswith(f.metadata["help"])
+    assert flags["protocol"].choices == ["loo", "temporal", "paper"]
+    args = parser.parse_args(["--protocol", "paper", "--user-fractions", "0.7", "0.1", "0.2", "--top-k", "11",
+                              "--sampling-data", "all"])
+    values = options_from_args(args, SplitConfig)
+    assert values == {"protocol": "paper", "user_fractions": [0.7, 0.1, 0.2], "top_k": 11, "sampling_data": "all"}
+    assert from_dict(SplitConfig, values) == from_dict(SplitConfig, yaml.safe_load(
+        "protocol: paper\nuser_fractions: [0.7, 0.1, 0.2]\ntop_k: 11\nsampling_data: all\n"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--sampling", "weird"])
+
+
+def test_split_command_has_no_table_of_its_own():
+    from data_prep import split_cli
+
+    assert not hasattr(split_cli, "_FIELDS")
