@@ -72,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = ExperimentConfig.load(args.config)
-    paths = ExperimentPaths(cfg.dir)
+    paths = cfg.paths
     students = [m for pair in PAIRS for m in pair if m in cfg.model_names()]
     seeds = [str(s) for s in args.seeds]
 

@@ -86,7 +86,7 @@ def per_user_frame(keys: pd.DataFrame, per_row: dict[str, np.ndarray]) -> pd.Dat
 def evaluate_sampled(cfg: ExperimentConfig, run: str, split: Any, stages: list[str], cands_sha: str
                      ) -> tuple[dict, dict, pd.DataFrame, dict]:
     ev = cfg.section("eval")
-    path = ExperimentPaths(cfg.dir).scores(run)
+    path = cfg.paths.scores(run)
     scores = read_scores(path, run)
     meta = check_scores_match(path, cands_sha)
     metrics, counts, frames = {}, {}, []
@@ -110,7 +110,7 @@ def evaluate_sampled(cfg: ExperimentConfig, run: str, split: Any, stages: list[s
 def evaluate_full(cfg: ExperimentConfig, run: str, split: Any, stages: list[str], cands_sha: str
                   ) -> tuple[dict, dict, pd.DataFrame, dict]:
     ev = cfg.section("eval")
-    path = full_ranks_path(ExperimentPaths(cfg.dir), run)
+    path = full_ranks_path(cfg.paths, run)
     if not path.is_file():
         raise DataError(f"{path}: no full-ranking scores for run '{run}'; run `mmrec score` with eval.protocol=full")
     meta = check_scores_match(path, cands_sha)
@@ -141,7 +141,7 @@ def evaluate_run(cfg: ExperimentConfig, run_cfg: ExperimentConfig, name: str, ru
                  split: Any, split_dir: Path, stages: list[str], cands_sha: str) -> dict[str, Any]:
     """Evaluate one run, write its metrics JSON and per-user Parquet; returns the JSON object."""
     ev = cfg.section("eval")
-    paths = ExperimentPaths(cfg.dir)
+    paths = cfg.paths
     fn = evaluate_full if ev.protocol == "full" else evaluate_sampled
     metrics, counts, per_user, meta = fn(cfg, run, split, stages, cands_sha)
     n_cands = split.candidates[split.candidates["stage"].isin(stages)].groupby(["stage", "user_id"]).size()
@@ -200,7 +200,7 @@ def print_table(results: list[dict[str, Any]], agg: dict, ks: list[int], stages:
 def write_experiment_manifest(cfg: ExperimentConfig, results: list[dict[str, Any]], agg: dict,
                               comparisons: list[dict[str, Any]], cands_sha: str) -> Path:
     """`manifest.json`: the protocol and every evaluated run (runs evaluated earlier are kept)."""
-    paths = ExperimentPaths(cfg.dir)
+    paths = cfg.paths
     old = read_json(paths.manifest) if paths.manifest.is_file() else {}
     runs = {**old.get("runs", {}), **{r["run"]: {"model": r["model"], "seed": r["seed"],
                                                  "metrics": str(paths.metrics(r["run"]).relative_to(paths.root)),
@@ -221,7 +221,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_experiment(args)
     ev = cfg.section("eval")
     names, seeds, stages = selected(cfg, args.model, args.seeds, args.stage)
-    paths = ExperimentPaths(cfg.dir)
+    paths = cfg.paths
     split_dir = cfg.split_dir
     split = load_split(split_dir)
     cands_sha = check_candidates(split, split_dir)

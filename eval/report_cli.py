@@ -44,10 +44,9 @@ def _experiment(args: argparse.Namespace):
 def main(args: argparse.Namespace) -> int:
     from eval.report import gather, write_report
     from mmrec.errors import DataError
-    from mmrec.experiment import ExperimentPaths
 
     cfg = _experiment(args)
-    paths = ExperimentPaths(cfg.dir)
+    paths = cfg.paths
     if not paths.root.is_dir():
         raise DataError(f"{paths.root}: experiment directory not found (check experiment.dir or --dir)")
     opts = cfg.section("report")

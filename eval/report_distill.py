@@ -12,7 +12,7 @@ from mmrec.experiment import ExperimentPaths
 from mmrec.io import read_json
 from mmrec.metrics import mean_ci
 
-IGNORED = ("distill", "device", "eval_batch_size")
+IGNORED = ("distill", "device", "score_batch_size")
 
 
 def _config(paths: ExperimentPaths, run: str) -> dict[str, Any] | None:

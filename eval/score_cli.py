@@ -148,7 +148,7 @@ def score_run(cfg: ExperimentConfig, run_cfg: ExperimentConfig, name: str, run: 
     """Score one run on the sampled candidates (and the catalogue under the full protocol); returns files written."""
     from mmrec.models.base import CatalogueScorer, load_scorer
 
-    paths = ExperimentPaths(cfg.dir)
+    paths = cfg.paths
     ev = cfg.section("eval")
     cands_sha = check_candidates(split, split_dir)
     ckpt = paths.checkpoint(run)

@@ -10,7 +10,7 @@ import importlib
 from pathlib import Path
 
 from mmrec.commands import add_config_arguments, load_experiment
-from mmrec.experiment import ExperimentConfig, ExperimentPaths, runs_of
+from mmrec.experiment import ExperimentConfig, runs_of
 from mmrec.progress import get_logger
 
 # model kind -> recipe module
@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
     names = args.model or cfg.model_names()
     for name in names:
         cfg.model(name)  # validate before any work starts
-    paths = ExperimentPaths(cfg.dir)
+    paths = cfg.paths
     for name, run, run_cfg in runs_of(cfg, names, args.seeds or cfg.experiment.seeds):
         out = train_model(run_cfg, name, paths.checkpoint(run), resume=not args.no_resume)
         log.info(f"{run}: checkpoint at {out}")

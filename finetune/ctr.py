@@ -24,7 +24,7 @@ from finetune.checkpoint import check_previous_run
 from finetune.sequential import STATE_DIR, EpochMeter, EpochStats, TrainState
 from mmrec.config import to_dict
 from mmrec.errors import DataError
-from mmrec.experiment import ExperimentConfig, ExperimentPaths
+from mmrec.experiment import ExperimentConfig
 from mmrec.io import atomic_path, hash_json, write_json, write_parquet
 from mmrec.models.ctr import (
     CONTENT_KEY,
@@ -157,7 +157,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
 
     log = get_logger("finetune.ctr")
     mcfg: CTRConfig = cfg.model(name)
-    paths = ExperimentPaths(cfg.dir)
+    paths = cfg.paths
     out_dir = Path(out_dir)
     split = load_split(cfg.split_dir)
     selection = Selection.of(cfg, split, mcfg.valid_metric, where=f"{cfg.source}: models.{name}")

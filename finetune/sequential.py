@@ -114,7 +114,7 @@ def _finite(x: float) -> float | None:
 def _fingerprint(cfg: ExperimentConfig, name: str, candidates_sha256: str, selection: dict[str, Any]) -> str:
     """What makes two runs the same run: every model setting but where and how fast it runs, the seed, the split,
     and how the best epoch is selected."""
-    settings = {k: v for k, v in to_dict(cfg.model(name)).items() if k not in ("device", "eval_batch_size")}
+    settings = {k: v for k, v in to_dict(cfg.model(name)).items() if k not in ("device", "score_batch_size")}
     return hash_json({"model": settings, "seed": cfg.seed, "candidates": candidates_sha256, "selection": selection})
 
 
@@ -241,8 +241,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         stats = run_epoch(model, optimizer, samples, mcfg, order, device, desc=desc, distiller=distiller)
         score = float("nan")
         if validated:
-            scorer = SequentialScorer(model, vocab, split.examples, mcfg.max_len, device, mcfg.eval_batch_size)
-            score = selection.score(scorer, split, mcfg.eval_batch_size)
+            scorer = SequentialScorer(model, vocab, split.examples, mcfg.max_len, device, mcfg.score_batch_size)
+            score = selection.score(scorer, split, mcfg.score_batch_size)
         improved = state.end_epoch(score, validated, mcfg.patience,
                                    **stats.logged(), **{mcfg.valid_metric: _finite(score)})
         if improved:

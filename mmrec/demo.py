@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mmrec.experiment import ExperimentConfig, ExperimentPaths
+from mmrec.experiment import ExperimentConfig
 
 if TYPE_CHECKING:
     from mmrec.pipeline import Pipeline
@@ -136,7 +136,7 @@ def reads(cfg: ExperimentConfig, name: str) -> str:
 
 def results_table(cfg: ExperimentConfig, stage: str = "test") -> str:
     """HR/NDCG/MRR/AUC of every run, read back from metrics/<run>.json, with the preference text each read."""
-    paths = ExperimentPaths(cfg.dir)
+    paths = cfg.paths
     cols = ["hr@1", "hr@5", "ndcg@10", "mrr@10", "auc"]
     lines = [f"{'model':<19} {'reads':<14} " + " ".join(f"{c:>8}" for c in cols)]
     for name in cfg.model_names():
@@ -203,7 +203,7 @@ def main(args: argparse.Namespace) -> int:
     pipe.run(dry_run=args.dry_run)
     if args.dry_run:
         return 0
-    paths = ExperimentPaths(cfg.dir)
+    paths = cfg.paths
     print("\nResults on the test candidates (1 target + 20 sampled negatives per held-out test user; "
           "protocol and hashes in metrics/*.json and the report):")
     print(results_table(cfg))

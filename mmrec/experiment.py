@@ -123,9 +123,14 @@ class ExperimentConfig:
         return self.experiment.seed
 
     @property
+    def paths(self) -> "ExperimentPaths":
+        """Where every artifact of this experiment goes."""
+        return ExperimentPaths(self.dir)
+
+    @property
     def split_dir(self) -> Path:
         """The directory of the split that the `split` section names, inside the experiment directory."""
-        return ExperimentPaths(self.dir).split(self.section("split").dir_name)
+        return self.paths.split(self.section("split").dir_name)
 
     def model_names(self) -> list[str]:
         models = self.raw.get("models") or {}

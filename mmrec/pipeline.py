@@ -59,7 +59,7 @@ class Pipeline:
         self.cfg = cfg
         self.config_path = config_path
         self.overrides = overrides
-        self.paths = ExperimentPaths(cfg.dir)
+        self.paths = cfg.paths
         self.stamps = cfg.dir / ".mmrec" / "stages"
         self.stages = self._build()
         self._fingerprint_all()

@@ -103,10 +103,9 @@ class DataStats:
 
 
 def data_stats(cfg: Any) -> DataStats:
-    from mmrec.experiment import ExperimentPaths
 
     data = cfg.section("data")
-    root = Path(data.path) if data.path else ExperimentPaths(cfg.dir).dataset
+    root = Path(data.path) if data.path else cfg.paths.dataset
     split = cfg.section("split")
     if not (root / "items.parquet").is_file():
         history = split.max_history or (split.top_k - 1 if split.protocol == "paper" else 50)

@@ -58,7 +58,7 @@ def experiment(tmp_path_factory, synthetic_split):
 
 def _train(config: Path, name: str, out: Path | None = None, resume: bool = False) -> dict:
     cfg = ExperimentConfig.load(config)
-    out = out or ExperimentPaths(cfg.dir).checkpoint(name)
+    out = out or cfg.paths.checkpoint(name)
     recipe.train(cfg, name, out, resume=resume)
     return json.loads((out / "run.json").read_text())
 
@@ -217,7 +217,7 @@ def test_each_variant_trains_and_scores_through_the_cli(experiment, run_cli, var
     code, _, err = run_cli("score", config, "--model", name)
     assert code == 0, err
     cfg = ExperimentConfig.load(config)
-    paths = ExperimentPaths(cfg.dir)
+    paths = cfg.paths
     scores = pd.read_parquet(paths.scores(name))
     from mmrec.data.splits import load_split
 

@@ -69,7 +69,7 @@ def teacher_hash(cfg: ExperimentConfig, dcfg: DistillSection, run: str) -> str:
     from mmrec.summarize.cache import _file_digest, model_fingerprint
 
     mcfg = cfg.model(dcfg.teacher)
-    ckpt = ExperimentPaths(cfg.dir).checkpoint(run)
+    ckpt = cfg.paths.checkpoint(run)
     adapter = ckpt / "adapter"
     files = {}
     if mcfg.finetune:
@@ -85,7 +85,7 @@ def teacher_hash(cfg: ExperimentConfig, dcfg: DistillSection, run: str) -> str:
 def signals_path(cfg: ExperimentConfig, dcfg: DistillSection, run: str, candidates_sha256: str) -> Path:
     """Content-keyed place of the signals: the teacher run plus everything that decides which rows are scored."""
     key = hash_json({"teacher_run": run, "signals": dcfg.signal_settings(), "split": candidates_sha256})[:12]
-    return ExperimentPaths(cfg.dir).root / "distill" / f"{run}.{key}.parquet"
+    return cfg.paths.root / "distill" / f"{run}.{key}.parquet"
 
 
 def sidecar(path: Path) -> Path:
@@ -169,7 +169,7 @@ def _student_top(cfg: ExperimentConfig, split: Any, dcfg: DistillSection, exampl
     if name not in cfg.model_names() or cfg.model(name).kind not in ("sasrec", "gru4rec"):
         raise ConfigError(f"{cfg.source}: distill.student_run {run!r} is not a run of a sasrec or gru4rec model")
     module = importlib.import_module(MODEL_KINDS[cfg.model(name).kind].split(":")[0])
-    scorer = module.load_scorer(cfg, name, ExperimentPaths(cfg.dir).checkpoint(run))
+    scorer = module.load_scorer(cfg, name, cfg.paths.checkpoint(run))
     items = np.array(scorer.item_ids, dtype=object)
     out: list[list[str]] = []
     for start in progress(range(0, len(examples), 256), desc=f"student top-{dcfg.top_m}", unit="batch"):
@@ -227,14 +227,14 @@ def build_signals(cfg: ExperimentConfig, name: str, shard: Shard | None = None,
     if scorer is None:
         from mmrec.models.vlm_scorer import VLMScorer
 
-        scorer = VLMScorer.from_checkpoint(cfg, dcfg.teacher, ExperimentPaths(cfg.dir).checkpoint(run))
+        scorer = VLMScorer.from_checkpoint(cfg, dcfg.teacher, cfg.paths.checkpoint(run))
     ctx = scorer.context
     base = {"teacher": thash, "dataset": load_dataset_fingerprint(split.dataset_dir)}
     pairs = rows[["user_id", "item_id"]].drop_duplicates().sort_values(["user_id", "item_id"]).reset_index(drop=True)
     keys = [hash_json({**base, "preference": ctx.preference(u, "train"), "item": i, "title": ctx.title(i)})
             for u, i in zip(pairs["user_id"], pairs["item_id"])]
     pairs["key"] = keys
-    cache = GenerationCache(ExperimentPaths(cfg.dir).cache / "distill" / run, shard.writer)
+    cache = GenerationCache(cfg.paths.cache / "distill" / run, shard.writer)
 
     users = pairs["user_id"].unique()
     batches = [users[i:i + USERS_PER_BATCH] for i in range(0, len(users), USERS_PER_BATCH)]
@@ -310,7 +310,7 @@ def _item_embeddings(cfg: ExperimentConfig, dcfg: DistillSection, run: str, spli
     if scorer is None:
         from mmrec.models.vlm_scorer import VLMScorer
 
-        scorer = VLMScorer.from_checkpoint(cfg, dcfg.teacher, ExperimentPaths(cfg.dir).checkpoint(run))
+        scorer = VLMScorer.from_checkpoint(cfg, dcfg.teacher, cfg.paths.checkpoint(run))
     items = sorted({str(i) for seq in training_sequences(split.examples) for i in seq})
     write_item_embeddings(path, items, teacher_item_embeddings(scorer, items))
 

@@ -59,12 +59,12 @@ class SequentialConfig:
     batch_size: int | Literal["auto"] = "auto"  # sequences per batch; auto = auto_batch_size(training windows)
     patience: int = 10
     valid_metric: str = "ndcg@10"
-    eval_batch_size: int = 512
+    score_batch_size: int = 512
     device: Literal["auto", "cpu", "cuda"] = "auto"
     distill: DistillSection | None = None  # learn from a VLM teacher's signals too (docs/distillation.md)
 
     def __post_init__(self) -> None:
-        for key in ("hidden_size", "max_len", "bce_negatives", "epochs", "batch_size", "patience", "eval_batch_size"):
+        for key in ("hidden_size", "max_len", "bce_negatives", "epochs", "batch_size", "patience", "score_batch_size"):
             if getattr(self, key) != "auto" and getattr(self, key) < 1:
                 raise ValueError(f"'{key}' must be at least 1, got {getattr(self, key)}")
         if not 0.0 <= self.dropout < 1.0:
@@ -289,4 +289,4 @@ def load_sequential_scorer(cfg: "ExperimentConfig", name: str, ckpt_dir: Path,
     model.load_state_dict(weights)
     split = load_split(cfg.split_dir)
     return SequentialScorer(model, vocab, split.examples, mcfg.max_len, resolve_device(mcfg.device),
-                            mcfg.eval_batch_size)
+                            mcfg.score_batch_size)

@@ -230,9 +230,8 @@ def item_nbytes(item: EncodedItem) -> int:
 
 
 def build_context(cfg: Any, mcfg: Any, split: Any) -> VLMContext:
-    from mmrec.experiment import ExperimentPaths
 
-    paths = ExperimentPaths(cfg.dir)
+    paths = cfg.paths
     return VLMContext.build(split, mcfg.preference_source, mcfg.use_image, paths.user_summaries,
                             paths.item_summaries, mcfg.history_items)
 

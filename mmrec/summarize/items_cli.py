@@ -23,14 +23,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def dataset_dir(cfg) -> Path:
     """The experiment's canonical dataset: `data.path` when given, else <dir>/dataset."""
-    from mmrec.experiment import ExperimentPaths
 
     data = cfg.section("data")
-    return Path(data.path) if data.path else ExperimentPaths(cfg.dir).dataset
+    return Path(data.path) if data.path else cfg.paths.dataset
 
 
 def main(args: argparse.Namespace) -> int:
-    from mmrec.experiment import ExperimentPaths
     from mmrec.progress import get_logger
     from mmrec.summarize.items import merge_item_summaries, summarize_items
     from mmrec.summarize.shard import finish_message, parse_shard
@@ -38,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
     log = get_logger("summarize-items")
     cfg = load_experiment(args)
     section = cfg.section("item_summaries")
-    paths = ExperimentPaths(cfg.dir)
+    paths = cfg.paths
     cache_dir = paths.cache / "item_summaries"
     if args.merge:
         out = merge_item_summaries(section, dataset_dir(cfg), paths.item_summaries, cache_dir)

@@ -22,7 +22,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from mmrec.data.splits import load_split
-    from mmrec.experiment import ExperimentPaths
     from mmrec.progress import get_logger
     from mmrec.summarize.shard import finish_message, parse_shard
     from mmrec.summarize.users import merge_user_summaries, summarize_users
@@ -30,7 +29,7 @@ def main(args: argparse.Namespace) -> int:
     log = get_logger("summarize-users")
     cfg = load_experiment(args)
     section = cfg.section("user_summaries")
-    paths = ExperimentPaths(cfg.dir)
+    paths = cfg.paths
     split = load_split(cfg.split_dir)
     cache_dir = paths.cache / "user_summaries"
     if args.merge:
