@@ -1,7 +1,8 @@
 """Resumable training state and the run guard that every training recipe shares.
 
-A recipe's output directory holds a run record (`run.json`, `vlm_rec.json`: the settings' fingerprint and a
-`finished` flag) and a state directory, replaced atomically after an epoch or every few steps:
+A recipe's output directory holds a run record (`run.json`, `vlm_rec.json`: the settings' fingerprint, made by
+`run_fingerprint`, and a `finished` flag) and a state directory, replaced atomically after an epoch or every few
+steps (`TrainState` keeps the epoch recipes' loop position, best score and log):
 
 - `state.safetensors`: model tensors `model.<name>`, optimizer tensors `optim.<param index>.<key>`, torch RNG
   states `rng.<key>` (one process) or `rng.<rank>.<key>` (several), `<key>` being `torch` or `cuda.<device>`;
@@ -9,27 +10,53 @@ A recipe's output directory holds a run record (`run.json`, `vlm_rec.json`: the 
   non-tensor state), `processes`, and whatever else the recipe adds (a scheduler's state, a fingerprint).
 
 Nothing is pickled: a checkpoint is read back with safetensors and json only.
+
+The epoch recipes (`finetune/sequential.py`, `finetune/ctr.py`) also share their loop's bookkeeping here:
+`TrainState` (epoch, best score, early stopping, log) and `EpochMeter`/`EpochStats` (one pass's loss and speed).
 """
 from __future__ import annotations
 
 import json
+import math
 import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Union
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from mmrec.config import to_dict
 from mmrec.errors import ConfigError
-from mmrec.io import atomic_dir, read_json
+from mmrec.io import atomic_dir, hash_json, read_json, write_text
+from mmrec.progress import progress
 
 TENSORS_FILE = "state.safetensors"
 META_FILE = "state.json"
+# Beside the best weights, an epoch recipe's output directory holds its training log and its last epoch's state.
+LOG_FILE = "train_log.jsonl"
+STATE_DIR = "checkpoint"
+# Model settings that decide where and how fast a run goes, never what it learns: a run fingerprint leaves them out.
+SPEED_KEYS = frozenset({"device", "score_batch_size", "score"})
 
 
-# --- the run guard ---------------------------------------------------------------------------------------------
+# --- the run fingerprint and guard -----------------------------------------------------------------------------
+
+def learning_settings(model_cfg: Any) -> dict[str, Any]:
+    """A model config as a dict without its `SPEED_KEYS`: the settings that change what a run learns."""
+    return {k: v for k, v in to_dict(model_cfg).items() if k not in SPEED_KEYS}
+
+
+def run_fingerprint(model_cfg: Any, seed: int, candidates_sha256: str, **extra: Any) -> str:
+    """What makes two training runs the same run: the model's learning settings, the seed, the split (its candidate
+    file's hash) and whatever else the recipe's result depends on (`extra`, e.g. how the best epoch is selected)."""
+    clash = {"model", "candidates"} & set(extra)
+    if clash:
+        raise ValueError(f"run_fingerprint: extra keys {sorted(clash)} would replace the model settings or split")
+    return hash_json({"model": learning_settings(model_cfg), "seed": seed, "candidates": candidates_sha256, **extra})
+
 
 @dataclass(frozen=True)
 class PreviousRun:
@@ -200,3 +227,88 @@ def load_checkpoint(state_dir: Path, optimizer: torch.optim.Optimizer | None, ra
         optimizer.load_state_dict(optim)
     restore_rng(process_rng(tensors, rank))
     return Checkpoint(model=_strip(tensors, "model."), optimizer=optim, loop=meta["loop"], meta=meta)
+
+
+# --- the epoch recipes' loop state -----------------------------------------------------------------------------
+
+@dataclass
+class TrainState:
+    """Everything besides tensors that a resumed epoch recipe (sequential baselines, CTR) needs to continue exactly."""
+
+    epoch: int = 0                      # epochs finished
+    best: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def end_epoch(self, score: float, validated: bool, patience: int, **logged: Any) -> bool:
+        """Book a finished epoch and return whether its weights are the new best: a higher validation score
+        (every epoch is, without validation), while `patience` epochs without one stop the run."""
+        improved = not validated or score > self.best
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = (score if validated else self.best), self.epoch, 0
+        else:
+            self.bad_epochs += 1
+        self.epoch += 1
+        self.stopped_early = validated and self.bad_epochs >= patience
+        self.history.append({"epoch": self.epoch, **logged, "best": improved})
+        return improved
+
+    @classmethod
+    def start(cls, out_dir: Path, resuming: bool, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              weights_file: str) -> "TrainState":
+        """The state an epoch recipe starts from: the saved one, its weights and optimizer loaded, when resuming;
+        otherwise a fresh one, after the checkpoint, best weights and log an older run left are deleted."""
+        if resuming:
+            saved = load_checkpoint(out_dir / STATE_DIR, optimizer)
+            model.load_state_dict(saved.model)
+            return cls(**saved.loop)
+        clear_stale(out_dir, STATE_DIR, weights_file, LOG_FILE)
+        return cls()
+
+    def speed(self) -> dict[str, float | None]:
+        """Mean seconds per epoch and examples per second over the logged epochs (for run.json and the report)."""
+        out: dict[str, float | None] = {}
+        for key in ("epoch_seconds", "examples_per_second"):
+            values = [h[key] for h in self.history if isinstance(h.get(key), (int, float))]
+            out[f"{key}_mean"] = round(float(np.mean(values)), 3) if values else None
+        return out
+
+    def save(self, out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """The resumable checkpoint and the training log after an epoch."""
+        save_checkpoint(out_dir / STATE_DIR, model, optimizer, self)
+        write_text("".join(json.dumps(h) + "\n" for h in self.history), out_dir / LOG_FILE)
+
+
+@dataclass
+class EpochStats:
+    """One training pass: mean batch loss, wall seconds and training examples (targets or samples) per second."""
+
+    loss: float
+    seconds: float
+    examples: int
+
+    def logged(self) -> dict[str, float]:
+        """The train_log.jsonl fields of the pass (speed claims are read from these)."""
+        return {"loss": self.loss, "epoch_seconds": round(self.seconds, 3),
+                "examples_per_second": round(self.examples / self.seconds, 1) if self.seconds > 0 else None}
+
+
+class EpochMeter:
+    """Counts batches, loss and examples of one pass and shows loss and examples/s on its progress bar."""
+
+    def __init__(self, n_batches: int, desc: str):
+        self.bar = progress(total=n_batches, desc=desc, unit="batch")
+        self.start = time.perf_counter()
+        self.total, self.n, self.examples = 0.0, 0, 0
+
+    def step(self, loss: float, examples: int) -> None:
+        self.total, self.n, self.examples = self.total + loss, self.n + 1, self.examples + examples
+        self.bar.update(1)
+        elapsed = time.perf_counter() - self.start
+        self.bar.set_postfix(loss=f"{self.total / self.n:.4f}", ex_s=f"{self.examples / max(elapsed, 1e-9):.0f}")
+
+    def close(self) -> EpochStats:
+        self.bar.close()
+        return EpochStats(self.total / max(self.n, 1), time.perf_counter() - self.start, self.examples)

@@ -20,8 +20,7 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from finetune.checkpoint import check_previous_run
-from finetune.sequential import STATE_DIR, EpochMeter, EpochStats, TrainState
+from finetune.checkpoint import STATE_DIR, EpochMeter, EpochStats, TrainState, check_previous_run, run_fingerprint
 from mmrec.config import to_dict
 from mmrec.errors import DataError
 from mmrec.experiment import ExperimentConfig
@@ -133,15 +132,6 @@ def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, samples:
     return meter.close()
 
 
-def _fingerprint(cfg: ExperimentConfig, name: str, candidates_sha256: str, dataset: str,
-                 selection: dict[str, Any]) -> str:
-    """What makes two runs the same run: every model setting but where and how fast it runs, the seed, the data,
-    and how the best epoch is selected."""
-    settings = {k: v for k, v in to_dict(cfg.model(name)).items() if k not in ("device", "score_batch_size")}
-    return hash_json({"model": settings, "seed": cfg.seed, "candidates": candidates_sha256, "dataset": dataset,
-                      "selection": selection})
-
-
 def _save_best(out_dir: Path, model: torch.nn.Module, features: torch.Tensor | None) -> None:
     """Best weights plus their per-item content vectors, in one file so they never disagree."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -161,7 +151,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     out_dir = Path(out_dir)
     split = load_split(cfg.split_dir)
     selection = Selection.of(cfg, split, mcfg.valid_metric, where=f"{cfg.source}: models.{name}")
-    fingerprint = _fingerprint(cfg, name, split.candidates_sha256, split.dataset.fingerprint(), selection.record())
+    fingerprint = run_fingerprint(mcfg, cfg.seed, split.candidates_sha256, dataset=split.dataset.fingerprint(),
+                                  selection=selection.record())
     if mcfg.distill is not None:  # new teacher signals make a new run
         from finetune.distill import signals_fingerprint
 

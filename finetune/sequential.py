@@ -14,11 +14,9 @@ checkpoint/{state.safetensors,state.json} (the last epoch, for resuming).
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import os
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +25,11 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from finetune.checkpoint import check_previous_run, clear_stale, load_checkpoint, save_checkpoint
+from finetune.checkpoint import STATE_DIR, EpochMeter, EpochStats, TrainState, check_previous_run, run_fingerprint
 from mmrec.config import to_dict
 from mmrec.errors import DataError
 from mmrec.experiment import MODEL_KINDS, ExperimentConfig
-from mmrec.io import atomic_path, hash_json, write_json, write_parquet, write_text
+from mmrec.io import atomic_path, hash_json, write_json, write_parquet
 from mmrec.models.sequential import (
     ITEMS_FILE,
     RUN_FILE,
@@ -48,107 +46,14 @@ from mmrec.models.sequential import (
     training_sequences,
     windows,
 )
-from mmrec.progress import get_logger, progress
+from mmrec.progress import get_logger
 from mmrec.seeding import derive_seed, rng, seed_everything
 from mmrec.selection import Selection
-
-LOG_FILE = "train_log.jsonl"
-STATE_DIR = "checkpoint"
-
-
-@dataclass
-class TrainState:
-    """Everything besides tensors that a resumed run needs to continue exactly."""
-
-    epoch: int = 0                      # epochs finished
-    best: float = -math.inf
-    best_epoch: int = -1
-    bad_epochs: int = 0
-    stopped_early: bool = False
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    def end_epoch(self, score: float, validated: bool, patience: int, **logged: Any) -> bool:
-        """Book a finished epoch and return whether its weights are the new best: a higher validation score
-        (every epoch is, without validation), while `patience` epochs without one stop the run."""
-        improved = not validated or score > self.best
-        if improved:
-            self.best, self.best_epoch, self.bad_epochs = (score if validated else self.best), self.epoch, 0
-        else:
-            self.bad_epochs += 1
-        self.epoch += 1
-        self.stopped_early = validated and self.bad_epochs >= patience
-        self.history.append({"epoch": self.epoch, **logged, "best": improved})
-        return improved
-
-    @classmethod
-    def start(cls, out_dir: Path, resuming: bool, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-              weights_file: str) -> "TrainState":
-        """The state an epoch recipe starts from: the saved one, its weights and optimizer loaded, when resuming;
-        otherwise a fresh one, after the checkpoint, best weights and log an older run left are deleted."""
-        if resuming:
-            saved = load_checkpoint(out_dir / STATE_DIR, optimizer)
-            model.load_state_dict(saved.model)
-            return cls(**saved.loop)
-        clear_stale(out_dir, STATE_DIR, weights_file, LOG_FILE)
-        return cls()
-
-    def speed(self) -> dict[str, float | None]:
-        """Mean seconds per epoch and examples per second over the logged epochs (for run.json and the report)."""
-        out: dict[str, float | None] = {}
-        for key in ("epoch_seconds", "examples_per_second"):
-            values = [h[key] for h in self.history if isinstance(h.get(key), (int, float))]
-            out[f"{key}_mean"] = round(float(np.mean(values)), 3) if values else None
-        return out
-
-    def save(self, out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """The resumable checkpoint and the training log after an epoch."""
-        save_checkpoint(out_dir / STATE_DIR, model, optimizer, self)
-        write_text("".join(json.dumps(h) + "\n" for h in self.history), out_dir / LOG_FILE)
 
 
 def _finite(x: float) -> float | None:
     """JSON has no NaN/inf: a missing validation score is written as null."""
     return x if math.isfinite(x) else None
-
-
-def _fingerprint(cfg: ExperimentConfig, name: str, candidates_sha256: str, selection: dict[str, Any]) -> str:
-    """What makes two runs the same run: every model setting but where and how fast it runs, the seed, the split,
-    and how the best epoch is selected."""
-    settings = {k: v for k, v in to_dict(cfg.model(name)).items() if k not in ("device", "score_batch_size")}
-    return hash_json({"model": settings, "seed": cfg.seed, "candidates": candidates_sha256, "selection": selection})
-
-
-@dataclass
-class EpochStats:
-    """One training pass: mean batch loss, wall seconds and training examples (targets or samples) per second."""
-
-    loss: float
-    seconds: float
-    examples: int
-
-    def logged(self) -> dict[str, float]:
-        """The train_log.jsonl fields of the pass (speed claims are read from these)."""
-        return {"loss": self.loss, "epoch_seconds": round(self.seconds, 3),
-                "examples_per_second": round(self.examples / self.seconds, 1) if self.seconds > 0 else None}
-
-
-class EpochMeter:
-    """Counts batches, loss and examples of one pass and shows loss and examples/s on its progress bar."""
-
-    def __init__(self, n_batches: int, desc: str):
-        self.bar = progress(total=n_batches, desc=desc, unit="batch")
-        self.start = time.perf_counter()
-        self.total, self.n, self.examples = 0.0, 0, 0
-
-    def step(self, loss: float, examples: int) -> None:
-        self.total, self.n, self.examples = self.total + loss, self.n + 1, self.examples + examples
-        self.bar.update(1)
-        elapsed = time.perf_counter() - self.start
-        self.bar.set_postfix(loss=f"{self.total / self.n:.4f}", ex_s=f"{self.examples / max(elapsed, 1e-9):.0f}")
-
-    def close(self) -> EpochStats:
-        self.bar.close()
-        return EpochStats(self.total / max(self.n, 1), time.perf_counter() - self.start, self.examples)
 
 
 def run_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, samples: list[list[int]],
@@ -184,7 +89,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     out_dir = Path(out_dir)
     split = load_split(cfg.split_dir)
     selection = Selection.of(cfg, split, mcfg.valid_metric, where=f"{cfg.source}: models.{name}")
-    fingerprint = _fingerprint(cfg, name, split.candidates_sha256, selection.record())
+    fingerprint = run_fingerprint(mcfg, cfg.seed, split.candidates_sha256, selection=selection.record())
     if mcfg.distill is not None:  # new teacher signals make a new run
         from finetune.distill import signals_fingerprint
 

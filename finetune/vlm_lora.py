@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from finetune.checkpoint import capture_rng, check_previous_run, load_checkpoint, save_checkpoint
+from finetune.checkpoint import capture_rng, check_previous_run, load_checkpoint, run_fingerprint, save_checkpoint
 from finetune.distributed import (
     base_spec,
     full_state,
@@ -44,7 +44,7 @@ from mmrec.config import to_dict
 from mmrec.data.splits import load_split
 from mmrec.errors import ConfigError
 from mmrec.experiment import ExperimentConfig
-from mmrec.io import hash_json, write_json, write_text
+from mmrec.io import write_json, write_text
 from mmrec.models.vlm_adapter import apply_lora, merge_adapter
 from mmrec.models.vlm_context import report_missing
 from mmrec.models.vlm_forward import (
@@ -76,12 +76,6 @@ class LoopState:
     best_step: int = -1
     tokens: int = 0  # tokens trained on, all processes
     seconds: float = 0.0  # training time before this (re)start
-
-
-def _fingerprint(cfg: ExperimentConfig, mcfg: Any, candidates_sha256: str) -> str:
-    """Same run = same model settings (scoring speed knobs aside), seed and split."""
-    settings = {k: v for k, v in to_dict(mcfg).items() if k != "score"}
-    return hash_json({"model": settings, "seed": cfg.seed, "candidates": candidates_sha256})
 
 
 def _peak_mb() -> float:
@@ -140,7 +134,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
 
     mcfg, tcfg, out_dir = resolve(cfg, name), resolve(cfg, name).train, Path(out_dir)
     split = load_split(cfg.split_dir)
-    fingerprint = _fingerprint(cfg, mcfg, split.candidates_sha256)
+    fingerprint = run_fingerprint(mcfg, cfg.seed, split.candidates_sha256)
     accelerator = make_accelerator(tcfg.precision, quantized=mcfg.model.quantization is not None)
     main, rank, nproc = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     previous = on_main(accelerator, lambda: check_previous_run(out_dir / RUN_FILE, out_dir / STATE_DIR, name,

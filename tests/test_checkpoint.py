@@ -22,11 +22,13 @@ from finetune.checkpoint import (
     load_optimizer_state,
     optimizer_state,
     process_rng,
+    run_fingerprint,
     save_checkpoint,
 )
+from mmrec.config import to_dict
 from mmrec.errors import ConfigError
 from mmrec.experiment import ExperimentConfig
-from mmrec.io import write_json
+from mmrec.io import hash_json, write_json
 
 
 @dataclass
@@ -152,7 +154,7 @@ def test_split_dir_is_the_named_split_inside_the_experiment(tmp_path):
 
 
 def test_epoch_bookkeeping_keeps_the_best_and_stops_after_patience():
-    from finetune.sequential import TrainState
+    from finetune.checkpoint import TrainState
 
     state = TrainState()
     marks = [state.end_epoch(s, validated=True, patience=2, loss=1.0) for s in (0.5, 0.7, 0.6, float("nan"))]
@@ -162,3 +164,43 @@ def test_epoch_bookkeeping_keeps_the_best_and_stops_after_patience():
     unvalidated = TrainState()
     assert all(unvalidated.end_epoch(float("nan"), validated=False, patience=1) for _ in range(3))
     assert unvalidated.best_epoch == 2 and unvalidated.best == -math.inf and not unvalidated.stopped_early
+
+
+# One model of each trained kind, every setting off its default where that is allowed, speed knobs included.
+FINGERPRINT_MODELS = {
+    "sas": {"kind": "sasrec", "hidden_size": 32, "max_len": 20, "device": "cpu", "score_batch_size": 64},
+    "gru": {"kind": "gru4rec", "loss": "bce", "batch_size": 32, "device": "cpu", "score_batch_size": 7},
+    "ctr": {"kind": "ctr", "variant": "id_only", "history_len": 5, "device": "cpu", "score_batch_size": 99},
+    "vlm": {"kind": "vlm", "variant": "recgpt4v", "history_items": 3, "score": {"batch_size": 4}},
+}
+
+
+def test_run_fingerprint_keeps_the_values_of_the_recipes_own_formulas():
+    """Runs trained before the recipes shared `run_fingerprint` must keep their fingerprints (a changed one would
+    refuse to resume them, or retrain them): the three formulas the recipes had, written out here."""
+    cfg = ExperimentConfig.from_mapping({"experiment": {"seed": 7}, "models": FINGERPRINT_MODELS}, source="e.yaml")
+    cands, dataset, selection = "c" * 64, "d" * 64, {"metric": "ndcg@10", "protocol": "sampled"}
+
+    def sequential_formula(name: str) -> str:  # finetune/sequential.py and finetune/ctr.py
+        settings = {k: v for k, v in to_dict(cfg.model(name)).items() if k not in ("device", "score_batch_size")}
+        extra = {"dataset": dataset} if name == "ctr" else {}
+        return hash_json({"model": settings, "seed": cfg.seed, "candidates": cands, **extra, "selection": selection})
+
+    vlm_settings = {k: v for k, v in to_dict(cfg.model("vlm")).items() if k != "score"}  # finetune/vlm_lora.py
+    assert run_fingerprint(cfg.model("vlm"), cfg.seed, cands) == hash_json(
+        {"model": vlm_settings, "seed": cfg.seed, "candidates": cands})
+    for name in ("sas", "gru"):
+        assert run_fingerprint(cfg.model(name), cfg.seed, cands, selection=selection) == sequential_formula(name)
+    assert run_fingerprint(cfg.model("ctr"), cfg.seed, cands, dataset=dataset, selection=selection) \
+        == sequential_formula("ctr")
+
+
+def test_run_fingerprint_ignores_speed_knobs_only():
+    def fingerprint(**overrides) -> str:
+        cfg = ExperimentConfig.from_mapping({"models": {"m": {"kind": "sasrec", **overrides}}}, source="e.yaml")
+        return run_fingerprint(cfg.model("m"), 0, "c" * 64)
+
+    assert fingerprint() == fingerprint(device="cpu", score_batch_size=3)
+    assert fingerprint() != fingerprint(hidden_size=32)
+    with pytest.raises(ValueError, match="model"):
+        run_fingerprint(ExperimentConfig.from_mapping({"models": {"m": {"kind": "pop"}}}).model("m"), 0, "c", model=1)

@@ -14,6 +14,7 @@ import yaml
 from crash import crash_on_call
 from safetensors.torch import load_file
 
+import finetune.checkpoint as checkpoint
 import finetune.sequential as recipe
 from mmrec.errors import ConfigError, MmrecError
 from mmrec.experiment import ExperimentConfig, ExperimentPaths
@@ -101,13 +102,13 @@ def test_early_stopping_keeps_best_weights(tmp_path, synthetic_split, monkeypatc
     scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.9])  # best at epoch 2, then 2 epochs without improvement
     monkeypatch.setattr(recipe.Selection, "score", lambda *a, **k: next(scores))
     saved = []
-    real_save = recipe.save_checkpoint
+    real_save = checkpoint.save_checkpoint  # TrainState.save writes through it
 
     def remember(out_dir, model, optimizer, state):
         saved.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         real_save(out_dir, model, optimizer, state)
 
-    monkeypatch.setattr(recipe, "save_checkpoint", remember)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", remember)
     out = recipe.train(cfg, "gru", tmp_path / "ckpt")
     run = json.loads((out / "run.json").read_text())
     assert run["finished"] and run["stopped_early"] and run["epochs_run"] == 4 and run["best_epoch"] == 2
