@@ -18,9 +18,10 @@ import torch
 from results import emit  # bench/ is sys.path[0] when a benchmark runs as a script
 from torch.nn import functional as F
 
+from mmrec.batching import batches
 from mmrec.models.gru4rec import GRU4Rec
 from mmrec.models.sasrec import SASRec
-from mmrec.models.sequential import SequentialModel, batches, last_hidden, pad_batch, sequence_loss, windows
+from mmrec.models.sequential import SequentialModel, last_hidden, pad_batch, sequence_loss, windows
 
 MAX_LEN = 50
 

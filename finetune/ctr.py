@@ -21,7 +21,10 @@ import torch
 from safetensors.torch import save_file
 
 from finetune.checkpoint import STATE_DIR, EpochMeter, EpochStats, TrainState, check_previous_run, run_fingerprint
+from mmrec.batching import batches
 from mmrec.config import to_dict
+from mmrec.data.sequences import training_sequences
+from mmrec.device import resolve_device
 from mmrec.errors import DataError
 from mmrec.experiment import ExperimentConfig
 from mmrec.io import atomic_path, hash_json, write_json, write_parquet
@@ -36,7 +39,6 @@ from mmrec.models.ctr import (
     build_model,
 )
 from mmrec.models.ctr_features import Catalogue, build_features
-from mmrec.models.sequential import batches, resolve_device, training_sequences
 from mmrec.progress import get_logger
 from mmrec.seeding import derive_seed, rng, seed_everything
 from mmrec.selection import Selection

@@ -26,7 +26,10 @@ import torch
 from safetensors.torch import save_file
 
 from finetune.checkpoint import STATE_DIR, EpochMeter, EpochStats, TrainState, check_previous_run, run_fingerprint
+from mmrec.batching import batches
 from mmrec.config import to_dict
+from mmrec.data.sequences import training_sequences
+from mmrec.device import resolve_device
 from mmrec.errors import DataError
 from mmrec.experiment import MODEL_KINDS, ExperimentConfig
 from mmrec.io import atomic_path, hash_json, write_json, write_parquet
@@ -39,11 +42,8 @@ from mmrec.models.sequential import (
     SequentialModel,
     SequentialScorer,
     auto_batch_size,
-    batches,
     pad_batch,
-    resolve_device,
     sequence_loss,
-    training_sequences,
     windows,
 )
 from mmrec.progress import get_logger

@@ -185,10 +185,11 @@ def test_signals_resume_after_a_crash_and_shard(tmp_path, synthetic_dataset, mon
 # -- the student side: id join, hash check ----------------------------------------------------------------------
 def test_join_by_ids_and_hash_check(tmp_path, synthetic_dataset):
     from finetune.distill import Distiller, load_signals, teacher_lists
+    from mmrec.data.sequences import training_sequences
     from mmrec.data.splits import load_split
     from mmrec.distill.signals import build_signals, sidecar
     from mmrec.io import read_json, write_json
-    from mmrec.models.sequential import ItemVocab, training_sequences, windows
+    from mmrec.models.sequential import ItemVocab, windows
 
     cfg = make_experiment(tmp_path / "exp", synthetic_dataset)
     path, _ = build_signals(cfg, "student", scorer=FakeTeacher())

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from mmrec.data.sequences import training_sequences
 from mmrec.errors import DataError
 from mmrec.models.gru4rec import GRU4Rec
 from mmrec.models.sasrec import SASRec
@@ -20,7 +21,6 @@ from mmrec.models.sequential import (
     pad_batch,
     sample_negatives,
     sequence_loss,
-    training_sequences,
     windows,
 )
 from mmrec.selection import sampled_metric as validation_metric
@@ -176,8 +176,8 @@ def test_default_batch_gives_enough_steps_per_epoch_from_1k_to_1m_users(users, w
 
 
 def test_cuda_without_a_device_is_a_config_error():
+    from mmrec.device import resolve_device
     from mmrec.errors import ConfigError
-    from mmrec.models.sequential import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():

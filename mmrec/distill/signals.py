@@ -95,7 +95,7 @@ def sidecar(path: Path) -> Path:
 # -- which examples and candidates ----------------------------------------------------------------------------
 def training_examples(split: Any, dcfg: DistillSection) -> pd.DataFrame:
     """(user_id, position, target_id, prefix) of the training examples to score, in user order."""
-    from mmrec.models.sequential import training_sequences
+    from mmrec.data.sequences import training_sequences
 
     rows = []
     for user, seq in training_sequences(split.examples).items():
@@ -137,7 +137,7 @@ def _sample(pool: np.ndarray, n: int, banned: set[str], g: np.random.Generator) 
 
 def candidate_rows(cfg: ExperimentConfig, split: Any, dcfg: DistillSection, examples: pd.DataFrame) -> pd.DataFrame:
     """One row per (example, candidate): user_id, position, target_id, item_id, source."""
-    from mmrec.models.sequential import training_sequences
+    from mmrec.data.sequences import training_sequences
 
     pool = np.array(sorted({str(i) for seq in training_sequences(split.examples) for i in seq}), dtype=object)
     held = held_out_items(split)
@@ -298,12 +298,12 @@ def build_signals(cfg: ExperimentConfig, name: str, shard: Shard | None = None,
 def _item_embeddings(cfg: ExperimentConfig, dcfg: DistillSection, run: str, split: Any, path: Path,
                      scorer: Any) -> None:
     """With `distill.embedding: vlm`, the teacher's embedding of every training item next to the signals."""
+    from mmrec.data.sequences import training_sequences
     from mmrec.distill.embedding import (
         embeddings_path,
         teacher_item_embeddings,
         write_item_embeddings,
     )
-    from mmrec.models.sequential import training_sequences
 
     if dcfg.embedding == "none" or all(p.is_file() for p in embeddings_path(path)):
         return

@@ -16,9 +16,9 @@ from typing import Iterator
 
 import numpy as np
 
+from mmrec.device import resolve_device
 from mmrec.errors import ConfigError
 from mmrec.io import atomic_dir, hash_json, sha256_file, write_json
-from mmrec.models.sequential import resolve_device
 from mmrec.progress import progress
 
 TINY_CLIP_NAME = "mmrec-tiny-clip"

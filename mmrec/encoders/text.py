@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mmrec.device import resolve_device
 from mmrec.errors import ConfigError
 from mmrec.io import hash_json, sha256_file
-from mmrec.models.sequential import resolve_device
 from mmrec.progress import progress
 
 MINILM = "minilm"

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mmrec.batching import batches
+from mmrec.device import resolve_device
 from mmrec.distill.config import DistillSection
 from mmrec.encoders.image import ImageEncoderConfig
 from mmrec.encoders.text import TextEncoderConfig
@@ -21,7 +23,6 @@ from mmrec.errors import DataError, MmrecError
 from mmrec.io import read_json
 from mmrec.models.ctr_features import Catalogue, check_template
 from mmrec.models.ctr_net import DLRM
-from mmrec.models.sequential import batches, resolve_device
 
 if TYPE_CHECKING:
     from mmrec.experiment import ExperimentConfig

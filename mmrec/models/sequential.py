@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mmrec.batching import batches
+from mmrec.device import resolve_device
 from mmrec.distill.config import DistillSection
 from mmrec.errors import ConfigError, DataError, MmrecError
 from mmrec.io import read_json
@@ -85,15 +87,6 @@ def parse_metric(name: str) -> tuple[str, int]:
     return metric, int(k)
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' picks CUDA when present; asking for CUDA without one is a config error, not a crash."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device; use device: auto or cpu")
-    return torch.device(device)
-
-
 class ItemVocab:
     """Dense indices for item ids: 0 = padding, 1..n = the items of the training sequences, in first-seen order."""
 
@@ -117,17 +110,6 @@ class ItemVocab:
     def lookup(self, items: Sequence[str]) -> np.ndarray:
         """Index per item, PAD for unseen ones (callers give those UNSEEN_SCORE)."""
         return np.fromiter((self.index.get(item, PAD) for item in items), dtype=np.int64, count=len(items))
-
-
-def training_sequences(examples: pd.DataFrame) -> pd.Series:
-    """Each user's training sequence (a train row's `history + [target]`), indexed by user_id."""
-    train = examples[examples["stage"] == "train"]
-    if train.empty:
-        raise DataError("the split has no train rows: nothing to train on")
-    if train["user_id"].duplicated().any():
-        raise DataError("the split has several train rows for one user; expected one (history + target = the sequence)")
-    seqs = [list(h) + [t] for h, t in zip(train["history"], train["target"])]
-    return pd.Series(seqs, index=train["user_id"].to_numpy(), dtype=object)
 
 
 def windows(seq: Sequence[int], max_len: int) -> list[list[int]]:
@@ -203,11 +185,6 @@ def last_hidden(model: SequentialModel, batch: torch.Tensor) -> torch.Tensor:
     lengths = (batch != PAD).sum(1).clamp(min=1)
     hidden = model(batch)
     return hidden[torch.arange(batch.shape[0], device=batch.device), lengths - 1]
-
-
-def batches(n: int, size: int) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
 
 
 class SequentialScorer:
