@@ -14,6 +14,8 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from mmrec.config import to_dict
+from mmrec.data.canonical import PREP_FILE
+from mmrec.data.splits import CANDIDATES_FILE, SPLIT_FILE
 from mmrec.errors import DataError
 from mmrec.io import hash_json, read_json, sha256_file
 
@@ -43,7 +45,7 @@ def checkpoint_fingerprint(ckpt_dir: Path) -> str | None:
 
 
 def candidates_file(split_dir: Path) -> Path:
-    return Path(split_dir) / "candidates.parquet"
+    return Path(split_dir) / CANDIDATES_FILE
 
 
 def check_candidates(split: Any, split_dir: Path) -> str:
@@ -83,7 +85,7 @@ def dataset_filters(dataset_dir: Path | None) -> dict[str, Any]:
     """What shaped the dataset: the importer and its arguments (k-core, rating filters...) from prep.json."""
     if dataset_dir is None:
         return {}
-    prep = Path(dataset_dir) / "prep.json"
+    prep = Path(dataset_dir) / PREP_FILE
     return read_json(prep) if prep.is_file() else {}
 
 
@@ -91,7 +93,7 @@ def build_manifest(*, cfg: Any, model: str, run: str, split: Any, split_dir: Pat
                    protocol: dict[str, Any], score_meta: dict[str, Any]) -> dict[str, Any]:
     """The manifest of one run's metrics: everything the numbers depend on."""
     ev = cfg.section("eval")
-    split_json = Path(split_dir) / "split.json"
+    split_json = Path(split_dir) / SPLIT_FILE
     info = dict(getattr(split, "info", {}) or {})
     dataset = getattr(split, "dataset", None)
     dataset_dir = getattr(dataset, "root", None)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from mmrec.commands import hook, invoke
-from mmrec.data.splits import make_split
+from mmrec.data.canonical import INTERACTIONS_FILE, ITEMS_FILE
+from mmrec.data.splits import CANDIDATES_FILE, make_split
 from mmrec.errors import MmrecError
 from mmrec.experiment import ExperimentConfig, ExperimentPaths
 from mmrec.io import hash_json, read_json, write_json
@@ -83,9 +84,9 @@ class Pipeline:
         seeds = cfg.experiment.seeds
         seed_args = ["--seeds", *map(str, seeds)] if seeds else []
         stages = [
-            Stage("prep", ("data",), (), self._run_prep, lambda: [self.dataset_dir() / "interactions.parquet"]),
+            Stage("prep", ("data",), (), self._run_prep, lambda: [self.dataset_dir() / INTERACTIONS_FILE]),
             Stage("split", ("split", "experiment"), ("prep",), self._run_split,
-                  lambda: [self.split_dir() / "candidates.parquet"]),
+                  lambda: [self.split_dir() / CANDIDATES_FILE]),
         ]
         if cfg.has("item_summaries"):
             stages.append(Stage("summarize-items", ("item_summaries",), ("prep",),
@@ -131,7 +132,7 @@ class Pipeline:
     def _run_prep(self, fresh: bool) -> None:
         data = self.cfg.section("data")
         if data.path:
-            if not (Path(data.path) / "interactions.parquet").is_file():
+            if not (Path(data.path) / INTERACTIONS_FILE).is_file():
                 raise MmrecError(f"{self.cfg.source}: data.path {data.path} is not a canonical dataset; "
                                  "run `mmrec prep` first")
             return
@@ -158,7 +159,7 @@ class Pipeline:
         the options name (all of them: a changed image deep in a folder must count too)."""
         data = self.cfg.section("data")
         if data.path:
-            roots = [Path(data.path) / "items.parquet", Path(data.path) / "interactions.parquet"]
+            roots = [Path(data.path) / ITEMS_FILE, Path(data.path) / INTERACTIONS_FILE]
         else:
             values = [p for v in data.options.values() for p in (v if isinstance(v, list) else [v])]
             roots = [Path(p) for p in values if isinstance(p, str) and Path(p).exists()]

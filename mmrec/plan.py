@@ -103,18 +103,18 @@ class DataStats:
 
 
 def data_stats(cfg: Any) -> DataStats:
+    from mmrec.data.canonical import INTERACTIONS_FILE, ITEMS_FILE, REMAKE
 
     data = cfg.section("data")
     root = Path(data.path) if data.path else cfg.paths.dataset
     split = cfg.section("split")
-    if not (root / "items.parquet").is_file():
+    if not (root / ITEMS_FILE).is_file():
         history = split.max_history or (split.top_k - 1 if split.protocol == "paper" else 50)
         sizes = " ".join(f"{w}x{h}" for w, h in ASSUMED_SIZES)
         return DataStats([ASSUMED_TITLE], [""], list(ASSUMED_SIZES), f"{root} not found: ASSUMED image sizes {sizes} "
                          f"(width x height), titles like {ASSUMED_TITLE!r}, histories of {history} items", history)
     import pandas as pd
 
-    from mmrec.data.canonical import INTERACTIONS_FILE, ITEMS_FILE, REMAKE
     from mmrec.io import read_table
 
     items = read_table(root / ITEMS_FILE, remedy=REMAKE).to_pandas()

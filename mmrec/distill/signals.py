@@ -333,13 +333,14 @@ def signals_stage(cfg: ExperimentConfig, name: str, seed_args: list[str], cli: A
     sections = (f"models.{name}", f"models.{dcfg.teacher}", "experiment")
 
     def outputs() -> list[Path]:
+        from mmrec.data.splits import CANDIDATES_FILE, SPLIT_FILE
         from mmrec.experiment import runs_of
         from mmrec.io import read_json
 
-        split_file = cfg.split_dir / "split.json"
+        split_file = cfg.split_dir / SPLIT_FILE
         if not split_file.is_file():
             return []
-        sha = read_json(split_file)["files"]["candidates.parquet"]
+        sha = read_json(split_file)["files"][CANDIDATES_FILE]
         runs = runs_of(cfg, [name], cfg.experiment.seeds)
         return sorted({signals_path(c, dcfg, teacher_run(c, dcfg), sha) for _, _, c in runs})
 
