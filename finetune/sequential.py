@@ -57,7 +57,7 @@ def _finite(x: float) -> float | None:
 
 
 def run_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, samples: list[list[int]],
-              mcfg: SequentialConfig, order: np.ndarray, device: torch.device, desc: str,
+              order: np.ndarray, mcfg: SequentialConfig, device: torch.device, desc: str,
               distiller: Any = None) -> EpochStats:
     """One pass over the training windows in `order`; an example is one training target (a window position). The
     loss adds the distillation term of `distiller` (a `finetune.distill.Distiller`) when the model has a `distill:`
@@ -143,7 +143,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         epoch = state.epoch
         order = rng(cfg.seed, name, "shuffle", epoch).permutation(len(samples))
         desc = f"{name} epoch {epoch + 1}/{mcfg.epochs}"
-        stats = run_epoch(model, optimizer, samples, mcfg, order, device, desc=desc, distiller=distiller)
+        stats = run_epoch(model, optimizer, samples, order, mcfg, device, desc=desc, distiller=distiller)
         score = float("nan")
         if validated:
             scorer = SequentialScorer(model, vocab, split.examples, mcfg.max_len, device, mcfg.score_batch_size)
