@@ -46,17 +46,17 @@ from mmrec.errors import ConfigError
 from mmrec.experiment import ExperimentConfig
 from mmrec.io import hash_json, write_json, write_text
 from mmrec.models.vlm_adapter import apply_lora, merge_adapter
+from mmrec.models.vlm_build import ADAPTER_DIR, RUN_FILE, make_encoder, make_scorer, resolve
 from mmrec.models.vlm_context import report_missing
+from mmrec.models.vlm_encoder import TrainingEncoder
 from mmrec.models.vlm_forward import (
     answer_logits,
     answer_loss,
     lm_loss,
     model_device,
-    train_batch,
     vision_dtype,
     yes_no_loss,
 )
-from mmrec.models.vlm_scorer import ADAPTER_DIR, RUN_FILE, VLMScorer, build_context, make_builder, resolve
 from mmrec.progress import get_logger, progress
 from mmrec.seeding import derive_seed, seed_everything
 
@@ -152,8 +152,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     sharded = is_sharded(accelerator)  # FSDP2: every process takes part in every forward and state gather
     seed_everything(cfg.seed)
     loaded = load_vlm(base_spec(mcfg.model, sharded and mcfg.finetune))
-    builder = make_builder(loaded, mcfg.use_image, mcfg.prompt_order, tcfg.max_length)
-    context = build_context(cfg, mcfg, split)
+    encoder = make_encoder(cfg, mcfg, split, loaded)
+    builder = encoder.builder
     valid = validation_rows(split, tcfg.valid_users, cfg.seed)
     info = {"kind": "vlm", "model": name, "variant": mcfg.variant, "base": to_dict(mcfg.model), "seed": cfg.seed,
             "fingerprint": fingerprint, "candidates_sha256": split.candidates_sha256, "finished": False,
@@ -165,8 +165,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     _record(out_dir, info, accelerator)
 
     if not mcfg.finetune:  # zero-shot: record the base model and how it does on validation
-        scorer = VLMScorer(loaded.model, builder, context, loaded.family, mcfg.score.batch_size,
-                           mcfg.score.prefix_cache, desc=f"{name} valid", cache_mb=mcfg.score.cache_mb)
+        scorer = make_scorer(loaded, encoder, mcfg, desc=f"{name} valid")
         auc, missing = validate(scorer, valid, accelerator, sharded=False)  # the base model is not sharded
         info.update(finished=True, best_auc=auc if math.isfinite(auc) else None, valid_missing=missing)
         _record(out_dir, info, accelerator)
@@ -175,9 +174,8 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
 
     # Training rows: a row the prompt cannot be built for is reported and left out, never silently.
     rows = training_rows(split, tcfg.negatives, cfg.seed)
-    scorer = VLMScorer(loaded.model, builder, context, loaded.family, mcfg.score.batch_size, mcfg.score.prefix_cache,
-                       desc=f"{name} valid", cache_mb=mcfg.score.cache_mb)
-    reasons = scorer.check(rows, f"{name} training rows")  # what scoring would give NaN, over-long prompts too
+    scorer = make_scorer(loaded, encoder, mcfg, desc=f"{name} valid")
+    reasons = encoder.check(rows, f"{name} training rows")  # what scoring would give NaN, over-long prompts too
     skipped = report_missing(rows, reasons, f"{name} training rows")
     rows = rows[reasons == ""].reset_index(drop=True)
     if not len(rows):
@@ -205,9 +203,9 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
         state = LoopState(**saved.loop)
         log.info(f"{name}: resuming at step {state.step}/{total_steps} (epoch {state.epoch + 1}, batch {state.batch})")
     run_log = RunLog(out_dir, state.step, enabled=main)
-    scorer.model = plain  # one scorer, hence one item cache, encodes the training rows and scores validation
-    users, stages, items, labels = (rows[c].to_numpy() for c in ("user_id", "stage", "item_id", "label"))
+    scorer.model = plain  # one encoder, hence one item cache, encodes the training rows and validation's
     device, pixel_dtype = model_device(plain), vision_dtype(plain)
+    batches = TrainingEncoder(encoder, rows, _image_id(loaded), mcfg.loss != "full", device, pixel_dtype)
     info.update(train_rows=len(rows), skipped_rows=len(skipped), steps=total_steps, processes=nproc,
                 skipped_by_reason={str(k): int(v) for k, v in skipped["reason"].value_counts().items()},
                 trainable_params=sum(p.numel() for p in trainable))
@@ -241,8 +239,7 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
             step_start = b - b % tcfg.grad_accum
             in_step = min(tcfg.grad_accum, n_batches - step_start)
             last = b == step_start + in_step - 1
-            batch = make_batch(scorer, users, stages, items, labels, idx, _image_id(loaded), mcfg.loss != "full",
-                               device, pixel_dtype)
+            batch = batches.batch(idx)
             sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
             with sync:  # the prepared model runs under autocast when `precision` asks for it
                 if mcfg.loss == "yes_no":
@@ -294,16 +291,6 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     _record(out_dir, info, accelerator)
     accelerator.wait_for_everyone()
     return out_dir
-
-
-def make_batch(scorer: VLMScorer, users: Any, stages: Any, items: Any, labels: Any, idx: Any,
-               image_token_id: int | None, answer_only: bool, device: torch.device, pixel_dtype: torch.dtype) -> Any:
-    """The micro-batch of rows `idx`: each row's prompt exactly as `scorer` scores it (the same ids and the same
-    truncation, `PromptBuilder.fit` leaves room for the answer on every path), then its answer."""
-    enc = [scorer.encode(users[i], stages[i], items[i]) for i in idx]
-    answers = [scorer.builder.answer_ids(int(labels[i])) for i in idx]
-    return train_batch([p for p, _ in enc], [s for _, s in enc], answers, scorer.pad_id, image_token_id, answer_only,
-                       device, pixel_dtype)
 
 
 def checkpoint(out_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: LoopState,
