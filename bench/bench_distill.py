@@ -89,12 +89,12 @@ def main() -> None:
     # Throughput: CPU seconds per test candidate, the teacher and each student scoring the same rows.
     from finetune.cli import RECIPES  # noqa: F401  (kinds are registered with their recipes)
     from mmrec.data.splits import load_split
-    from mmrec.models.vlm_scorer import VLMScorer
+    from mmrec.models.vlm_build import scorer_from_checkpoint
 
     split = load_split(cfg.split_dir)
     cands = split.candidates[split.candidates["stage"] == "test"].reset_index(drop=True)
     teacher_rows = cands.iloc[: min(len(cands), 21 * 40)]  # 40 users: the teacher is slow
-    teacher = VLMScorer.from_checkpoint(cfg, "teacher", paths.checkpoint("teacher"))
+    teacher = scorer_from_checkpoint(cfg, "teacher", paths.checkpoint("teacher"))
     speed = {"teacher": 1.0 / cpu_per_candidate(teacher, teacher_rows, 1)}
     catalogue: dict[str, float] = {}
     test_examples = split.examples[split.examples["stage"] == "test"]

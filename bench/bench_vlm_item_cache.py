@@ -4,7 +4,7 @@ image-processor settings (llava-hf/llava-v1.6-mistral-7b-hf: 336 px, five grid p
     python bench/bench_vlm_item_cache.py
 
 For photos of several sizes, side by side: the bytes one cached item's pixels take in float32 (what the processor
-returns) and in bf16 (what `VLMScorer` keeps for a bf16 model), and the CPU time of processing the photo again
+returns) and in bf16 (what `PromptEncoder` keeps for a bf16 model), and the CPU time of processing the photo again
 (median of `--repeats`, `time.process_time`, one torch thread: other jobs on a shared machine do not inflate it).
 These are what `score.cache_mb` trades: a byte budget of cached items against re-processing the rest.
 """

@@ -70,7 +70,7 @@ def candidates(args, loaded, g: np.random.Generator):
     """(prompt builder, users' preference texts, candidate images, candidate titles), seeded."""
     from PIL import Image
 
-    from mmrec.models.vlm_scorer import make_builder
+    from mmrec.models.vlm_build import make_builder
 
     builder: PromptBuilder = make_builder(loaded, True, "preference_first", 4096)
     users = [preference(g, args.pref_words) for _ in range(args.users)]

@@ -153,9 +153,9 @@ def prompts(args, builder, image):
 
 def train(args, loaded, image, shape, spec) -> tuple[Phase, dict, str]:
     from mmrec.models.vlm_adapter import apply_lora
+    from mmrec.models.vlm_build import make_builder
     from mmrec.models.vlm_forward import lm_loss, train_batch, vision_dtype
     from mmrec.models.vlm_rec import LoraSection, TrainSection
-    from mmrec.models.vlm_scorer import make_builder
 
     lora = LoraSection(r=8, alpha=16, dropout=0.05)
     tcfg = TrainSection(batch_size=args.train_batch, gradient_checkpointing=True,
@@ -191,8 +191,8 @@ def train(args, loaded, image, shape, spec) -> tuple[Phase, dict, str]:
 
 @torch.no_grad()
 def score(args, loaded, image, shape, spec) -> tuple[Phase, dict, str]:
+    from mmrec.models.vlm_build import make_builder
     from mmrec.models.vlm_forward import cached_p_yes, prefix_cache
-    from mmrec.models.vlm_scorer import make_builder
 
     builder = make_builder(loaded, True, "preference_first", 8192)
     prefix, item = prompts(args, builder, image)

@@ -208,28 +208,29 @@ def _dummy_inputs(scorer: Any, valid: pd.DataFrame) -> Callable[[int], dict[str,
         if kind not in made:
             dev = model_device(scorer.model)
             if kind == Lockstep.TEXT:
-                made[kind] = {"input_ids": torch.tensor([[scorer.pad_id]], device=dev)}
+                made[kind] = {"input_ids": torch.tensor([[scorer.encoder.pad_id]], device=dev)}
             else:
-                made[kind] = _first_prompt(scorer, valid, dev)
+                made[kind] = _first_prompt(scorer.encoder, scorer.model, valid, dev)
             made[kind]["logits_to_keep"] = 1
         return made[kind]
 
     return dummy
 
 
-def _first_prompt(scorer: Any, valid: pd.DataFrame, dev: torch.device) -> dict[str, Any]:
-    """Forward inputs of the first validation row that can be prompted within `max_length`."""
+def _first_prompt(encoder: Any, model: Any, valid: pd.DataFrame, dev: torch.device) -> dict[str, Any]:
+    """`model`'s forward inputs of the first validation row that `encoder` (a `PromptEncoder`) can prompt within
+    `max_length`."""
     from mmrec.models.vlm_forward import stack_pixels, vision_dtype
     from mmrec.models.vlm_prompt import PromptTooLong
 
     rows = valid[["user_id", "stage", "item_id"]].astype(str)
-    for user, stage, item_id in rows[scorer.context.check(rows) == ""].itertuples(index=False):
+    for user, stage, item_id in rows[encoder.context.check(rows) == ""].itertuples(index=False):
         try:
-            prefix, item = scorer.encode(user, stage, item_id)
+            prefix, item = encoder.encode(user, stage, item_id)
         except PromptTooLong:
             continue
         return {"input_ids": torch.tensor([prefix + list(item.ids)], device=dev),
-                **stack_pixels([item], dev, vision_dtype(scorer.model))}
+                **stack_pixels([item], dev, vision_dtype(model))}
     raise MmrecError("no validation row can be prompted (see the warnings above); check the preferences, "
                      "images and train.max_length")
 

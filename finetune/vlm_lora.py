@@ -2,13 +2,17 @@
 (`accelerate launch -m finetune CONFIG ...` for several processes, GPUs or nodes: DDP, or FSDP2 through an
 accelerate config file; `finetune/distributed.py` says what is supported and why).
 
-Top to bottom: read the split's training rows (positives + negatives) and validation candidates, load the base
-VLM (4-bit for QLoRA), wrap it with LoRA, then loop over seeded epochs of micro-batches with gradient
-accumulation, clipping and a warm-up + cosine/linear schedule; every `eval_every` steps (or epoch) score the
-validation candidates (every process its share of the users) with the same scorer `mmrec score` uses and keep
-the adapter with the best AUC; every
-`checkpoint_every` steps write a resumable checkpoint. A model with `finetune: false` (zero-shot baselines)
-only records its base model and its validation AUC.
+The recipe (`LoraRecipe`, in torchtune's shape) reads setup -> train loop -> save:
+- the run guard: a finished run with the same settings is kept, an interrupted one resumes from `last/`;
+- `setup`: the base VLM (4-bit for QLoRA), its prompt encoder (`mmrec.models.vlm_encoder`: one item cache, shared
+  by the training rows and validation), the validation candidates and the scorer `mmrec score` uses. A model with
+  `finetune: false` (zero-shot baselines) stops here: `validate_base` records its base model and validation AUC;
+- `setup_training`: the split's training rows (positives + negatives) that can be prompted, LoRA on the base, the
+  optimizer and a warm-up + cosine/linear/constant schedule prepared by accelerate, the resumed state if any;
+- `train`: seeded epochs of micro-batches with gradient accumulation and clipping; every `eval_every` steps (or
+  epoch) the validation candidates are scored (every process its share of the users) and the adapter with the
+  best AUC is kept; every `checkpoint_every` steps a resumable checkpoint is written;
+- `save`: the merged model if asked for, and the finished run record.
 
 Checkpoint directory: adapter/ (best adapter, `PeftModel.from_pretrained`), merged/ (optional), vlm_rec.json
 (run record), train_log.jsonl + tb/ (TensorBoard), last/ (resumable state).
@@ -21,10 +25,12 @@ import math
 import resource
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from finetune.checkpoint import capture_rng, check_previous_run, load_checkpoint, run_fingerprint, save_checkpoint
@@ -46,17 +52,19 @@ from mmrec.errors import ConfigError
 from mmrec.experiment import ExperimentConfig
 from mmrec.io import write_json, write_text
 from mmrec.models.vlm_adapter import apply_lora, merge_adapter
+from mmrec.models.vlm_build import ADAPTER_DIR, RUN_FILE, make_encoder, make_scorer, resolve
 from mmrec.models.vlm_context import report_missing
+from mmrec.models.vlm_encoder import TrainingEncoder
 from mmrec.models.vlm_forward import (
+    TrainBatch,
     answer_logits,
     answer_loss,
     lm_loss,
     model_device,
-    train_batch,
     vision_dtype,
     yes_no_loss,
 )
-from mmrec.models.vlm_scorer import ADAPTER_DIR, RUN_FILE, VLMScorer, build_context, make_builder, resolve
+from mmrec.models.vlm_prompt import PromptBuilder
 from mmrec.progress import get_logger, progress
 from mmrec.seeding import derive_seed, seed_everything
 
@@ -95,7 +103,8 @@ class RunLog:
     """train_log.jsonl plus TensorBoard events; a resumed run first drops what came after its checkpoint."""
 
     def __init__(self, out_dir: Path, step: int, enabled: bool):
-        self.path, self.enabled = out_dir / LOG_FILE, enabled
+        self.path = out_dir / LOG_FILE
+        self.enabled = enabled
         self.writer = None
         if not enabled:
             return
@@ -122,182 +131,287 @@ class RunLog:
             self.writer.close()
 
 
-def _record(out_dir: Path, info: dict[str, Any], accelerator: Any) -> None:
-    if accelerator.is_main_process:
-        write_json(info, out_dir / RUN_FILE)
-
-
 def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) -> Path:
-    from accelerate.utils import gather_object
+    """Finetune model `name` into `out_dir`, or with `finetune: false` record its base model and validation AUC; a
+    finished run with the same settings is kept, an interrupted one resumes (unless not `resume`)."""
+    recipe = LoraRecipe(cfg, name, Path(out_dir), resume)
+    if recipe.previous.finished:
+        log.info(f"{name}: already trained (best valid AUC {recipe.previous.record.get('best_auc')}), kept")
+        return recipe.out_dir
+    recipe.setup()
+    if not recipe.mcfg.finetune:
+        recipe.validate_base()
+        return recipe.out_dir
+    recipe.setup_training()
+    recipe.train()
+    recipe.save()
+    return recipe.out_dir
 
-    from mmrec.vlm import load_vlm
 
-    mcfg, tcfg, out_dir = resolve(cfg, name), resolve(cfg, name).train, Path(out_dir)
-    split = load_split(cfg.split_dir)
-    fingerprint = run_fingerprint(mcfg, cfg.seed, split.candidates_sha256)
-    accelerator = make_accelerator(tcfg.precision, quantized=mcfg.model.quantization is not None)
-    main, rank, nproc = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
-    previous = on_main(accelerator, lambda: check_previous_run(out_dir / RUN_FILE, out_dir / STATE_DIR, name,
-                                                               fingerprint, resume))
-    if previous.finished:
-        log.info(f"{name}: already trained (best valid AUC {previous.record.get('best_auc')}), kept")
-        return out_dir
+@dataclass
+class LossWindow:
+    """The optimizer steps since the last log line: their summed loss (each micro-batch's scaled by its step's
+    number of micro-batches), how many there were, the tokens they read and when the window opened."""
 
-    sharded = is_sharded(accelerator)  # FSDP2: every process takes part in every forward and state gather
-    seed_everything(cfg.seed)
-    loaded = load_vlm(base_spec(mcfg.model, sharded and mcfg.finetune))
-    builder = make_builder(loaded, mcfg.use_image, mcfg.prompt_order, tcfg.max_length)
-    context = build_context(cfg, mcfg, split)
-    valid = validation_rows(split, tcfg.valid_users, cfg.seed)
-    info = {"kind": "vlm", "model": name, "variant": mcfg.variant, "base": to_dict(mcfg.model), "seed": cfg.seed,
-            "fingerprint": fingerprint, "candidates_sha256": split.candidates_sha256, "finished": False,
-            "yes_id": builder.yes_id, "no_id": builder.no_id, "adapter": None, "best_auc": None}
-    if main and not previous.resuming:
-        shutil.rmtree(out_dir, ignore_errors=True)  # never mix a fresh run with an older one's files
-        out_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    _record(out_dir, info, accelerator)
+    loss: float = 0.0
+    steps: int = 0
+    tokens: int = 0
+    start: float = field(default_factory=time.perf_counter)
 
-    if not mcfg.finetune:  # zero-shot: record the base model and how it does on validation
-        scorer = VLMScorer(loaded.model, builder, context, loaded.family, mcfg.score.batch_size,
-                           mcfg.score.prefix_cache, desc=f"{name} valid", cache_mb=mcfg.score.cache_mb)
-        auc, missing = validate(scorer, valid, accelerator, sharded=False)  # the base model is not sharded
-        info.update(finished=True, best_auc=auc if math.isfinite(auc) else None, valid_missing=missing)
-        _record(out_dir, info, accelerator)
-        log.info(f"{name}: zero-shot, base model recorded; valid AUC {auc:.4f}")
-        return out_dir
+    def add(self, loss: float, tokens: int) -> None:
+        self.loss += loss
+        self.tokens += tokens
 
-    # Training rows: a row the prompt cannot be built for is reported and left out, never silently.
-    rows = training_rows(split, tcfg.negatives, cfg.seed)
-    scorer = VLMScorer(loaded.model, builder, context, loaded.family, mcfg.score.batch_size, mcfg.score.prefix_cache,
-                       desc=f"{name} valid", cache_mb=mcfg.score.cache_mb)
-    reasons = scorer.check(rows, f"{name} training rows")  # what scoring would give NaN, over-long prompts too
-    skipped = report_missing(rows, reasons, f"{name} training rows")
-    rows = rows[reasons == ""].reset_index(drop=True)
-    if not len(rows):
-        raise ConfigError(f"model '{name}': no training row has a preference and an image; see the warning above")
 
-    torch.manual_seed(derive_seed(cfg.seed, name, "lora_init"))
-    model = apply_lora(loaded.model, mcfg.lora, mcfg.model.quantization is not None, tcfg.gradient_checkpointing)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.lr,
-                                  weight_decay=tcfg.weight_decay)
-    n_batches = batches_per_epoch(len(rows), tcfg.batch_size, nproc)
-    steps_per_epoch = -(-n_batches // tcfg.grad_accum)
-    total_steps = steps_per_epoch * tcfg.epochs
-    scheduler = _scheduler(optimizer, tcfg, total_steps)
-    model, optimizer, trainable = prepare(accelerator, model, optimizer)
-    plain = accelerator.unwrap_model(model)  # the FSDP2 model itself (fully_shard keeps the module object)
-    torch.manual_seed(derive_seed(cfg.seed, name, "dropout", rank))  # per-process dropout streams
-    state = LoopState()
-    if previous.resuming:
-        saved = load_checkpoint(out_dir / STATE_DIR, None, rank)
+class LoraRecipe:
+    """One model's run, torchtune's recipe shape: the run guard (constructor), `setup` (base model, prompts,
+    validation; all a zero-shot model needs, then `validate_base`), `setup_training` (rows, LoRA, optimizer,
+    schedule, resumed state), `train` (the loop, which validates and checkpoints when due) and `save`."""
+
+    def __init__(self, cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool):
+        self.cfg = cfg
+        self.name = name
+        self.out_dir = out_dir
+        mcfg = resolve(cfg, name)
+        split = load_split(cfg.split_dir)
+        fingerprint = run_fingerprint(mcfg, cfg.seed, split.candidates_sha256)
+        self.mcfg = mcfg
+        self.tcfg = mcfg.train
+        self.split = split
+        self.fingerprint = fingerprint
+        self.accelerator = make_accelerator(self.tcfg.precision, quantized=mcfg.model.quantization is not None)
+        guard = partial(check_previous_run, out_dir / RUN_FILE, out_dir / STATE_DIR, name, fingerprint, resume)
+        self.previous = on_main(self.accelerator, guard)
+        self.validated = False  # whether this process has validated yet
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _record(self) -> None:
+        if self.main:
+            write_json(self.info, self.out_dir / RUN_FILE)
+
+    # -- setup --------------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """The base model (on the CPU under FSDP, which shards it later), the prompt encoder, the validation rows
+        and their scorer, and the run record; a fresh run starts from an empty directory."""
+        from mmrec.vlm import load_vlm
+
+        cfg, mcfg = self.cfg, self.mcfg
+        self.sharded = is_sharded(self.accelerator)  # FSDP2: every process takes part in every forward and gather
+        seed_everything(cfg.seed)
+        self.loaded = load_vlm(base_spec(mcfg.model, self.sharded and mcfg.finetune))
+        self.encoder = make_encoder(cfg, mcfg, self.split, self.loaded)
+        self.valid = validation_rows(self.split, self.tcfg.valid_users, cfg.seed)
+        self.scorer = make_scorer(self.loaded, self.encoder, mcfg, desc=f"{self.name} valid")
+        builder = self.encoder.builder
+        self.info = {"kind": "vlm", "model": self.name, "variant": mcfg.variant, "base": to_dict(mcfg.model),
+                     "seed": cfg.seed, "fingerprint": self.fingerprint,
+                     "candidates_sha256": self.split.candidates_sha256, "finished": False, "yes_id": builder.yes_id,
+                     "no_id": builder.no_id, "adapter": None, "best_auc": None}
+        if self.main and not self.previous.resuming:
+            shutil.rmtree(self.out_dir, ignore_errors=True)  # never mix a fresh run with an older one's files
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        self._record()
+
+    def validate_base(self) -> None:
+        """A zero-shot model's whole run: its base model's validation AUC, recorded."""
+        auc, missing = validate(self.scorer, self.valid, self.accelerator, sharded=False)  # the base is not sharded
+        self.info.update(finished=True, best_auc=auc if math.isfinite(auc) else None, valid_missing=missing)
+        self._record()
+        log.info(f"{self.name}: zero-shot, base model recorded; valid AUC {auc:.4f}")
+
+    def setup_training(self) -> None:
+        """The training rows that can be prompted, LoRA on the base, the optimizer and schedule prepared by
+        accelerate, and the loop state: fresh, or the checkpoint's."""
+        cfg, mcfg, tcfg, acc = self.cfg, self.mcfg, self.tcfg, self.accelerator
+        rows, skipped = self._promptable_rows()
+        torch.manual_seed(derive_seed(cfg.seed, self.name, "lora_init"))
+        model = apply_lora(self.loaded.model, mcfg.lora, mcfg.model.quantization is not None,
+                           tcfg.gradient_checkpointing)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.lr,
+                                      weight_decay=tcfg.weight_decay)
+        self.n_batches = batches_per_epoch(len(rows), tcfg.batch_size, acc.num_processes)
+        steps_per_epoch = -(-self.n_batches // tcfg.grad_accum)
+        self.total_steps = steps_per_epoch * tcfg.epochs
+        self.scheduler = _scheduler(optimizer, tcfg, self.total_steps)
+        self.model, self.optimizer, self.trainable = prepare(acc, model, optimizer)
+        self.plain = acc.unwrap_model(self.model)  # the FSDP2 model itself (fully_shard keeps the module object)
+        torch.manual_seed(derive_seed(cfg.seed, self.name, "dropout", acc.process_index))  # per-process dropout
+        self.state = self._resume() if self.previous.resuming else LoopState()
+        self.run_log = RunLog(self.out_dir, self.state.step, enabled=self.main)
+        self.scorer.model = self.plain  # validation scores the model in training, prompts from the same encoder
+        self.device = model_device(self.plain)
+        self.batches = TrainingEncoder(self.encoder, rows, _image_id(self.loaded), mcfg.loss != "full", self.device,
+                                       vision_dtype(self.plain))
+        self.info.update(train_rows=len(rows), skipped_rows=len(skipped), steps=self.total_steps,
+                         processes=acc.num_processes,
+                         skipped_by_reason={str(k): int(v) for k, v in skipped["reason"].value_counts().items()},
+                         trainable_params=sum(p.numel() for p in self.trainable))
+        self._record()
+        log.info(f"{self.name}: {len(rows)} training rows, {len(self.valid)} validation candidates, "
+                 f"{self.total_steps} steps on {acc.num_processes} process(es), "
+                 f"{self.info['trainable_params']} trainable parameters")
+
+    def _promptable_rows(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(training rows that can be prompted, the others with their reason): a row the prompt cannot be built
+        for (what scoring would give NaN, over-long prompts too) is reported and left out, never silently."""
+        rows = training_rows(self.split, self.tcfg.negatives, self.cfg.seed)
+        desc = f"{self.name} training rows"
+        reasons = self.encoder.check(rows, desc)
+        skipped = report_missing(rows, reasons, desc)
+        rows = rows[reasons == ""].reset_index(drop=True)
+        if not len(rows):
+            raise ConfigError(f"model '{self.name}': no training row has a preference and an image; see the "
+                              "warning above")
+        return rows, skipped
+
+    def _resume(self) -> LoopState:
+        """The loop state saved in `last/`, its trainable weights, optimizer and scheduler loaded back (and this
+        process's RNG state)."""
+        acc = self.accelerator
+        nproc = acc.num_processes
+        state_dir = self.out_dir / STATE_DIR
+        saved = load_checkpoint(state_dir, None, acc.process_index)
         if saved.meta.get("processes", nproc) != nproc:  # its data position counts global batches of nproc rows each
-            raise ConfigError(f"{out_dir / STATE_DIR} was written by {saved.meta['processes']} process(es): resume "
-                              f"it with as many (this launch has {nproc}), or re-run with --no-resume")
-        load_full_state(plain, optimizer, saved.model, saved.optimizer, sharded)
-        scheduler.load_state_dict(saved.meta["scheduler"])
+            raise ConfigError(f"{state_dir} was written by {saved.meta['processes']} process(es): resume it with as "
+                              f"many (this launch has {nproc}), or re-run with --no-resume")
+        load_full_state(self.plain, self.optimizer, saved.model, saved.optimizer, self.sharded)
+        self.scheduler.load_state_dict(saved.meta["scheduler"])
         state = LoopState(**saved.loop)
-        log.info(f"{name}: resuming at step {state.step}/{total_steps} (epoch {state.epoch + 1}, batch {state.batch})")
-    run_log = RunLog(out_dir, state.step, enabled=main)
-    scorer.model = plain  # one scorer, hence one item cache, encodes the training rows and scores validation
-    users, stages, items, labels = (rows[c].to_numpy() for c in ("user_id", "stage", "item_id", "label"))
-    device, pixel_dtype = model_device(plain), vision_dtype(plain)
-    info.update(train_rows=len(rows), skipped_rows=len(skipped), steps=total_steps, processes=nproc,
-                skipped_by_reason={str(k): int(v) for k, v in skipped["reason"].value_counts().items()},
-                trainable_params=sum(p.numel() for p in trainable))
-    _record(out_dir, info, accelerator)
-    log.info(f"{name}: {len(rows)} training rows, {len(valid)} validation candidates, {total_steps} steps on "
-             f"{nproc} process(es), {info['trainable_params']} trainable parameters")
+        log.info(f"{self.name}: resuming at step {state.step}/{self.total_steps} (epoch {state.epoch + 1}, "
+                 f"batch {state.batch})")
+        return state
 
-    evaluated: list[int] = []  # steps validated at
+    # -- the training loop --------------------------------------------------------------------------------------
 
-    def evaluate_and_keep(epoch: int) -> None:
-        """Every process scores its share and gets the same AUC, so all agree on saving (a collective on FSDP)."""
-        evaluated.append(state.step)
-        auc, info["valid_missing"] = validate(scorer, valid, accelerator, sharded)  # NaN rows, e.g. too long
+    def train(self) -> None:
+        """Seeded epochs of micro-batches from the loop state's position on; every `grad_accum` of them close an
+        optimizer step. Validates once at the end if no step was due to."""
+        tcfg, acc, state = self.tcfg, self.accelerator, self.state
+        self.bar = progress(total=self.total_steps, desc=f"train {self.name}", unit="step")
+        self.bar.update(state.step)
+        self.window = LossWindow()
+        self.start_time = time.perf_counter() - state.seconds
+        self.model.train()
+        for epoch in range(state.epoch, tcfg.epochs):
+            start = state.batch if epoch == state.epoch else 0
+            batches = epoch_batches(len(self.batches), tcfg.batch_size, acc.num_processes, acc.process_index,
+                                    self.cfg.seed, epoch, start)
+            for b, idx in batches:
+                if self._micro_batch(b, idx):
+                    self._optimizer_step(epoch, b)
+        self.bar.close()
+        if not self.validated and state.best_step < 0:  # validation never ran (eval_every beyond the last step)
+            self._validate(tcfg.epochs - 1)
+
+    def _micro_batch(self, b: int, idx: Any) -> bool:
+        """Forward and backward of the epoch's micro-batch `b` (rows `idx`), its loss scaled by its step's number
+        of micro-batches; True when it closes an optimizer step (gradients are synchronised only then)."""
+        grad_accum = self.tcfg.grad_accum
+        step_start = b - b % grad_accum
+        in_step = min(grad_accum, self.n_batches - step_start)
+        last = b == step_start + in_step - 1
+        batch = self.batches.batch(idx)
+        sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
+        with sync:  # the prepared model runs under autocast when `precision` asks for it
+            loss = batch_loss(self.model, batch, self.mcfg.loss, self.encoder.builder)
+            self.accelerator.backward(loss / in_step)
+        self.window.add(float(loss.detach()) / in_step, batch.tokens)
+        return last
+
+    def _optimizer_step(self, epoch: int, b: int) -> None:
+        """The optimizer step that micro-batch `b` closes, then what is due after it: a log line, validation, a
+        checkpoint. The loop state then points at the next micro-batch."""
+        tcfg, state = self.tcfg, self.state
+        if tcfg.clip > 0:
+            self.accelerator.clip_grad_norm_(self.trainable, tcfg.clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.epoch = epoch
+        state.batch = b + 1
+        self.window.steps += 1
+        self.bar.update(1)
+        if state.step % tcfg.log_every == 0 or state.step == self.total_steps:
+            self._log_window(epoch)
+        end_of_epoch = b + 1 == self.n_batches
+        if end_of_epoch:
+            state.epoch = epoch + 1
+            state.batch = 0
+        if (tcfg.eval_every and state.step % tcfg.eval_every == 0) or (end_of_epoch and not tcfg.eval_every):
+            self._validate(epoch)
+        if state.step % tcfg.checkpoint_every == 0 or state.step == self.total_steps:
+            self._checkpoint()
+
+    def _log_window(self, epoch: int) -> None:
+        """One log line for the steps since the last: mean loss and tokens over all processes, then a new window."""
+        acc, window = self.accelerator, self.window
+        tokens = int(acc.reduce(torch.tensor(window.tokens, device=self.device), "sum"))
+        mean_loss = float(acc.reduce(torch.tensor(window.loss / window.steps, device=self.device), "mean"))
+        seconds = time.perf_counter() - window.start
+        self.state.tokens += tokens
+        self.run_log.write({"step": self.state.step, "epoch": epoch, "loss": mean_loss,
+                            "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens / seconds,
+                            "peak_mem_mb": _peak_mb()})
+        self.bar.set_postfix(loss=f"{mean_loss:.4f}")
+        self.window = LossWindow()
+
+    def _validate(self, epoch: int) -> None:
+        """The validation AUC, the adapter kept when it improved. Every process scores its share and gets the
+        same AUC, so all agree on saving (a collective on FSDP)."""
+        state, acc = self.state, self.accelerator
+        self.validated = True
+        auc, self.info["valid_missing"] = validate(self.scorer, self.valid, acc, self.sharded)  # NaN rows: too long
         improved = not math.isfinite(state.best_auc) or (math.isfinite(auc) and auc > state.best_auc)
-        if improved or not len(valid):
-            state.best_auc, state.best_step = (auc if math.isfinite(auc) else state.best_auc), state.step
-            save_adapter(plain, out_dir / ADAPTER_DIR, accelerator, sharded)
-        run_log.write({"step": state.step, "epoch": epoch, "valid_auc": auc, "best": bool(improved)})
-        if main:
-            log.info(f"{name} step {state.step}: valid AUC {auc:.4f}" + (" (best)" if improved else ""))
-        accelerator.wait_for_everyone()
+        if improved or not len(self.valid):
+            state.best_auc = auc if math.isfinite(auc) else state.best_auc
+            state.best_step = state.step
+            save_adapter(self.plain, self.out_dir / ADAPTER_DIR, acc, self.sharded)
+        self.run_log.write({"step": state.step, "epoch": epoch, "valid_auc": auc, "best": bool(improved)})
+        if self.main:
+            log.info(f"{self.name} step {state.step}: valid AUC {auc:.4f}" + (" (best)" if improved else ""))
+        acc.wait_for_everyone()
 
-    bar = progress(total=total_steps, desc=f"train {name}", unit="step")
-    bar.update(state.step)
-    window_loss, window_n, window_tokens, t0 = 0.0, 0, 0, time.perf_counter()
-    start_time = time.perf_counter() - state.seconds
-    model.train()
-    for epoch in range(state.epoch, tcfg.epochs):
-        start = state.batch if epoch == state.epoch else 0
-        for b, idx in epoch_batches(len(rows), tcfg.batch_size, nproc, rank, cfg.seed, epoch, start):
-            step_start = b - b % tcfg.grad_accum
-            in_step = min(tcfg.grad_accum, n_batches - step_start)
-            last = b == step_start + in_step - 1
-            batch = make_batch(scorer, users, stages, items, labels, idx, _image_id(loaded), mcfg.loss != "full",
-                               device, pixel_dtype)
-            sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
-            with sync:  # the prepared model runs under autocast when `precision` asks for it
-                if mcfg.loss == "yes_no":
-                    loss = yes_no_loss(answer_logits(model, batch), batch, builder.yes_id, builder.no_id)
-                elif mcfg.loss == "answer":
-                    loss = answer_loss(model, batch)
-                else:
-                    loss = lm_loss(model(**batch.inputs).logits, batch.labels)[0]
-                accelerator.backward(loss / in_step)
-            window_loss, window_tokens = window_loss + float(loss.detach()) / in_step, window_tokens + batch.tokens
-            if not last:
-                continue
-            if tcfg.clip > 0:
-                accelerator.clip_grad_norm_(trainable, tcfg.clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step, state.epoch, state.batch = state.step + 1, epoch, b + 1
-            window_n += 1
-            bar.update(1)
-            if state.step % tcfg.log_every == 0 or state.step == total_steps:
-                tokens = int(accelerator.reduce(torch.tensor(window_tokens, device=device), "sum"))
-                mean_loss = float(accelerator.reduce(torch.tensor(window_loss / window_n, device=device), "mean"))
-                dt = time.perf_counter() - t0
-                state.tokens += tokens
-                run_log.write({"step": state.step, "epoch": epoch, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                               "tokens_per_s": tokens / dt, "peak_mem_mb": _peak_mb()})
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
-                window_loss, window_n, window_tokens, t0 = 0.0, 0, 0, time.perf_counter()
-            end_of_epoch = b + 1 == n_batches
-            if end_of_epoch:
-                state.epoch, state.batch = epoch + 1, 0
-            if (tcfg.eval_every and state.step % tcfg.eval_every == 0) or (end_of_epoch and not tcfg.eval_every):
-                evaluate_and_keep(epoch)
-            if state.step % tcfg.checkpoint_every == 0 or state.step == total_steps:
-                state.seconds = time.perf_counter() - start_time
-                rng_states = gather_object([capture_rng(all_devices=False)])  # every process's RNG
-                checkpoint(out_dir, plain, optimizer, scheduler, state, rng_states, fingerprint, main, sharded)
-                accelerator.wait_for_everyone()
-    bar.close()
-    if not evaluated and state.best_step < 0:  # validation never ran (eval_every beyond the last step)
-        evaluate_and_keep(tcfg.epochs - 1)
-    run_log.close()
-    if main and tcfg.merge:
-        merge_adapter(base_spec(mcfg.model, sharded), out_dir / ADAPTER_DIR, out_dir / "merged")  # CPU under FSDP
-    info.update(finished=True, adapter=ADAPTER_DIR, best_auc=state.best_auc if math.isfinite(state.best_auc) else None,
-                best_step=state.best_step, tokens=state.tokens, seconds=time.perf_counter() - start_time,
-                peak_mem_mb=_peak_mb(), truncated_prompts=builder.truncated, merged="merged" if tcfg.merge else None)
-    _record(out_dir, info, accelerator)
-    accelerator.wait_for_everyone()
-    return out_dir
+    def _checkpoint(self) -> None:
+        """The resumable state after this step, with every process's RNG state (gathered from all of them)."""
+        from accelerate.utils import gather_object
+
+        self.state.seconds = time.perf_counter() - self.start_time
+        rng_states = gather_object([capture_rng(all_devices=False)])
+        checkpoint(self.out_dir, self.plain, self.optimizer, self.scheduler, self.state, rng_states, self.fingerprint,
+                   self.main, self.sharded)
+        self.accelerator.wait_for_everyone()
+
+    # -- save ---------------------------------------------------------------------------------------------------
+
+    def save(self) -> None:
+        """The run's end: the logs closed, base + adapter merged when `train.merge` asks, the record finished."""
+        state = self.state
+        self.run_log.close()
+        if self.main and self.tcfg.merge:
+            merged_spec = base_spec(self.mcfg.model, self.sharded)  # on the CPU under FSDP
+            merge_adapter(merged_spec, self.out_dir / ADAPTER_DIR, self.out_dir / "merged")
+        self.info.update(finished=True, adapter=ADAPTER_DIR,
+                         best_auc=state.best_auc if math.isfinite(state.best_auc) else None,
+                         best_step=state.best_step, tokens=state.tokens, seconds=time.perf_counter() - self.start_time,
+                         peak_mem_mb=_peak_mb(), truncated_prompts=self.encoder.builder.truncated,
+                         merged="merged" if self.tcfg.merge else None)
+        self._record()
+        self.accelerator.wait_for_everyone()
 
 
-def make_batch(scorer: VLMScorer, users: Any, stages: Any, items: Any, labels: Any, idx: Any,
-               image_token_id: int | None, answer_only: bool, device: torch.device, pixel_dtype: torch.dtype) -> Any:
-    """The micro-batch of rows `idx`: each row's prompt exactly as `scorer` scores it (the same ids and the same
-    truncation, `PromptBuilder.fit` leaves room for the answer on every path), then its answer."""
-    enc = [scorer.encode(users[i], stages[i], items[i]) for i in idx]
-    answers = [scorer.builder.answer_ids(int(labels[i])) for i in idx]
-    return train_batch([p for p, _ in enc], [s for _, s in enc], answers, scorer.pad_id, image_token_id, answer_only,
-                       device, pixel_dtype)
+def batch_loss(model: Any, batch: TrainBatch, loss: str, builder: PromptBuilder) -> torch.Tensor:
+    """The micro-batch's training loss of kind `loss` (`VLMRecConfig.loss`: yes_no, answer or full)."""
+    if loss == "yes_no":
+        return yes_no_loss(answer_logits(model, batch), batch, builder.yes_id, builder.no_id)
+    if loss == "answer":
+        return answer_loss(model, batch)
+    return lm_loss(model(**batch.inputs).logits, batch.labels)[0]
 
 
 def checkpoint(out_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: LoopState,
@@ -315,4 +429,3 @@ def _image_id(loaded: Any) -> int | None:
     tok = loaded.tokenizer
     tid = tok.convert_tokens_to_ids(loaded.image_token)
     return None if tid is None or tid == tok.unk_token_id else int(tid)
-

@@ -72,11 +72,16 @@ class FakeContext:
         return f"title {item}"
 
 
+class FakeEncoder:
+    def __init__(self):
+        self.context = FakeContext()
+
+
 class FakeTeacher:
     """P(Yes) from a hash of (user, item), so runs are comparable; counts the rows it scores."""
 
     def __init__(self):
-        self.context = FakeContext()
+        self.encoder = FakeEncoder()
         self.scored = 0
 
     def score(self, rows: pd.DataFrame) -> np.ndarray:

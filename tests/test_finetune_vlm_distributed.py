@@ -92,7 +92,7 @@ def _one_process_auc(cfg: Path, name: str, adapter: Path | None) -> float:
     from mmrec.data.splits import load_split
     from mmrec.experiment import ExperimentConfig
     from mmrec.metrics import global_auc
-    from mmrec.models.vlm_scorer import build_scorer, resolve
+    from mmrec.models.vlm_build import build_scorer, resolve
 
     exp = ExperimentConfig.load(cfg)
     mcfg = resolve(exp, name)

@@ -26,8 +26,8 @@ def test_llama3_prompt_holds_the_text_not_a_python_list(family_loaded):
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from mmrec.models.vlm_build import make_builder  # noqa: E402
 from mmrec.models.vlm_rec import VARIANTS  # noqa: E402
-from mmrec.models.vlm_scorer import make_builder  # noqa: E402
 from mmrec.summarize.templates import FUSION_TEXT_ONLY, ITEM_TEMPLATES  # noqa: E402
 from mmrec.summarize.users import Prompter, UserSummaryConfig  # noqa: E402
 from mmrec.vlm import ModelSpec, families  # noqa: E402

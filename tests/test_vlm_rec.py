@@ -60,7 +60,7 @@ def test_variants_set_defaults_and_flags_override():
 
 @pytest.mark.parametrize("family", ["llava", "llava_next"])
 def test_yes_no_ids_come_from_the_tokenizer(tiny_models, family):
-    from mmrec.models.vlm_scorer import make_builder
+    from mmrec.models.vlm_build import make_builder
     from mmrec.vlm import ModelSpec, load_vlm
 
     loaded = load_vlm(ModelSpec(name_or_path=str(tiny_models[family])))
@@ -76,7 +76,7 @@ def test_yes_no_ids_come_from_the_tokenizer(tiny_models, family):
 
 
 def _scorer(cfg_path: Path, name: str, **score):
-    from mmrec.models.vlm_scorer import build_scorer
+    from mmrec.models.vlm_build import build_scorer
 
     cfg = ExperimentConfig.load(cfg_path, [f"models.{name}.score.{k}={v}" for k, v in score.items()])
     return build_scorer(cfg, name)
@@ -116,7 +116,7 @@ def test_missing_image_and_preference_are_reported_not_dropped(tmp_path, tiny_mo
                           {"m": vlm_model(tiny_models["llava"], variant="zero_shot", preference_source="summaries")})
     scorer = _scorer(cfg, "m")
     no_image = rows.loc[0, "item_id"]
-    scorer.context.split.dataset.items_by_id.at[no_image, "image"] = None  # in memory only
+    scorer.encoder.context.split.dataset.items_by_id.at[no_image, "image"] = None  # in memory only
     rows = pd.concat([rows, pd.DataFrame({"user_id": [users[0]], "stage": ["valid"], "item_id": ["no-such-item"],
                                           "label": [0]})], ignore_index=True)
     scores = scorer.score(rows)
@@ -135,13 +135,14 @@ def test_text_only_and_history_prompts(tmp_path, tiny_models, synthetic_split):
         "rec": vlm_model(tiny_models["llava"], variant="recgpt4v", preference_source="history",
                             history_items=3)})
     tallrec, rec = _scorer(cfg, "tallrec"), _scorer(cfg, "rec")
-    item = tallrec.item("i0001")
-    assert item.pixel_values is None and tallrec.builder.tokenizer.convert_tokens_to_ids("<image>") not in item.ids
-    user = tallrec.context.split.examples_for("valid").iloc[0]
-    text = rec.context.preference(user.user_id, "valid")
-    titles = tallrec.context.split.dataset.items_by_id.loc[list(user.history)[-3:], "title"]
+    prompts = tallrec.encoder
+    item = prompts.item("i0001")
+    assert item.pixel_values is None and prompts.builder.tokenizer.convert_tokens_to_ids("<image>") not in item.ids
+    user = prompts.context.split.examples_for("valid").iloc[0]
+    text = rec.encoder.context.preference(user.user_id, "valid")
+    titles = prompts.context.split.dataset.items_by_id.loc[list(user.history)[-3:], "title"]
     assert text.count("\n- ") == 3 and all(t in text for t in titles)
-    valid = tallrec.context.split.candidates_for("valid").head(21)
+    valid = prompts.context.split.candidates_for("valid").head(21)
     for scorer in (tallrec, rec):
         assert np.isfinite(scorer.score(valid)).all()
 

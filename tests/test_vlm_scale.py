@@ -58,7 +58,7 @@ def _zero_shot(tmp_path, tiny_models, synthetic_split, family="llava", **score):
     from test_vlm_rec import make_experiment, vlm_model
 
     from mmrec.experiment import ExperimentConfig
-    from mmrec.models.vlm_scorer import build_scorer
+    from mmrec.models.vlm_build import build_scorer
 
     cfg = make_experiment(tmp_path, synthetic_split, {"m": vlm_model(tiny_models[family], variant="zero_shot")})
     return build_scorer(ExperimentConfig.load(cfg, [f"models.m.score.{k}={v}" for k, v in score.items()]), "m")
@@ -66,9 +66,9 @@ def _zero_shot(tmp_path, tiny_models, synthetic_split, family="llava", **score):
 
 def _user_rows(scorer, n_suffix_lengths: int = 3):
     """The first validation user whose candidates' suffixes (title + question) have several token lengths."""
-    valid = scorer.context.split.candidates_for("valid").astype({"user_id": str, "item_id": str})
+    valid = scorer.encoder.context.split.candidates_for("valid").astype({"user_id": str, "item_id": str})
     for _, rows in valid.groupby("user_id", sort=False):
-        if len({len(scorer.item(i).ids) for i in rows["item_id"]}) >= n_suffix_lengths:
+        if len({len(scorer.encoder.item(i).ids) for i in rows["item_id"]}) >= n_suffix_lengths:
             return rows.reset_index(drop=True)
     raise AssertionError("no user with candidates of different suffix lengths")
 
@@ -79,24 +79,24 @@ def test_a_truncated_row_scores_the_same_on_every_path(tmp_path, tiny_models, sy
     cached = _zero_shot(tmp_path / "a", tiny_models, synthetic_split, batch_size=32, prefix_cache=True)
     plain = _zero_shot(tmp_path / "b", tiny_models, synthetic_split, batch_size=1, prefix_cache=False)
     rows = _user_rows(cached)
-    b = cached.builder
-    longest = max(len(cached.item(i).ids) for i in rows["item_id"])
+    b = cached.encoder.builder
+    longest = max(len(cached.encoder.item(i).ids) for i in rows["item_id"])
     for s in (cached, plain):  # every row of the user fits once cut, by different amounts
-        s.builder.max_length = longest + len(b.answer_ids(1)) + b.min_prefix + 2
+        s.encoder.builder.max_length = longest + len(b.answer_ids(1)) + b.min_prefix + 2
     together = cached.score(rows)
     alone = [plain.score(rows.iloc[[i]])[0] for i in range(len(rows))]
-    assert np.isfinite(together).all() and cached.builder.truncated >= len(rows)
+    assert np.isfinite(together).all() and b.truncated >= len(rows)
     np.testing.assert_allclose(together, alone, atol=1e-4, rtol=0)
 
-    from finetune.vlm_lora import make_batch
+    from mmrec.models.vlm_encoder import TrainingEncoder
 
     r = rows.iloc[0]
-    prefix, suffix = plain.encode(r.user_id, r.stage, r.item_id)
-    batch = make_batch(plain, *(rows[c].to_numpy() for c in ("user_id", "stage", "item_id", "label")), [0],
-                       None, True, torch.device("cpu"), torch.float32)
-    answer = plain.builder.answer_ids(int(r.label))
+    prompts = plain.encoder
+    prefix, suffix = prompts.encode(r.user_id, r.stage, r.item_id)
+    batch = TrainingEncoder(prompts, rows, None, True, torch.device("cpu"), torch.float32).batch([0])
+    answer = prompts.builder.answer_ids(int(r.label))
     assert batch.inputs["input_ids"][0].tolist() == prefix + suffix.ids + answer
-    assert len(prefix + suffix.ids + answer) <= plain.builder.max_length
+    assert len(prefix + suffix.ids + answer) <= prompts.builder.max_length
 
 
 def test_an_over_long_row_is_reported_and_scored_nan(tmp_path, tiny_models, synthetic_split, caplog):
@@ -106,8 +106,8 @@ def test_an_over_long_row_is_reported_and_scored_nan(tmp_path, tiny_models, synt
 
     scorer = _zero_shot(tmp_path, tiny_models, synthetic_split)
     rows = _user_rows(scorer)
-    lengths = np.array([len(scorer.item(i).ids) for i in rows["item_id"]])
-    b = scorer.builder
+    lengths = np.array([len(scorer.encoder.item(i).ids) for i in rows["item_id"]])
+    b = scorer.encoder.builder
     b.max_length = int(lengths.min() + b.min_prefix + len(b.answer_ids(1)))  # only the shortest suffixes fit
     scores = scorer.score(rows)
     long = lengths > lengths.min()
@@ -115,12 +115,12 @@ def test_an_over_long_row_is_reported_and_scored_nan(tmp_path, tiny_models, synt
     assert sorted(scorer.missing["item_id"]) == sorted(rows.loc[long, "item_id"])
     assert set(scorer.missing["reason"]) == {TOO_LONG}
     assert "train.max_length" in caplog.text
-    assert (scorer.check(rows) == np.where(long, TOO_LONG, "")).all()
+    assert (scorer.encoder.check(rows) == np.where(long, TOO_LONG, "")).all()
 
 
 def test_max_length_defaults_to_the_models_context_length(tiny_models):
+    from mmrec.models.vlm_build import make_builder
     from mmrec.models.vlm_rec import VLMRecConfig
-    from mmrec.models.vlm_scorer import make_builder
     from mmrec.vlm import ModelSpec, load_vlm
 
     assert VLMRecConfig().train.max_length is None
@@ -142,12 +142,12 @@ def test_item_caches_are_bounded_by_bytes_with_real_llava_next_images(tmp_path, 
     from transformers import LlavaNextImageProcessor, LlavaNextProcessor
 
     from mmrec.models.vlm_cache import MiB
-    from mmrec.models.vlm_scorer import item_nbytes
+    from mmrec.models.vlm_encoder import item_nbytes
 
-    scorer = _zero_shot(tmp_path, tiny_models, synthetic_split, family="llava_next", cache_mb=40)
-    items = scorer.context.split.dataset.items["item_id"].astype(str).tolist()[:20]
+    encoder = _zero_shot(tmp_path, tiny_models, synthetic_split, family="llava_next", cache_mb=40).encoder
+    items = encoder.context.split.dataset.items["item_id"].astype(str).tolist()[:20]
 
-    ctx = scorer.context  # decoded images first: their own (smaller) byte budget
+    ctx = encoder.context  # decoded images first: their own (smaller) byte budget
     image = ctx.image(items[0])
     ctx.image_cache_mb, ctx._decoded = 3.5 * image.width * image.height * 3 / MiB, None
     for item in items:
@@ -157,26 +157,27 @@ def test_item_caches_are_bounded_by_bytes_with_real_llava_next_images(tmp_path, 
 
     real = LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
                                    image_grid_pinpoints=PINPOINTS)
-    b = scorer.builder
+    b = encoder.builder
     b.processor = LlavaNextProcessor(image_processor=real, tokenizer=b.tokenizer, patch_size=14,
                                      vision_feature_select_strategy="default", image_token=b.image_token)
     photos = {item: Image.new("RGB", (500, 500), (k * 12, 255 - k * 12, 90)) for k, item in enumerate(items)}
     monkeypatch.setattr(ctx, "image", photos.__getitem__)
-    scorer.pixel_dtype = torch.bfloat16  # what a bf16 model's vision tower reads
-    first = scorer.item(items[0])
+    encoder.pixel_dtype = torch.bfloat16  # what a bf16 model's vision tower reads
+    first = encoder.item(items[0])
     assert tuple(first.pixel_values.shape) == (1, 5, 3, 336, 336) and first.pixel_values.dtype == torch.bfloat16
     assert 3.2 * MiB < item_nbytes(first) < 3.5 * MiB  # float32 pixels alone were 6.5 MiB
     for item in items:
-        scorer.item(item)
-    assert scorer.cache.nbytes <= 40 * MiB and 5 < len(scorer.cache) < 20
-    again = scorer.item(items[0])  # evicted long ago: processed again, to the same ids and pixels
+        encoder.item(item)
+    assert encoder.cache.nbytes <= 40 * MiB and 5 < len(encoder.cache) < 20
+    again = encoder.item(items[0])  # evicted long ago: processed again, to the same ids and pixels
     assert again is not first and again.ids == first.ids and torch.equal(again.pixel_values, first.pixel_values)
 
 
-def test_training_encodes_and_validates_through_one_scorer(tmp_path, run_cli, tiny_models, synthetic_split,
-                                                          monkeypatch):
-    """Training rows and validation share one scorer, hence one item cache (two doubled the host memory); rows
-    whose prompt cannot fit `max_length` are left out of training and NaN in validation, counted in the record."""
+def test_training_encodes_and_validates_through_one_encoder(tmp_path, run_cli, tiny_models, synthetic_split,
+                                                           monkeypatch):
+    """Training rows and validation share one prompt encoder, hence one item cache (two doubled the host memory);
+    rows whose prompt cannot fit `max_length` are left out of training and NaN in validation, counted in the
+    record."""
     import json
 
     from test_vlm_rec import make_experiment, vlm_model
@@ -184,8 +185,9 @@ def test_training_encodes_and_validates_through_one_scorer(tmp_path, run_cli, ti
     import finetune.vlm_lora as recipe
     from finetune.vlm_data import training_rows
     from mmrec.data.splits import load_split
+    from mmrec.models import vlm_build
 
-    probe = _zero_shot(tmp_path / "probe", tiny_models, synthetic_split)
+    probe = _zero_shot(tmp_path / "probe", tiny_models, synthetic_split).encoder
     rows = training_rows(load_split(synthetic_split), negatives=0, seed=0)
     lengths = np.array([len(probe.item(i).ids) for i in rows["item_id"]])
     b = probe.builder
@@ -193,21 +195,33 @@ def test_training_encodes_and_validates_through_one_scorer(tmp_path, run_cli, ti
     too_long = int((lengths > np.median(lengths)).sum())
     assert 0 < too_long < len(rows)
 
-    made = []
+    encoders, scorers, trainers = [], [], []
 
-    class Counted(recipe.VLMScorer):
+    class CountedEncoder(vlm_build.PromptEncoder):
         def __init__(self, *args, **kwargs):
-            made.append(self)
+            encoders.append(self)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(recipe, "VLMScorer", Counted)
+    class CountedTrainer(recipe.TrainingEncoder):
+        def __init__(self, *args, **kwargs):
+            trainers.append(self)
+            super().__init__(*args, **kwargs)
+
+    def kept_scorer(*args, **kwargs):
+        scorers.append(vlm_build.make_scorer(*args, **kwargs))
+        return scorers[-1]
+
+    monkeypatch.setattr(vlm_build, "PromptEncoder", CountedEncoder)
+    monkeypatch.setattr(recipe, "TrainingEncoder", CountedTrainer)
+    monkeypatch.setattr(recipe, "make_scorer", kept_scorer)
     train = {"epochs": 1, "batch_size": 64, "negatives": 0, "valid_users": 4, "log_every": 1,
              "max_length": max_length}
     cfg = make_experiment(tmp_path / "run", synthetic_split, {"m": vlm_model(tiny_models["llava"], train=train)})
     code, _, err = run_cli("finetune", cfg)
     assert code == 0, err
-    assert len(made) == 1
-    assert len(made[0].cache) > 0
+    assert len(encoders) == len(scorers) == len(trainers) == 1
+    assert scorers[0].encoder is encoders[0] and trainers[0].prompts is encoders[0]
+    assert len(encoders[0].cache) > 0
     info = json.loads((tmp_path / "run" / "checkpoints" / "m" / "vlm_rec.json").read_text())
     assert info["skipped_by_reason"] == {"prompt too long": too_long} and info["train_rows"] == len(rows) - too_long
     assert info["valid_missing"] > 0

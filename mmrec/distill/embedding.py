@@ -31,11 +31,11 @@ def teacher_item_embeddings(scorer: Any, item_ids: list[str], batch: int = 16) -
     from mmrec.models.vlm_forward import _pad, model_device, stack_pixels, vision_dtype
     from mmrec.progress import progress
 
-    model = scorer.model
+    model, encoder = scorer.model, scorer.encoder
     dev, out = model_device(model), []
     for start in progress(range(0, len(item_ids), batch), desc="teacher item embeddings", unit="batch"):
-        items = [scorer.item(i) for i in item_ids[start:start + batch]]
-        ids, mask = _pad([it.ids for it in items], scorer.pad_id)
+        items = [encoder.item(i) for i in item_ids[start:start + batch]]
+        ids, mask = _pad([it.ids for it in items], encoder.pad_id)
         res = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=True,
                     **stack_pixels(items, dev, vision_dtype(model)), logits_to_keep=1)
         hidden = res.hidden_states[-1].float()

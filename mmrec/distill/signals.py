@@ -225,10 +225,10 @@ def build_signals(cfg: ExperimentConfig, name: str, shard: Shard | None = None,
     rows = candidate_rows(cfg, split, dcfg, examples)
 
     if scorer is None:
-        from mmrec.models.vlm_scorer import VLMScorer
+        from mmrec.models.vlm_build import scorer_from_checkpoint
 
-        scorer = VLMScorer.from_checkpoint(cfg, dcfg.teacher, cfg.paths.checkpoint(run))
-    ctx = scorer.context
+        scorer = scorer_from_checkpoint(cfg, dcfg.teacher, cfg.paths.checkpoint(run))
+    ctx = scorer.encoder.context
     base = {"teacher": thash, "dataset": load_dataset_fingerprint(split.dataset_dir)}
     pairs = rows[["user_id", "item_id"]].drop_duplicates().sort_values(["user_id", "item_id"]).reset_index(drop=True)
     keys = [hash_json({**base, "preference": ctx.preference(u, "train"), "item": i, "title": ctx.title(i)})
@@ -308,9 +308,9 @@ def _item_embeddings(cfg: ExperimentConfig, dcfg: DistillSection, run: str, spli
     if dcfg.embedding == "none" or all(p.is_file() for p in embeddings_path(path)):
         return
     if scorer is None:
-        from mmrec.models.vlm_scorer import VLMScorer
+        from mmrec.models.vlm_build import scorer_from_checkpoint
 
-        scorer = VLMScorer.from_checkpoint(cfg, dcfg.teacher, cfg.paths.checkpoint(run))
+        scorer = scorer_from_checkpoint(cfg, dcfg.teacher, cfg.paths.checkpoint(run))
     items = sorted({str(i) for seq in training_sequences(split.examples) for i in seq})
     write_item_embeddings(path, items, teacher_item_embeddings(scorer, items))
 

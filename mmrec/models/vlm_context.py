@@ -7,7 +7,7 @@ Preference sources:
   (`summaries/items.parquet`; an item without a summary is listed by its title alone).
 
 A row that lacks what its prompt needs (no preference for that user and stage, no readable image when the
-prompt shows images, or a prompt that cannot fit `train.max_length`: `VLMScorer.check`) is never dropped
+prompt shows images, or a prompt that cannot fit `train.max_length`: `PromptEncoder.check`) is never dropped
 silently: `check` returns the reason per row, callers report the counts and give those rows a NaN score
 (scoring) or leave them out with a logged count (training).
 """
@@ -31,8 +31,8 @@ MISSING_PREFERENCE = "no preference"
 MISSING_IMAGE = "no image"
 BAD_IMAGE = "unreadable image"
 UNKNOWN_ITEM = "unknown item"
-TOO_LONG = "prompt too long"  # image + question + answer exceed train.max_length (checked by the scorer)
-IMAGE_CACHE_MB = 256  # decoded images kept in memory (the scorer caches what it encodes from them)
+TOO_LONG = "prompt too long"  # image + question + answer exceed train.max_length (checked by the prompt encoder)
+IMAGE_CACHE_MB = 256  # decoded images kept in memory (the prompt encoder caches what it encodes from them)
 
 
 def _key(user: Any, stage: Any) -> tuple[str, str]:

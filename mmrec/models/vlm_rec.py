@@ -140,8 +140,8 @@ class VLMRecConfig:
 
 def load_scorer(cfg: "ExperimentConfig", name: str, ckpt_dir: Path) -> "VLMScorer":
     """The scorer of model `name` from its checkpoint directory (base model + best adapter, or base alone)."""
-    from mmrec.models.vlm_scorer import VLMScorer
+    from mmrec.models.vlm_build import scorer_from_checkpoint
 
-    return VLMScorer.from_checkpoint(cfg, name, Path(ckpt_dir))
+    return scorer_from_checkpoint(cfg, name, Path(ckpt_dir))
 
 
