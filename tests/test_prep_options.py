@@ -135,3 +135,14 @@ def test_synthetic_reuse_stamp_keeps_its_value():
     assert json.dumps(synthetic._arguments(options)) == (
         '{"drift": 0.04, "image_size": 32, "interactions_per_user": 8.0, "items": 120, "min_length": 5, '
         '"noise": 0.15, "seed": 0, "tie_rate": 0.03, "users": 800}')
+
+
+def test_prep_and_split_fingerprints_keep_their_values():
+    """The prep stage's fingerprint hashes `data` as written (options included) and the split's hashes
+    SplitConfig: moving the options into dataclasses must not make `mmrec run` redo either."""
+    from mmrec.experiment import ExperimentConfig
+
+    cfg = ExperimentConfig.from_mapping({"data": {"source": "synthetic", "options": {"users": 800, "seed": 0}},
+                                         "split": {"protocol": "paper", "user_fractions": [0.7, 0.1, 0.2]}})
+    assert cfg.fingerprint("data") == "6b165a72e40d1a3687e1685dc3d4bac4755b8e82c2d8bfec73c8614f521d9672"
+    assert cfg.fingerprint("split") == "eb8e43dc513508ab50244e001ec4559ba45081dbbe4eec57a328478f042cdc46"
