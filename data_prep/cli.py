@@ -44,7 +44,7 @@ def add_source_options(parser: argparse.ArgumentParser, options_cls: type) -> No
     """The source's own options, then `--out` and the cleaning options (when the source has them) in a group."""
     cleaning = [f.name for f in dataclasses.fields(CleaningOptions)] if issubclass(options_cls, CleaningOptions) else []
     add_options(parser, options_cls, skip=cleaning)
-    group = parser.add_argument_group("output and cleaning")
+    group = parser.add_argument_group("output and cleaning" if cleaning else "output")
     group.add_argument("--out", required=True, type=Path,
                        help="output dataset directory (replaced atomically on success)")
     if cleaning:
