@@ -38,10 +38,9 @@ def dataset(work: Path, shape: str, seed: int = 0) -> Path:
     users, items, per_user = SHAPES[shape]
     out = work / shape
     if not (out / "splits" / "loo" / "split.json").is_file():
-        parser = argparse.ArgumentParser()
-        synthetic.configure(parser)
-        synthetic.run(parser.parse_args(["--out", str(out), "--users", str(users), "--items", str(items),
-                                         "--interactions-per-user", str(per_user), "--seed", str(seed)]))
+        options = synthetic.SyntheticOptions(users=users, items=items, interactions_per_user=float(per_user),
+                                             seed=seed)
+        synthetic.run(options, out)
         split = SplitConfig(protocol="loo", negatives=NEGATIVES.get(shape, 100), seed=seed)
         make_split(out, split, out / "splits" / "loo")
     return out / "splits" / "loo"

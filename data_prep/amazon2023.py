@@ -13,17 +13,19 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
+from dataclasses import MISSING, dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlparse
 
 import pandas as pd
 import pyarrow as pa
 
-from data_prep.common import add_common_arguments, finish_import, index_images
+from data_prep.common import CleaningOptions, finish_import, index_images
 from data_prep.download import DownloadReport, download_images
 from data_prep.readers import BadLines, JsonlFile, check_file, read_all, to_seconds, unknown_items
+from mmrec.config import option
 from mmrec.data.images import IMAGE_EXTENSIONS
 from mmrec.errors import DataError
 
@@ -34,17 +36,19 @@ META_SCHEMA = pa.schema([("parent_asin", pa.string()), ("title", pa.string()), (
                          ("features", pa.list_(pa.string())), ("images", pa.list_(_IMAGE))])
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reviews", required=True, help="<Category>.jsonl or .jsonl.gz")
-    parser.add_argument("--meta", required=True, help="meta_<Category>.jsonl or .jsonl.gz")
-    parser.add_argument("--images", default=None, help="folder of images named <parent_asin>.<ext> (download target)")
-    parser.add_argument("--download", action="store_true", help="fetch images missing from --images from meta URLs")
-    parser.add_argument("--image-size", choices=("large", "hi_res"), default="large", help="which meta URL to fetch")
-    parser.add_argument("--download-workers", type=int, default=8)
-    parser.add_argument("--retries", type=int, default=3, help="extra attempts after a network error or HTTP 5xx/429")
-    parser.add_argument("--retry-backoff", type=float, default=0.5, help="seconds before the first retry (doubles)")
-    parser.add_argument("--max-text-chars", type=int, default=2000, help="cut item text to this many characters")
-    add_common_arguments(parser)
+@dataclass(kw_only=True)
+class AmazonOptions(CleaningOptions):
+    """`mmrec prep amazon2023`'s options: the `--flag-name` options and the keys of `data.options`."""
+
+    reviews: Path = option(MISSING, "<Category>.jsonl or .jsonl.gz")
+    meta: Path = option(MISSING, "meta_<Category>.jsonl or .jsonl.gz")
+    images: Path | None = option(None, "folder of images named <parent_asin>.<ext> (download target)")
+    download: bool = option(False, "fetch images missing from --images from meta URLs")
+    image_size: Literal["large", "hi_res"] = option("large", "which meta URL to fetch")
+    download_workers: int = option(8, "parallel image downloads")
+    retries: int = option(3, "extra attempts after a network error or HTTP 5xx/429")
+    retry_backoff: float = option(0.5, "seconds before the first retry (doubles)")
+    max_text_chars: int = option(2000, "cut item text to this many characters")
 
 
 def read_reviews(path: Path, bad: BadLines) -> pd.DataFrame:
@@ -73,7 +77,7 @@ def _joined(values: pd.Series) -> pd.Series:
     return values.map(lambda v: "; ".join(x.strip() for x in v if x and x.strip()) if v is not None else "")
 
 
-def read_meta(path: Path, wanted: set[str], args: argparse.Namespace, bad: BadLines) -> pd.DataFrame:
+def read_meta(path: Path, wanted: set[str], options: AmazonOptions, bad: BadLines) -> pd.DataFrame:
     """Meta rows of the reviewed items only (filtered per chunk, so a huge meta file never sits in memory)."""
     chunks = (c[c["parent_asin"].isin(wanted)] for c in JsonlFile(path, META_SCHEMA).read(bad, ["parent_asin"]))
     meta = read_all(chunks)
@@ -81,12 +85,12 @@ def read_meta(path: Path, wanted: set[str], args: argparse.Namespace, bad: BadLi
         return pd.DataFrame(columns=["item_id", "title", "text", "image_url"])
     title = meta["title"].fillna("").str.strip()
     body = (_joined(meta["description"]) + "; " + _joined(meta["features"])).str.strip("; ")
-    text = title.where(body == "", title + ". " + body).str.slice(0, args.max_text_chars)
-    urls = meta["images"].map(lambda ims: _main_image_url(ims, args.image_size))
+    text = title.where(body == "", title + ". " + body).str.slice(0, options.max_text_chars)
+    urls = meta["images"].map(lambda ims: _main_image_url(ims, options.image_size))
     return pd.DataFrame({"item_id": meta["parent_asin"], "title": title, "text": text, "image_url": urls})
 
 
-def _downloader(items: pd.DataFrame, folder: Path, args: argparse.Namespace, report: DownloadReport):
+def _downloader(items: pd.DataFrame, folder: Path, options: AmazonOptions, report: DownloadReport):
     urls = items.dropna(subset=["image_url"]).set_index("item_id")["image_url"]
 
     def fetch(ids: list[str]) -> dict[str, Path]:
@@ -95,8 +99,8 @@ def _downloader(items: pd.DataFrame, folder: Path, args: argparse.Namespace, rep
             if item in urls.index:
                 ext = os.path.splitext(urlparse(urls[item]).path)[1].lower()
                 jobs[item] = (urls[item], folder / f"{item}{ext if ext in IMAGE_EXTENSIONS else '.jpg'}")
-        present, rep = download_images(jobs, workers=args.download_workers, retries=args.retries,
-                                          backoff=args.retry_backoff)
+        present, rep = download_images(jobs, workers=options.download_workers, retries=options.retries,
+                                          backoff=options.retry_backoff)
         report.downloaded += rep.downloaded
         report.cached += rep.cached
         report.failed.update(rep.failed)
@@ -104,22 +108,23 @@ def _downloader(items: pd.DataFrame, folder: Path, args: argparse.Namespace, rep
     return fetch
 
 
-def run(args: argparse.Namespace) -> dict:
-    bad = BadLines(args.bad_lines)
-    reviews_path = check_file(args.reviews, "reviews file")
-    meta_path = check_file(args.meta, "meta file")
-    if args.download and not args.images:
+def run(options: AmazonOptions, out: Path) -> dict:
+    """Import the reviews and meta files `options` name into the canonical dataset `out`; returns its stats."""
+    bad = BadLines(options.bad_lines)
+    reviews_path = check_file(options.reviews, "reviews file")
+    meta_path = check_file(options.meta, "meta file")
+    if options.download and not options.images:
         raise DataError("--download needs --images DIR: the folder the images are downloaded into (and cached in)")
     inter = read_reviews(reviews_path, bad)
-    items = read_meta(meta_path, set(inter["item_id"].dropna().unique()), args, bad)
+    items = read_meta(meta_path, set(inter["item_id"].dropna().unique()), options, bad)
     inter = unknown_items(inter, items["item_id"], JsonlFile(reviews_path), "parent_asin", meta_path, bad)
-    folder = Path(args.images) if args.images else None
-    if folder is not None and args.download:
+    folder = Path(options.images) if options.images else None
+    if folder is not None and options.download:
         folder.mkdir(parents=True, exist_ok=True)
     local = index_images(folder)
     items["image_source"] = items["item_id"].map(lambda i: str(local[i]) if i in local else None)
     report = DownloadReport()
-    fetch = _downloader(items, folder, args, report) if args.download else None
-    return finish_import(args, inter, items.drop(columns=["image_url"]), source="amazon2023", counts=bad.counts,
+    fetch = _downloader(items, folder, options, report) if options.download else None
+    return finish_import(options, out, inter, items.drop(columns=["image_url"]), source="amazon2023", counts=bad.counts,
                          inputs={"reviews": reviews_path, "meta": meta_path, "images": folder}, fetch=fetch,
-                         extra_stats=(lambda: {"download": report.as_stats()}) if args.download else None)
+                         extra_stats=(lambda: {"download": report.as_stats()}) if options.download else None)

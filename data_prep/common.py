@@ -1,23 +1,24 @@
-"""Machinery every importer shares: the cleaning flags, source images, and `finish_import`.
+"""Machinery every importer shares: the cleaning options (`CleaningOptions`), source images, and `finish_import`.
 
 An importer reads its raw files (with `data_prep.readers`) into two DataFrames and hands them to
-`finish_import(args, interactions, items, source=...)`, which cleans them (missing ids, exact duplicates, rating
-threshold, images, k-core), copies the images into `OUT/images/` and writes the canonical dataset inside
+`finish_import(options, out, interactions, items, source=...)`, which cleans them (missing ids, exact duplicates,
+rating threshold, images, k-core), copies the images into `OUT/images/` and writes the canonical dataset inside
 `mmrec.io.atomic_dir(OUT)`: a failed import leaves no half-written directory. Everything dropped is counted in
 `stats.json` under `dropped`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import pandas as pd
 
+from mmrec.config import option, to_dict
 from mmrec.data.canonical import write_tables
 from mmrec.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, ImagePolicy, inspect_image
 from mmrec.errors import DataError
@@ -27,22 +28,23 @@ from mmrec.progress import get_logger, progress
 log = get_logger("mmrec.prep")
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Output and cleaning flags shared by every source (the names are also the `data.options` keys)."""
-    g = parser.add_argument_group("output and cleaning")
-    g.add_argument("--out", required=True, help="output dataset directory (replaced atomically on success)")
-    g.add_argument("--min-user", type=int, default=0, help="k-core: min interactions per user (0 = off)")
-    g.add_argument("--min-item", type=int, default=0, help="k-core: min interactions per item (0 = off)")
-    g.add_argument("--min-rating", type=float, default=None, help="keep only interactions rated at least this")
-    g.add_argument("--require-image", action="store_true", help="keep only items with a usable image")
-    g.add_argument("--image-policy", choices=("skip", "fail"), default="skip",
-                   help="a missing/corrupt/truncated image: skip it (counted in stats) or fail the import")
-    g.add_argument("--bad-lines", choices=("fail", "skip"), default="fail",
-                   help="a malformed input line or unknown id: fail naming it, or skip it (counted in stats)")
-    g.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (default: 89 M pixels)")
-    g.add_argument("--workers", type=int, default=4, help="threads that decode images")
-    g.add_argument("--copy-images", action="store_true",
-                   help="copy images into OUT/images instead of hard-linking them (a hard link shares the file)")
+@dataclass(kw_only=True)
+class CleaningOptions:
+    """Cleaning options shared by every importing source (each source's options dataclass extends it). Like every
+    field of a source's options, each is a `--flag-name` of `mmrec prep <source>` and a key of `data.options`."""
+
+    min_user: int = option(0, "k-core: min interactions per user (0 = off)")
+    min_item: int = option(0, "k-core: min interactions per item (0 = off)")
+    min_rating: float | None = option(None, "keep only interactions rated at least this")
+    require_image: bool = option(False, "keep only items with a usable image")
+    image_policy: Literal["skip", "fail"] = option(
+        "skip", "a missing/corrupt/truncated image: skip it (counted in stats) or fail the import")
+    bad_lines: Literal["fail", "skip"] = option(
+        "fail", "a malformed input line or unknown id: fail naming it, or skip it (counted in stats)")
+    max_pixels: int | None = option(None, "refuse larger images (default: 89 M pixels)")
+    workers: int = option(4, "threads that decode images")
+    copy_images: bool = option(
+        False, "copy images into OUT/images instead of hard-linking them (a hard link shares the file)")
 
 # ---------------------------------------------------------------------------------------------------------------
 # Images of the source and finish_import
@@ -183,22 +185,22 @@ def _count(dropped: dict[str, int], name: str, mask: pd.Series) -> pd.Series:
     return ~mask
 
 
-def finish_import(args: argparse.Namespace, interactions: pd.DataFrame, items: pd.DataFrame | None, *,
+def finish_import(options: CleaningOptions, out: Path, interactions: pd.DataFrame, items: pd.DataFrame | None, *,
                   source: str, counts: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None,
                   fetch: Callable[[list[str]], dict[str, Path]] | None = None,
                   extra_stats: Callable[[], dict] | None = None) -> dict:
-    """Clean, attach images and write the canonical dataset to `args.out` atomically; returns the stats written.
+    """Clean, attach images and write the canonical dataset to `out` atomically; returns the stats written.
 
-    `args` carries the flags of `add_common_arguments`. `interactions`: user_id, item_id, timestamp (integer
-    seconds), optional rating. `items` (or None: items known by id only): item_id, title, text, optional
-    `image_source` (path of the source image file, or null). `counts`: the importer's own drops (skipped lines,
-    unknown ids...), merged into stats['dropped']. `fetch(item_ids) -> {item_id: file}` supplies images for items
+    `options`: the source's options (their cleaning fields apply here). `interactions`: user_id, item_id,
+    timestamp (integer seconds), optional rating. `items` (or None: items known by id only): item_id, title, text,
+    optional `image_source` (path of the source image file, or null). `counts`: the importer's own drops (skipped
+    lines, unknown ids...), merged into stats['dropped']. `fetch(item_ids) -> {item_id: file}` supplies images for items
     without `image_source` just before they are needed (downloads happen only for items that survive cleaning);
     `extra_stats()` adds the importer's own stats section (e.g. the download report) at write time.
     Order: missing ids/timestamps, exact duplicates, rating threshold, require-image, k-core (to a fixed
     point); then only the surviving items' images are decoded and copied.
     """
-    out = Path(args.out)
+    out = Path(out)
     _check_out(out)
     dropped: dict[str, Any] = dict(counts or {})
     inter = interactions[[c for c in ("user_id", "item_id", "timestamp", "rating") if c in interactions]].copy()
@@ -208,10 +210,10 @@ def finish_import(args: argparse.Namespace, interactions: pd.DataFrame, items: p
     inter = inter[_count(dropped, "missing_timestamp", inter["timestamp"].isna())]
     inter["timestamp"] = inter["timestamp"].astype("int64")
     inter = inter[_count(dropped, "duplicates", inter.duplicated(keep="first"))]
-    if args.min_rating is not None:
+    if options.min_rating is not None:
         if "rating" not in inter or inter["rating"].isna().all():
-            raise DataError(f"--min-rating {args.min_rating} was given but the {source} data has no ratings")
-        inter = inter[_count(dropped, "below_min_rating", ~(inter["rating"] >= args.min_rating))]
+            raise DataError(f"--min-rating {options.min_rating} was given but the {source} data has no ratings")
+        inter = inter[_count(dropped, "below_min_rating", ~(inter["rating"] >= options.min_rating))]
 
     if items is None:
         items = pd.DataFrame({"item_id": inter["item_id"].unique()})
@@ -229,7 +231,7 @@ def finish_import(args: argparse.Namespace, interactions: pd.DataFrame, items: p
     if "image_source" not in items:
         items["image_source"] = None
 
-    policy = ImagePolicy(args.image_policy, args.max_pixels or DEFAULT_MAX_PIXELS)
+    policy = ImagePolicy(options.image_policy, options.max_pixels or DEFAULT_MAX_PIXELS)
     cache = _InspectCache(out.parent / f".{out.name}.image-cache.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     has_source = items["image_source"].notna()
@@ -243,17 +245,17 @@ def finish_import(args: argparse.Namespace, interactions: pd.DataFrame, items: p
             fetched.update(missing)
             sources.update(fetch(missing) if missing else {})
         wanted = {i: sources[i] for i in ids.unique() if i in sources}
-        return inspect_sources(wanted, policy, cache, args.workers)
+        return inspect_sources(wanted, policy, cache, options.workers)
 
-    if args.require_image:
+    if options.require_image:
         usable = images_of(inter["item_id"])
         inter = inter[_count(dropped, "no_usable_image", ~inter["item_id"].isin(list(usable)))]
     kcore_report: dict | None = None
-    if (args.min_user or 0) > 1 or (args.min_item or 0) > 1:
+    if (options.min_user or 0) > 1 or (options.min_item or 0) > 1:
         from mmrec.data.kcore import kcore
 
         before = len(inter)
-        inter, kcore_report = kcore(inter, args.min_user or 1, args.min_item or 1)
+        inter, kcore_report = kcore(inter, options.min_user or 1, options.min_item or 1)
         dropped["kcore"] = before - len(inter)
     if inter.empty:
         cache.close(remove=False)
@@ -268,7 +270,7 @@ def finish_import(args: argparse.Namespace, interactions: pd.DataFrame, items: p
         images_dir = tmp / "images"
         images_dir.mkdir()
         items = _attach_images(items.drop(columns=["image_source"]), usable, images_dir,
-                               getattr(args, "copy_images", False))
+                               options.copy_images)
         extra = {"source": source, "dropped": dropped,
                  "images": {"skipped": policy.counts(), "items_without_image_file": int((~items["item_id"].isin(
                      list(sources))).sum()), "files": len(list(images_dir.iterdir()))}}
@@ -276,22 +278,20 @@ def finish_import(args: argparse.Namespace, interactions: pd.DataFrame, items: p
             extra.update(extra_stats())
         if kcore_report is not None:
             extra["kcore"] = kcore_report
-        stats = write_tables(tmp, items, inter.reset_index(drop=True), prep_info=_prep_info(args, source, inputs),
-                             extra_stats=extra)
+        stats = write_tables(tmp, items, inter.reset_index(drop=True),
+                             prep_info=_prep_info(options, out, source, inputs), extra_stats=extra)
     cache.close(remove=True)
     log.info("wrote %s: %d users, %d items, %d interactions",
              out, stats["users"], stats["items"], stats["interactions"])
     return stats
 
 
-def _prep_info(args: argparse.Namespace, source: str, inputs: dict[str, Any] | None) -> dict:
+def _prep_info(options: CleaningOptions, out: Path, source: str, inputs: dict[str, Any] | None) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         mmrec_version = version("mmrec")
     except PackageNotFoundError:  # running from a source tree
         mmrec_version = "unknown"
-    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-               if not k.startswith("_") and isinstance(v, (str, int, float, bool, type(None), Path, list))}
-    return {"source": source, "options": options, "inputs": {k: str(v) for k, v in (inputs or {}).items()},
-            "mmrec_version": mmrec_version}
+    return {"source": source, "options": {**to_dict(options), "out": str(out)},
+            "inputs": {k: str(v) for k, v in (inputs or {}).items()}, "mmrec_version": mmrec_version}

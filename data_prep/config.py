@@ -1,50 +1,40 @@
 """Run the `data` section of an experiment (`mmrec.data.prep_config.PrepConfig`) as `mmrec prep` would.
 
-`options` uses the source's command-line flag names without dashes (`min_user: 5` is `--min-user 5`), so a
-config and a command line can never disagree on what an option means.
+`data.options` is loaded into the source's options dataclass (the one that makes `mmrec prep <source>`'s flags),
+so its keys are the flag names without dashes (`min_user: 5` is `--min-user 5`) and a config and a command line
+can never disagree on what an option means.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import difflib
 from pathlib import Path
 from typing import Any
 
+from data_prep.cli import SOURCES, source
+from mmrec.config import from_dict
 from mmrec.data.prep_config import PrepConfig
 from mmrec.errors import ConfigError
 
 
-def options_to_argv(options: dict[str, Any]) -> list[str]:
-    """{'min_user': 5, 'require_image': True, 'tags': ['a','b']}
-    -> ['--min-user', '5', '--require-image', '--tags', 'a', 'b']."""
-    argv: list[str] = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is False or value is None:
-            continue
-        elif isinstance(value, (list, tuple)):
-            argv += [flag, *map(str, value)]
-        else:
-            argv += [flag, str(value)]
-    return argv
+def load_options(cfg: PrepConfig, where: str = "config") -> Any:
+    """`cfg.options` as the options dataclass of `cfg.source`; an unknown key or a wrong type is a ConfigError
+    naming `data.options.<key>`."""
+    if cfg.source not in SOURCES:
+        raise ConfigError(f"{where}: key 'data.source' must be one of {', '.join(SOURCES)}, got {cfg.source!r}")
+    _, options_cls = source(cfg.source)
+    known = [f.name for f in dataclasses.fields(options_cls)]
+    for key in cfg.options:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(f"{where}: unknown key 'data.options.{key}' for source {cfg.source!r}; {hint}"
+                              f"valid keys: {', '.join(sorted(known))} (see `mmrec prep {cfg.source} --help`)")
+    return from_dict(options_cls, cfg.options, where=where, prefix="data.options")
 
 
 def prep_from_config(cfg: PrepConfig, out: Path, where: str = "config") -> dict[str, Any]:
     """Run the configured source into `out` exactly as `mmrec prep <source> ... --out out` would."""
-    import importlib
-
-    from data_prep.cli import SOURCES
-
-    if cfg.source not in SOURCES:
-        raise ConfigError(f"{where}: key 'data.source' must be one of {', '.join(SOURCES)}, got {cfg.source!r}")
-    module = importlib.import_module(SOURCES[cfg.source][0])
-    parser = argparse.ArgumentParser(prog=f"mmrec prep {cfg.source}", exit_on_error=False)
-    module.configure(parser)
-    argv = options_to_argv(cfg.options) + ["--out", str(out)]
-    try:
-        args = parser.parse_args(argv)
-    except (argparse.ArgumentError, SystemExit) as e:
-        raise ConfigError(f"{where}: 'data.options' are not valid for source {cfg.source!r}: {e} "
-                          f"(see `mmrec prep {cfg.source} --help`)") from None
-    return module.run(args)
+    options = load_options(cfg, where)
+    module, _ = source(cfg.source)
+    return module.run(options, Path(out))

@@ -11,13 +11,15 @@ Item text: "<title>. Genres: a, b. Tags: x, y". Posters: files named <movieId>.<
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import MISSING, dataclass
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
-from data_prep.common import add_common_arguments, finish_import, index_images
+from data_prep.common import CleaningOptions, finish_import, index_images
 from data_prep.readers import BadLines, TableFile, check_file, read_all, to_rating, to_seconds, unknown_items
+from mmrec.config import option
 from mmrec.errors import DataError
 
 LAYOUTS = {"ml-100k": ("u.data", "u.item"), "ml-1m": ("ratings.dat", "movies.dat"),
@@ -28,14 +30,16 @@ GENRES_100K = ["unknown", "Action", "Adventure", "Animation", "Children's", "Com
 ITEM_100K = ["movie_id", "title", "release_date", "video_release_date", "imdb_url"] + [f"g{i}" for i in range(19)]
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", required=True, help="the unpacked MovieLens folder")
-    parser.add_argument("--format", choices=list(LAYOUTS), default=None, help="layout (default: detected from files)")
-    parser.add_argument("--posters", default=None, help="folder of poster images named <movieId>.<ext>")
-    parser.add_argument("--posters-key", choices=("movieId", "imdbId", "tmdbId"), default="movieId",
-                        help="which id the poster files are named by (imdbId/tmdbId need links.csv, ml-latest only)")
-    parser.add_argument("--max-tags", type=int, default=5, help="ml-latest: most frequent tags put into the item text")
-    add_common_arguments(parser)
+@dataclass(kw_only=True)
+class MovieLensOptions(CleaningOptions):
+    """`mmrec prep movielens`'s options: the `--flag-name` options and the keys of `data.options`."""
+
+    root: Path = option(MISSING, "the unpacked MovieLens folder")
+    format: Literal["ml-100k", "ml-1m", "ml-latest"] | None = option(None, "layout (default: detected from files)")
+    posters: Path | None = option(None, "folder of poster images named <movieId>.<ext>")
+    posters_key: Literal["movieId", "imdbId", "tmdbId"] = option(
+        "movieId", "which id the poster files are named by (imdbId/tmdbId need links.csv, ml-latest only)")
+    max_tags: int = option(5, "ml-latest: most frequent tags put into the item text")
 
 
 def detect(root: Path) -> str:
@@ -104,27 +108,28 @@ def _text(items: pd.DataFrame) -> pd.Series:
     return text
 
 
-def run(args: argparse.Namespace) -> dict:
-    root = Path(args.root)
+def run(options: MovieLensOptions, out: Path) -> dict:
+    """Import the MovieLens folder `options` name into the canonical dataset `out`; returns its stats."""
+    root = Path(options.root)
     if not root.is_dir():
         raise DataError(f"--root {root}: folder not found")
-    layout = args.format or detect(root)
-    bad = BadLines(args.bad_lines)
+    layout = options.format or detect(root)
+    bad = BadLines(options.bad_lines)
     ratings_file, movies_file = _files(root, layout)
     inter = read_interactions(ratings_file, layout, bad)
     items = read_items(movies_file, layout, bad)
     inter = unknown_items(inter, items["item_id"], ratings_file, "movieId" if layout == "ml-latest" else "movie_id",
                           movies_file.path, bad)
     if layout == "ml-latest" and (root / "tags.csv").is_file():
-        items["tags"] = items["item_id"].map(top_tags(root / "tags.csv", args.max_tags, bad)).fillna("")
+        items["tags"] = items["item_id"].map(top_tags(root / "tags.csv", options.max_tags, bad)).fillna("")
     items["text"] = _text(items)
-    posters = index_images(args.posters)
+    posters = index_images(options.posters)
     key = items["item_id"]
-    if args.posters_key != "movieId":
+    if options.posters_key != "movieId":
         if layout != "ml-latest" or not (root / "links.csv").is_file():
-            raise DataError(f"--posters-key {args.posters_key} needs {root / 'links.csv'} (ml-latest layouts)")
-        links = read_all(TableFile(root / "links.csv").read(["movieId", args.posters_key], bad))
-        key = items["item_id"].map(links.dropna().drop_duplicates("movieId").set_index("movieId")[args.posters_key])
+            raise DataError(f"--posters-key {options.posters_key} needs {root / 'links.csv'} (ml-latest layouts)")
+        links = read_all(TableFile(root / "links.csv").read(["movieId", options.posters_key], bad))
+        key = items["item_id"].map(links.dropna().drop_duplicates("movieId").set_index("movieId")[options.posters_key])
     items["image_source"] = key.map(lambda k: str(posters[k]) if isinstance(k, str) and k in posters else None)
-    inputs = {"root": root, "layout": layout, "posters": args.posters}
-    return finish_import(args, inter, items, source=f"movielens/{layout}", counts=bad.counts, inputs=inputs)
+    inputs = {"root": root, "layout": layout, "posters": options.posters}
+    return finish_import(options, out, inter, items, source=f"movielens/{layout}", counts=bad.counts, inputs=inputs)

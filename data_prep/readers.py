@@ -15,7 +15,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,8 @@ from mmrec.progress import get_logger, progress
 log = get_logger("mmrec.prep")
 
 CHUNK_BYTES = 32 << 20  # JSONL/CSV block size: bounds memory on files of tens of millions of lines
-TIME_FORMATS = ("unix", "unix_ms", "iso")
+TimeFormat = Literal["unix", "unix_ms", "iso"]
+TIME_FORMATS: tuple[str, ...] = get_args(TimeFormat)
 MAX_SECONDS = 253_402_300_799  # 9999-12-31: larger values are a wrong unit or corrupt data
 
 

@@ -11,28 +11,31 @@ the other token/token_seq fields as "field: value".
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from data_prep.common import add_common_arguments, finish_import, index_images, log
+from data_prep.common import CleaningOptions, finish_import, index_images, log
 from data_prep.readers import BadLines, TableFile, check_file, read_all, to_rating, to_seconds, unknown_items
+from mmrec.config import option
 from mmrec.errors import DataError
 
 TYPES = ("token", "token_seq", "float", "float_seq")
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--inter", required=True, help="the .inter file")
-    parser.add_argument("--item", default=None, help="the .item file (titles and other item fields)")
-    parser.add_argument("--images", default=None, help="folder of images named <item_id>.<ext>")
-    parser.add_argument("--user-field", default="user_id")
-    parser.add_argument("--item-field", default="item_id")
-    parser.add_argument("--time-field", default="timestamp")
-    parser.add_argument("--rating-field", default="rating")
-    parser.add_argument("--title-field", default=None, help="item title field (default: first *title*/*name* field)")
-    add_common_arguments(parser)
+@dataclass(kw_only=True)
+class RecBoleOptions(CleaningOptions):
+    """`mmrec prep recbole`'s options: the `--flag-name` options and the keys of `data.options`."""
+
+    inter: Path = option(MISSING, "the .inter file")
+    item: Path | None = option(None, "the .item file (titles and other item fields)")
+    images: Path | None = option(None, "folder of images named <item_id>.<ext>")
+    user_field: str = option("user_id", "user id field of the atomic files")
+    item_field: str = option("item_id", "item id field of the atomic files")
+    time_field: str = option("timestamp", "timestamp field (without it, the .inter line order is the clock)")
+    rating_field: str = option("rating", "rating field (without it, no ratings)")
+    title_field: str | None = option(None, "item title field (default: first *title*/*name* field)")
 
 
 def parse_header(f: TableFile) -> dict[str, tuple[str, str]]:
@@ -53,19 +56,19 @@ def _field(fields: dict, name: str, f: TableFile, flag: str) -> str:
     return fields[name][0]
 
 
-def read_inter(f: TableFile, args: argparse.Namespace, bad: BadLines) -> tuple[pd.DataFrame, bool]:
+def read_inter(f: TableFile, options: RecBoleOptions, bad: BadLines) -> tuple[pd.DataFrame, bool]:
     fields = parse_header(f)
-    user = _field(fields, args.user_field, f, "--user-field")
-    item = _field(fields, args.item_field, f, "--item-field")
-    time = fields.get(args.time_field, (None,))[0]
-    rating = fields.get(args.rating_field, (None,))[0]
+    user = _field(fields, options.user_field, f, "--user-field")
+    item = _field(fields, options.item_field, f, "--item-field")
+    time = fields.get(options.time_field, (None,))[0]
+    rating = fields.get(options.rating_field, (None,))[0]
     raw = read_all(f.read([c for c in (user, item, time, rating) if c], bad))
     if raw.empty:
         raise DataError(f"{f.path}: no interactions in the file")
     if time is not None:
         timestamp = to_seconds(raw[time], "unix", f, time)
     else:
-        log.warning("%s has no %r field: using line order as the clock", f.path, args.time_field)
+        log.warning("%s has no %r field: using line order as the clock", f.path, options.time_field)
         timestamp = pd.Series(range(len(raw)), dtype="Int64")
     inter = pd.DataFrame({"user_id": raw[user], "item_id": raw[item], "timestamp": timestamp})
     if rating is not None:
@@ -73,15 +76,15 @@ def read_inter(f: TableFile, args: argparse.Namespace, bad: BadLines) -> tuple[p
     return inter, time is None
 
 
-def read_items(f: TableFile, args: argparse.Namespace, bad: BadLines) -> pd.DataFrame:
+def read_items(f: TableFile, options: RecBoleOptions, bad: BadLines) -> pd.DataFrame:
     fields = parse_header(f)
-    _field(fields, args.item_field, f, "--item-field")
-    texty = [n for n, (_, kind) in fields.items() if kind in ("token", "token_seq") and n != args.item_field]
-    title = args.title_field or next((n for n in texty if "title" in n or "name" in n), None)
+    _field(fields, options.item_field, f, "--item-field")
+    texty = [n for n, (_, kind) in fields.items() if kind in ("token", "token_seq") and n != options.item_field]
+    title = options.title_field or next((n for n in texty if "title" in n or "name" in n), None)
     if title is not None:
         _field(fields, title, f, "--title-field")
     raw = read_all(f.read([fields[n][0] for n in fields], bad)).rename(columns={v[0]: k for k, v in fields.items()})
-    items = pd.DataFrame({"item_id": raw[args.item_field], "title": raw[title].fillna("") if title else ""})
+    items = pd.DataFrame({"item_id": raw[options.item_field], "title": raw[title].fillna("") if title else ""})
     text = items["title"].astype(str)
     for name in texty:
         if name != title:
@@ -91,21 +94,22 @@ def read_items(f: TableFile, args: argparse.Namespace, bad: BadLines) -> pd.Data
     return items
 
 
-def run(args: argparse.Namespace) -> dict:
-    bad = BadLines(args.bad_lines)
-    inter_file = TableFile(check_file(args.inter, ".inter file"), "\t", quote=False)
-    inter, line_clock = read_inter(inter_file, args, bad)
+def run(options: RecBoleOptions, out: Path) -> dict:
+    """Import the atomic files `options` name into the canonical dataset `out`; returns its stats."""
+    bad = BadLines(options.bad_lines)
+    inter_file = TableFile(check_file(options.inter, ".inter file"), "\t", quote=False)
+    inter, line_clock = read_inter(inter_file, options, bad)
     items = None
-    if args.item:
-        item_file = TableFile(check_file(args.item, ".item file"), "\t", quote=False)
-        items = read_items(item_file, args, bad)
-        inter = unknown_items(inter, items["item_id"], inter_file, parse_header(inter_file)[args.item_field][0],
+    if options.item:
+        item_file = TableFile(check_file(options.item, ".item file"), "\t", quote=False)
+        items = read_items(item_file, options, bad)
+        inter = unknown_items(inter, items["item_id"], inter_file, parse_header(inter_file)[options.item_field][0],
                               item_file.path, bad)
-    images = index_images(args.images)
+    images = index_images(options.images)
     if images:
         if items is None:
             items = pd.DataFrame({"item_id": inter["item_id"].dropna().unique()})
         items["image_source"] = items["item_id"].map(lambda i: str(images[i]) if i in images else None)
-    return finish_import(args, inter, items, source="recbole", counts=bad.counts,
-                         inputs={"inter": Path(args.inter), "item": args.item, "images": args.images},
+    return finish_import(options, out, inter, items, source="recbole", counts=bad.counts,
+                         inputs={"inter": Path(options.inter), "item": options.item, "images": options.images},
                          extra_stats=lambda: {"timestamp_from_line_order": line_clock})

@@ -19,8 +19,8 @@ colour, shape and pattern at that step, and `by_popularity` when the step ignore
 """
 from __future__ import annotations
 
-import argparse
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from mmrec.config import option, to_dict
 from mmrec.data.canonical import PREP_FILE, STATS_FILE, write_tables
 from mmrec.errors import DataError
 from mmrec.io import read_json, sha256_bytes, write_parquet
@@ -51,33 +52,32 @@ _SIZES = ("small", "medium", "large")
 BASE_TIME = 1_600_000_000
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--users", type=int, default=200, help="number of users (default 200)")
-    parser.add_argument("--items", type=int, default=120, help="number of items (default 120)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the output is a function of the arguments")
-    parser.add_argument("--interactions-per-user", type=float, default=20.0,
-                        help="mean sequence length (Poisson, at least --min-length; default 20)")
-    parser.add_argument("--min-length", type=int, default=5, help="shortest user sequence (default 5)")
-    parser.add_argument("--image-size", type=int, default=32, help="image side in pixels (default 32)")
-    parser.add_argument("--drift", type=float, default=0.04,
-                        help="per-step probability that a user's preferred colour moves to a neighbour (default 0.04)")
-    parser.add_argument("--noise", type=float, default=0.15,
-                        help="probability that a step is drawn by popularity alone (default 0.15)")
-    parser.add_argument("--tie-rate", type=float, default=0.03,
-                        help="probability that a step has the same timestamp as the previous one (default 0.03)")
-    parser.add_argument("--out", required=True, type=Path, help="output dataset directory")
+@dataclass
+class SyntheticOptions:
+    """`mmrec prep synthetic`'s options: the `--flag-name` options and the keys of `data.options`. The dataset is a
+    function of them (`prep.json`'s `arguments`), so an existing one made with the same options is kept."""
+
+    users: int = option(200, "number of users")
+    items: int = option(120, "number of items")
+    seed: int = option(0, "random seed; the output is a function of the arguments")
+    interactions_per_user: float = option(20.0, "mean sequence length (Poisson, at least --min-length)")
+    min_length: int = option(5, "shortest user sequence")
+    image_size: int = option(32, "image side in pixels")
+    drift: float = option(0.04, "per-step probability that a user's preferred colour moves to a neighbour")
+    noise: float = option(0.15, "probability that a step is drawn by popularity alone")
+    tie_rate: float = option(0.03, "probability that a step has the same timestamp as the previous one")
 
 
-def _check(args: argparse.Namespace) -> None:
-    if args.users < 1 or args.items < 2:
-        raise DataError(f"synthetic: need --users >= 1 and --items >= 2, got {args.users} and {args.items}")
-    if args.min_length < 1 or args.min_length >= args.items:
-        raise DataError(f"synthetic: --min-length must be in [1, --items), got {args.min_length}")
-    if args.image_size < 8:
-        raise DataError(f"synthetic: --image-size must be at least 8, got {args.image_size}")
+def _check(options: SyntheticOptions) -> None:
+    if options.users < 1 or options.items < 2:
+        raise DataError(f"synthetic: need --users >= 1 and --items >= 2, got {options.users} and {options.items}")
+    if options.min_length < 1 or options.min_length >= options.items:
+        raise DataError(f"synthetic: --min-length must be in [1, --items), got {options.min_length}")
+    if options.image_size < 8:
+        raise DataError(f"synthetic: --image-size must be at least 8, got {options.image_size}")
     for name in ("drift", "noise", "tie_rate"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise DataError(f"synthetic: --{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+        if not 0.0 <= getattr(options, name) <= 1.0:
+            raise DataError(f"synthetic: --{name.replace('_', '-')} must be in [0, 1], got {getattr(options, name)}")
 
 
 def _attributes(n_items: int, seed: int) -> pd.DataFrame:
@@ -147,18 +147,18 @@ def _items_table(attrs: pd.DataFrame, size: int, seed: int, images_dir: Path) ->
     return pd.DataFrame(rows)
 
 
-def generate(args: argparse.Namespace, images_dir: Path | None = None) -> dict[str, pd.DataFrame]:
+def generate(options: SyntheticOptions, images_dir: Path | None = None) -> dict[str, pd.DataFrame]:
     """All tables of the benchmark (images written into `images_dir` when given).
 
     Vectorised over users: one numpy step per sequence position, never a Python loop per interaction.
     """
-    _check(args)
-    n_users, n_items, seed = args.users, args.items, args.seed
+    _check(options)
+    n_users, n_items, seed = options.users, options.items, options.seed
     attrs = _attributes(n_items, seed)
     colour, shape, pattern = (attrs[c].to_numpy() for c in ("colour", "shape", "pattern"))
     g = rng(seed, "synthetic", "users")
     pop_logit = -np.log1p(g.permutation(n_items)).astype(np.float64)  # Zipf-like popularity by a random rank
-    lengths = np.maximum(args.min_length, g.poisson(args.interactions_per_user, n_users))
+    lengths = np.maximum(options.min_length, g.poisson(options.interactions_per_user, n_users))
     lengths = np.minimum(lengths, n_items - 1)
     pref_c = g.integers(0, len(COLOURS), n_users)
     pref_s = g.integers(0, len(SHAPES), n_users)
@@ -170,21 +170,21 @@ def generate(args: argparse.Namespace, images_dir: Path | None = None) -> dict[s
     for t in range(int(lengths.max())):
         active = np.flatnonzero(lengths > t)
         if t > 0:  # slow drift to a neighbouring colour / pattern
-            move = g.random(len(active)) < args.drift
+            move = g.random(len(active)) < options.drift
             pref_c[active[move]] = (pref_c[active[move]] + g.choice([-1, 1], move.sum())) % len(COLOURS)
-            move = g.random(len(active)) < args.drift / 2
+            move = g.random(len(active)) < options.drift / 2
             pref_p[active[move]] = (pref_p[active[move]] + 1) % len(PATTERNS)
         util = (W_COLOUR * (colour[None, :] == pref_c[active, None])
                 + W_SHAPE * (shape[None, :] == pref_s[active, None])
                 + W_PATTERN * (pattern[None, :] == pref_p[active, None]) + W_POP * pop_logit[None, :])
-        noisy = g.random(len(active)) < args.noise
+        noisy = g.random(len(active)) < options.noise
         util[noisy] = pop_logit[None, :]
         util[seen[active]] = -np.inf
         gumbel = -np.log(-np.log(g.random(util.shape)))  # Gumbel-max: one categorical draw per row
         pick = np.argmax(util + gumbel, axis=1)
         seen[active, pick] = True
         step = (g.exponential(86400.0, len(active)) + 1).astype(np.int64)
-        step[g.random(len(active)) < args.tie_rate] = 0
+        step[g.random(len(active)) < options.tie_rate] = 0
         clock[active] += step
         users.append(active)
         items.append(pick)
@@ -214,21 +214,21 @@ def generate(args: argparse.Namespace, images_dir: Path | None = None) -> dict[s
     tables = {"interactions": interactions, "user_preferences": prefs, "item_attributes": item_attrs,
               "interaction_truth": steps}
     if images_dir is not None:
-        tables["items"] = _items_table(attrs, args.image_size, seed, images_dir)
+        tables["items"] = _items_table(attrs, options.image_size, seed, images_dir)
     return tables
 
 
-def _arguments(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
-            if not k.startswith("_") and k not in ("out", "source", "command")}
+def _arguments(options: SyntheticOptions) -> dict[str, Any]:
+    """The options as `prep.json` stores them, sorted by name: an existing dataset with equal ones is kept."""
+    return dict(sorted(to_dict(options).items()))
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Write the benchmark to `args.out`; an existing directory made with the same arguments is kept as is."""
+def run(options: SyntheticOptions, out: Path) -> dict[str, Any]:
+    """Write the benchmark to `out`; an existing directory made with the same arguments is kept as is."""
     from importlib.metadata import version
 
-    out = Path(args.out)
-    arguments = _arguments(args)
+    out = Path(out)
+    arguments = _arguments(options)
     if out.exists():
         prep = out / PREP_FILE
         if prep.is_file() and read_json(prep).get("arguments") == arguments and (out / STATS_FILE).is_file():
@@ -241,7 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
-        tables = generate(args, images_dir=tmp / "images")
+        tables = generate(options, images_dir=tmp / "images")
         write_parquet(tables["user_preferences"], tmp / "user_preferences.parquet")
         write_parquet(tables["item_attributes"], tmp / "item_attributes.parquet")
         write_parquet(tables["interaction_truth"], tmp / "interaction_truth.parquet")

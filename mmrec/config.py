@@ -11,7 +11,7 @@ import difflib
 import re
 import types
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Collection, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -232,8 +232,16 @@ def load_section(cls: type[T], path: str | Path, overrides: list[str] | None = N
     return from_dict(cls, data, where=str(path))
 
 
-def _option_kwargs(tp: Any, name: str) -> dict[str, Any]:
-    """argparse settings for a field annotated `tp` (Optional unwrapped)."""
+def option(default: Any, helptext: str) -> Any:
+    """A dataclass field with its command-line help (`add_options` makes a flag of it); `default` may be
+    `dataclasses.MISSING` (a required option) or a list (copied for each instance)."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": helptext})
+    return dataclasses.field(default=default, metadata={"help": helptext})
+
+
+def _option_kwargs(tp: Any, name: str, default: Any) -> dict[str, Any]:
+    """argparse settings for a field annotated `tp` (Optional unwrapped) whose default is `default`."""
     args = [a for a in get_args(tp) if a is not type(None)]
     if get_origin(tp) in (Union, types.UnionType) and len(args) == 1:
         tp = args[0]
@@ -241,8 +249,8 @@ def _option_kwargs(tp: Any, name: str) -> dict[str, Any]:
     if origin is Literal:
         values = list(get_args(tp))
         return {"type": type(values[0]), "choices": values}
-    if origin is list and get_args(tp)[0] in (int, float, str):
-        return {"type": get_args(tp)[0], "nargs": "+"}
+    if origin is list and get_args(tp)[0] in (int, float, str, Path):
+        return {"type": get_args(tp)[0], "nargs": "*" if default == [] else "+"}
     if tp is bool:
         import argparse
 
@@ -252,19 +260,24 @@ def _option_kwargs(tp: Any, name: str) -> dict[str, Any]:
     raise TypeError(f"field '{name}' of type {tp} has no command-line form")
 
 
-def add_options(parser: Any, cls: type) -> None:
-    """One `--field-name` option per field of dataclass `cls`, typed from its annotation (Literal gives choices,
-    a list several values) with its `metadata["help"]` and default: the dataclass is the one source of a flag's
-    type, default and help, so a command line and the YAML key it sets never disagree. Options left out are None
-    (`options_from_args` drops them, so the dataclass default applies)."""
+def add_options(parser: Any, cls: type, skip: Collection[str] = ()) -> None:
+    """One `--field-name` option per field of dataclass `cls` (but those named in `skip`), typed from its
+    annotation (Literal gives choices, a list several values, a bool a `--flag`/`--no-flag` pair) with its
+    `metadata["help"]` and default: the dataclass is the one source of a flag's type, default and help, so a
+    command line and the YAML key it sets never disagree. A field without a default is a required option; a list
+    whose default is empty may be given with no values. Options left out are None (`options_from_args` drops
+    them, so the dataclass default applies)."""
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        if f.name in skip or not f.init:
+            continue
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         helptext = f.metadata.get("help", "")
-        if default is not None:
+        if default is not None and default != []:
             helptext = f"{helptext} (default {' '.join(map(str, default)) if isinstance(default, list) else default})"
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=helptext,
-                            **_option_kwargs(hints[f.name], f.name))
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, required=required,
+                            help=helptext, **_option_kwargs(hints[f.name], f.name, default))
 
 
 def options_from_args(args: Any, cls: type) -> dict[str, Any]:
@@ -272,5 +285,5 @@ def options_from_args(args: Any, cls: type) -> dict[str, Any]:
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
-__all__ = ["add_options", "apply_overrides", "from_dict", "load_layered_yaml", "load_section", "load_yaml",
+__all__ = ["add_options", "apply_overrides", "from_dict", "load_layered_yaml", "load_section", "load_yaml", "option",
            "options_from_args", "to_dict"]

@@ -34,14 +34,10 @@ def run_cli(capsys):
 def synthetic_dataset(tmp_path_factory):
     """Path to a small synthetic canonical dataset (200 users, 120 items, seed 0; data_prep.synthetic), built
     once per session. Shared by many tests: treat it as read-only (copy it before changing anything)."""
-    import argparse
-
     from data_prep import synthetic
 
-    parser = argparse.ArgumentParser()
-    synthetic.configure(parser)
     out = tmp_path_factory.mktemp("synthetic") / "dataset"
-    synthetic.run(parser.parse_args(["--out", str(out), "--seed", "0"]))
+    synthetic.run(synthetic.SyntheticOptions(seed=0), out)
     return out
 
 

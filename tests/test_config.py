@@ -181,6 +181,37 @@ def test_command_line_options_come_from_the_dataclass():
         parser.parse_args(["--sampling", "weird"])
 
 
+def test_add_options_required_paths_switches_and_empty_lists():
+    """A field without a default is a required flag; Path, bool and list fields get their command-line forms, and
+    a flag left out keeps the dataclass default (options_from_args drops it)."""
+    import argparse
+
+    from mmrec.config import add_options, option, options_from_args
+
+    @dataclasses.dataclass(kw_only=True)
+    class Opts:
+        source: Path = option(dataclasses.MISSING, "input file")
+        folder: Path | None = option(None, "optional folder")
+        fast: bool = option(False, "a switch")
+        cols: list[str] = option([], "columns, possibly none")
+        sizes: list[int] = option([1, 2], "at least one size")
+        skipped: int = option(3, "left to the caller")
+
+    parser = argparse.ArgumentParser()
+    add_options(parser, Opts, skip=["skipped"])
+    assert "--skipped" not in parser._option_string_actions
+    with pytest.raises(SystemExit):
+        parser.parse_args([])  # --source is required
+    args = parser.parse_args(["--source", "a.csv", "--fast", "--cols"])
+    values = options_from_args(args, Opts)
+    assert values == {"source": Path("a.csv"), "fast": True, "cols": []}
+    assert from_dict(Opts, values) == Opts(source=Path("a.csv"), fast=True)
+    assert options_from_args(parser.parse_args(["--source", "b", "--no-fast"]), Opts)["fast"] is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--source", "a.csv", "--sizes"])  # a non-empty default needs a value
+    assert Opts(source=Path("x")).cols is not Opts(source=Path("y")).cols  # list defaults are copied
+
+
 def test_split_command_has_no_table_of_its_own():
     from data_prep import split_cli
 

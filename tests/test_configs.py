@@ -5,6 +5,7 @@ dry run must plan every stage without touching the network, loading a model or w
 """
 from __future__ import annotations
 
+import dataclasses
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mmrec.config import load_layered_yaml
 from mmrec.experiment import ExperimentConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +22,8 @@ ACCELERATE = CONFIGS / "accelerate"
 ALL_YAML = sorted(CONFIGS.rglob("*.yaml"))
 EXPERIMENTS = [p for p in ALL_YAML if ACCELERATE not in p.parents]
 ACCELERATE_CONFIGS = [p for p in ALL_YAML if ACCELERATE in p.parents]
+# the experiments whose `data` section prepares the dataset (`mmrec prep` options) rather than naming one
+PREPARING = [p for p in EXPERIMENTS if not (load_layered_yaml(p).get("data") or {}).get("path")]
 LLAVA = "llava-hf/llava-v1.6-mistral-7b-hf"
 LLAMA3 = "meta-llama/Meta-Llama-3-8B-Instruct"
 
@@ -68,6 +72,15 @@ def test_validates(path):
     for name in cfg.model_names():
         spec = getattr(cfg.model(name), "model", None)
         assert not getattr(spec, "trust_remote_code", False)
+
+
+@pytest.mark.parametrize("path", PREPARING, ids=ids(PREPARING))
+def test_data_options_are_options_of_the_source(path):
+    """A `data` section that prepares its dataset gives only options its source has (its `mmrec prep` flags)."""
+    from data_prep.config import load_options
+
+    data = ExperimentConfig.load(path).section("data")
+    assert dataclasses.is_dataclass(load_options(data, where=str(path)))
 
 
 def _shared_nodes(node, seen: dict[int, str], where: str) -> list[str]:

@@ -2,7 +2,6 @@
 and the sanity ordering on the synthetic benchmark (GRU4Rec, SASRec > popularity > random)."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -249,9 +248,7 @@ def benchmark(tmp_path_factory):
     from mmrec.data.splits import SplitConfig, make_split
 
     root = tmp_path_factory.mktemp("benchmark")
-    parser = argparse.ArgumentParser()
-    synthetic.configure(parser)
-    synthetic.run(parser.parse_args(["--out", str(root / "dataset"), "--seed", "0", "--users", "800"]))
+    synthetic.run(synthetic.SyntheticOptions(seed=0, users=800), root / "dataset")
     make_split(root / "dataset", SplitConfig(protocol="loo", negatives=20, seed=0), root / "splits" / "loo")
     return root
 

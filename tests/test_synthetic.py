@@ -1,5 +1,4 @@
 """Synthetic benchmark: canonical form, determinism, ground-truth files, drift, ties, learnability, CLI."""
-import argparse
 from collections import Counter
 
 import numpy as np
@@ -8,15 +7,14 @@ import pytest
 from PIL import Image
 
 from data_prep import synthetic
+from mmrec.config import from_dict
 from mmrec.data.canonical import load_dataset
 from mmrec.data.splits import load_split
 from mmrec.errors import DataError
 
 
-def _args(*argv):
-    parser = argparse.ArgumentParser()
-    synthetic.configure(parser)
-    return parser.parse_args(list(map(str, argv)))
+def _options(**fields) -> synthetic.SyntheticOptions:
+    return from_dict(synthetic.SyntheticOptions, fields)
 
 
 def test_canonical_form(synthetic_dataset):
@@ -60,9 +58,9 @@ def test_ground_truth_files(synthetic_dataset):
 
 
 def test_deterministic_per_seed(tmp_path):
-    a = synthetic.generate(_args("--out", tmp_path, "--users", 30, "--items", 40, "--seed", 3))
-    b = synthetic.generate(_args("--out", tmp_path, "--users", 30, "--items", 40, "--seed", 3))
-    c = synthetic.generate(_args("--out", tmp_path, "--users", 30, "--items", 40, "--seed", 4))
+    a = synthetic.generate(_options(users=30, items=40, seed=3))
+    b = synthetic.generate(_options(users=30, items=40, seed=3))
+    c = synthetic.generate(_options(users=30, items=40, seed=4))
     assert a["interactions"].equals(b["interactions"]) and a["user_preferences"].equals(b["user_preferences"])
     assert not a["interactions"].equals(c["interactions"])
     assert (synthetic.draw_item(0, 1, 2, 32, np.random.default_rng(0))
@@ -93,26 +91,25 @@ def test_image_attributes_beat_titles(synthetic_split):
 
 def test_rerun_keeps_or_refuses(tmp_path):
     out = tmp_path / "d"
-    synthetic.run(_args("--out", out, "--users", 10, "--items", 20))
+    synthetic.run(_options(users=10, items=20), out)
     stamp = (out / "interactions.parquet").stat().st_mtime_ns
-    synthetic.run(_args("--out", out, "--users", 10, "--items", 20))
+    synthetic.run(_options(users=10, items=20), out)
     assert (out / "interactions.parquet").stat().st_mtime_ns == stamp  # same arguments: kept
-    stats = synthetic.run(_args("--out", out, "--users", 12, "--items", 20))
+    stats = synthetic.run(_options(users=12, items=20), out)
     assert stats["users"] == 12
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
     with pytest.raises(DataError, match="not a dataset written by `mmrec prep`"):
-        synthetic.run(_args("--out", other))
+        synthetic.run(_options(), other)
     assert (other / "notes.txt").read_text() == "keep me"
 
 
-@pytest.mark.parametrize("argv,msg", [(["--items", "1"], "--items >= 2"),
-                                      (["--min-length", "50", "--items", "40"], "min-length"),
-                                      (["--noise", "1.5"], "--noise"), (["--image-size", "4"], "image-size")])
-def test_bad_arguments(tmp_path, argv, msg):
+@pytest.mark.parametrize("fields,msg", [({"items": 1}, "--items >= 2"), ({"min_length": 50, "items": 40}, "min-length"),
+                                        ({"noise": 1.5}, "--noise"), ({"image_size": 4}, "image-size")])
+def test_bad_arguments(tmp_path, fields, msg):
     with pytest.raises(DataError, match=msg):
-        synthetic.run(_args("--out", tmp_path / "x", *argv))
+        synthetic.run(_options(**fields), tmp_path / "x")
 
 
 def test_cli_prep_and_split(run_cli, tmp_path):

@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmrec.config import from_dict, to_dict
+from mmrec.config import from_dict, option, to_dict
 from mmrec.data import candidates as cand
 from mmrec.data.canonical import (
     INTERACTIONS_FILE,
@@ -49,37 +49,31 @@ TIE_BREAK = "equal timestamps keep the dataset's source order (stable sort by us
 UNSORTED_HINT = "set split.unsorted: sort (`mmrec split --unsorted sort`) to sort it stably by time, or re-import it"
 
 
-def _opt(default: Any, helptext: str) -> Any:
-    """A field with its command-line help (`mmrec.config.add_options` makes `mmrec split`'s flags from these)."""
-    return field(default=default, metadata={"help": helptext})
-
-
 @dataclass
 class SplitConfig:
     """How to split a dataset and sample its candidates; every draw is seeded."""
 
-    protocol: Literal["loo", "temporal", "paper"] = _opt(
+    protocol: Literal["loo", "temporal", "paper"] = option(
         "loo", "loo (leave-one-out), temporal (global cut times) or paper (MLLM-MSR)")
-    name: str | None = _opt(None, "split name, the directory under splits/ (default: the protocol)")
-    seed: int = _opt(0, "seed of every draw")
-    negatives: int = _opt(20, "test negatives per evaluated example (target + N candidates)")
-    valid_negatives: int | None = _opt(None, "valid negatives (default: negatives, or 1 for the paper protocol)")
-    sampling: Literal["uniform", "popularity"] = _opt("uniform", "negatives drawn uniformly or by popularity")
-    popularity_alpha: float = _opt(1.0, "popularity sampling weight = count ** alpha")
-    train_negatives: int = _opt(1, "negatives per train example, from a separate seeded stream")
-    sampling_data: Literal["train", "all"] = _opt(
+    name: str | None = option(None, "split name, the directory under splits/ (default: the protocol)")
+    seed: int = option(0, "seed of every draw")
+    negatives: int = option(20, "test negatives per evaluated example (target + N candidates)")
+    valid_negatives: int | None = option(None, "valid negatives (default: negatives, or 1 for the paper protocol)")
+    sampling: Literal["uniform", "popularity"] = option("uniform", "negatives drawn uniformly or by popularity")
+    popularity_alpha: float = option(1.0, "popularity sampling weight = count ** alpha")
+    train_negatives: int = option(1, "negatives per train example, from a separate seeded stream")
+    sampling_data: Literal["train", "all"] = option(
         "train", "what the samplers may know: train = popularity counted on training interactions and training "
         "negatives avoiding only the user's training items; all = every interaction (MLLM-MSR's training "
         "negatives, RecBole's popN)")
-    max_history: int | None = _opt(None, "keep only the last N history items of every example (default: all)")
-    valid_quantile: float = _opt(0.8, "temporal: valid cut time as a quantile of all timestamps")
-    test_quantile: float = _opt(0.9, "temporal: test cut time as a quantile of all timestamps")
-    valid_time: int | None = _opt(None, "temporal: absolute valid cut timestamp (instead of the quantile)")
-    test_time: int | None = _opt(None, "temporal: absolute test cut timestamp (instead of the quantile)")
-    top_k: int = _opt(6, "paper: most popular items kept per user (6 MicroLens, 11 Amazon)")
-    user_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1],
-                                        metadata={"help": "paper: user fractions train valid test"})
-    unsorted: Literal["sort", "error"] = _opt(
+    max_history: int | None = option(None, "keep only the last N history items of every example (default: all)")
+    valid_quantile: float = option(0.8, "temporal: valid cut time as a quantile of all timestamps")
+    test_quantile: float = option(0.9, "temporal: test cut time as a quantile of all timestamps")
+    valid_time: int | None = option(None, "temporal: absolute valid cut timestamp (instead of the quantile)")
+    test_time: int | None = option(None, "temporal: absolute test cut timestamp (instead of the quantile)")
+    top_k: int = option(6, "paper: most popular items kept per user (6 MicroLens, 11 Amazon)")
+    user_fractions: list[float] = option([0.8, 0.1, 0.1], "paper: user fractions train valid test")
+    unsorted: Literal["sort", "error"] = option(
         "sort", "interactions not in time order per user: sort them stably (counted in split.json) or stop")
 
     def __post_init__(self) -> None:
