@@ -1,5 +1,6 @@
-"""Candidate scoring of the sequential students (SASRec, GRU4Rec) at the distillation benchmark's sizes: the
-vectorised `SequentialScorer.score` against the per-user scorer it replaced, side by side in one process.
+"""Candidate scoring of the students (SASRec, GRU4Rec, the CTR head) at the distillation benchmark's sizes: the
+vectorised scorers (`SequentialScorer.score`, `CTRScorer.score`) against the per-user scorers they replaced, side
+by side in one process.
 
     python bench/bench_student_scoring.py [--users 150] [--candidates 21] [--items 400] [--history 7]
 
@@ -26,7 +27,9 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from results import emit  # noqa: E402  (bench/ is sys.path[0] when a benchmark runs as a script)
 
-from mmrec.models.gru4rec import GRU4Rec  # noqa: E402  (after the sys.path insert)
+from mmrec.models.ctr import CTRConfig, CTRScorer, build_model  # noqa: E402  (after the sys.path insert)
+from mmrec.models.ctr_features import Catalogue  # noqa: E402
+from mmrec.models.gru4rec import GRU4Rec  # noqa: E402
 from mmrec.models.sasrec import SASRec  # noqa: E402
 from mmrec.models.sequential import (  # noqa: E402
     PAD,
@@ -69,6 +72,35 @@ class PerUserScorer:
         return np.where(items == PAD, UNSEEN_SCORE, values)
 
 
+class PerUserCTRScorer(CTRScorer):
+    """The CTR scorer before vectorisation (mmrec 53c6c39): each call rebuilds the scored users' history rows and
+    finds rows and items through pandas indexes built from Python lists."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        evaluated = args[3][args[3]["stage"] != "train"]
+        self.index = pd.MultiIndex.from_arrays([evaluated["user_id"], evaluated["stage"]])
+        self.histories = list(evaluated["history"])
+        self.item_index = pd.Index(self.catalogue.item_ids)
+
+    def score(self, candidates: pd.DataFrame) -> np.ndarray:
+        pos = self.index.get_indexer(pd.MultiIndex.from_arrays([candidates["user_id"], candidates["stage"]]))
+        uniq, group = np.unique(pos, return_inverse=True)
+        hists = self.catalogue.history_rows([self.histories[i] for i in uniq], self.history_len)
+        users = self.user_index.get_indexer(pd.Index(self.index.get_level_values(0)[uniq])).astype(np.int64) + 1
+        cands = self.item_index.get_indexer(pd.Index(list(candidates["item_id"]))).astype(np.int64) + 1
+        return self._forward(users, hists, cands, group.astype(np.int64))
+
+
+def ctr_scorers(vocab: ItemVocab, examples: pd.DataFrame, unseen: str, users: int) -> tuple[Any, Any]:
+    """(per-user, vectorised) scorers of one CTR head (MMREC-style sizes, id features only: scoring reads a content
+    table either way) over the whole catalogue, the unseen item included."""
+    items = [unseen, *vocab.item_ids]
+    model = build_model(CTRConfig(variant="id_only"), users, len(items), torch.arange(len(items) + 1), 0)
+    args = (model, Catalogue(items), [f"user{u}" for u in range(users)], examples, 10, torch.device("cpu"))
+    return PerUserCTRScorer(*args), CTRScorer(*args)
+
+
 def data(users: int, candidates: int, items: int, history: int, seed: int = 0
          ) -> tuple[ItemVocab, pd.DataFrame, pd.DataFrame]:
     """(vocabulary of all items but one, valid + test examples, the test stage's candidates): the unseen item
@@ -107,16 +139,19 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     vocab, examples, cands = data(args.users, args.candidates, args.items, args.history)
-    models = {"sasrec": SASRec(len(vocab), args.max_len), "gru4rec": GRU4Rec(len(vocab))}
+    models = {"sasrec": SASRec(len(vocab), args.max_len), "gru4rec": GRU4Rec(len(vocab)), "ctr": None}
     print(f"{len(cands)} candidates ({args.users} users x {args.candidates}), {args.items} items, history "
           f"{args.history}, max_len {args.max_len}; CPU seconds of one torch thread, best of {args.repeats}")
     print(f"{'model':<8} {'per-user cand/s':>16} {'vectorised cand/s':>18} {'speed-up':>9} {'x teacher':>10} "
           f"{'setup ms':>9} {'max |diff|':>11}")
     for name, model in models.items():
         t0 = time.process_time()
-        fast = SequentialScorer(model, vocab, examples, args.max_len, torch.device("cpu"))
+        if model is None:
+            slow, fast = ctr_scorers(vocab, examples, "item0", args.users)
+        else:
+            fast = SequentialScorer(model, vocab, examples, args.max_len, torch.device("cpu"))
+            slow = PerUserScorer(model, vocab, examples, args.max_len)
         setup = time.process_time() - t0
-        slow = PerUserScorer(model, vocab, examples, args.max_len)
         a, b = slow.score(cands), fast.score(cands)
         finite = np.isfinite(a)
         if not (np.isfinite(b) == finite).all():
@@ -129,8 +164,8 @@ def main() -> None:
         emit("students", f"{name} candidates/s, vectorised vs per-user scorer", after / before, "x")
         emit("students", f"{name} candidates/s vs the tiny teacher's {TEACHER_CAND_S:.0f}", after / TEACHER_CAND_S,
              "x", goal=1000)
-    print("setup: CPU time of building the vectorised scorer (histories of every valid and test user encoded once); "
-          "x teacher: against bench_distill's 388 candidates/s")
+    print("setup: CPU time of building the scorers (the vectorised one encodes the histories of every valid and "
+          "test user once); x teacher: against bench_distill's 388 candidates/s")
 
 
 if __name__ == "__main__":
