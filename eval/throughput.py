@@ -91,5 +91,5 @@ def rate_note(throughput: dict[str, dict[str, Any]]) -> str:
     devices = sorted({d for p in throughput.values() for d in p["devices"]})
     return (f"{RATE_LABEL}: candidates scored per CPU second of `mmrec score` (its scorer calls only, "
             f"time.process_time of the scoring process, which adds up its torch threads: "
-            f"{', '.join(map(str, threads))} thread(s), device {', '.join(devices)}), pooled over a model's seeds; "
-            "a measure of the machine that scored, comparable only between runs scored on the same one.")
+            f"{', '.join(map(str, threads))} thread(s), device {', '.join(devices)}), pooled over the seeds of a "
+            "model; a measure of the machine that scored, comparable only between runs scored on the same one.")
