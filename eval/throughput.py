@@ -43,7 +43,18 @@ class ScoringClock:
 
         return {"candidates": self.candidates, "cpu_s": self.cpu_s, "wall_s": self.wall_s,
                 "resumed_candidates": self.resumed_candidates, "torch_threads": torch.get_num_threads(),
-                "device": str(getattr(scorer, "device", "cpu"))}
+                "device": scorer_device(scorer)}
+
+
+def scorer_device(scorer: Any) -> str:
+    """The scorer's `device`, else its model's (a VLM scorer's), else cpu (popularity has no model)."""
+    device = getattr(scorer, "device", None)
+    model = getattr(scorer, "model", None)
+    if device is None and model is not None:
+        device = getattr(model, "device", None)
+        if device is None and hasattr(model, "parameters"):
+            device = next((p.device for p in model.parameters()), None)
+    return str(device or "cpu")
 
 
 def read_throughput(scores_path: Path) -> dict[str, Any] | None:

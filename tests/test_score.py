@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from eval.score_cli import run_chunks, score_full, score_sampled, write_with_meta
-from eval.throughput import THROUGHPUT_KEY, ScoringClock, candidates_per_cpu_second, read_throughput
+from eval.throughput import THROUGHPUT_KEY, ScoringClock, candidates_per_cpu_second, read_throughput, scorer_device
 from mmrec.errors import DataError
 from mmrec.ranking import target_ranks
 
@@ -87,6 +88,8 @@ def test_throughput_is_written_with_the_scores_and_read_back(tmp_path) -> None:
     clock = ScoringClock(candidates=3000, cpu_s=0.01, wall_s=0.02)
     record = clock.record(_Counting())
     assert record["torch_threads"] >= 1 and record["device"] == "cpu"  # a scorer without a device runs on the CPU
+    vlm_like = type("VLMLike", (), {"model": torch.nn.Linear(2, 2).to("meta")})()  # no `device`: its model's
+    assert scorer_device(vlm_like) == "meta"
     path = write_with_meta(_candidates(1).assign(score=0.0), tmp_path / "s.parquet",
                            {"key": "x", THROUGHPUT_KEY: record})
     assert read_throughput(path) == record and read_throughput(tmp_path / "absent.parquet") is None
