@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "sequential": ("bench_sequential.py", ["--seconds", "10"], ["--seconds", "20"]),
     "ctr": ("bench_ctr.py", [], ["--texts", "4096", "--images", "2048", "--big-images", "1024"]),
     "item_cache": ("bench_vlm_item_cache.py", [], []),
+    "students": ("bench_student_scoring.py", [], []),
     "convergence": ("bench_convergence.py", ["--shapes", "synthetic", "--models", "gru4rec"],
                     ["--shapes", "synthetic", "ml-100k", "ml-1m", "--device", "cuda"]),
 }

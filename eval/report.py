@@ -16,6 +16,7 @@ from eval import report_data as rd
 from eval.report_gallery import GalleryUser, build_gallery, sample_users
 from eval.report_images import Thumbnails
 from eval.svg import histogram_chart, line_chart
+from eval.throughput import model_throughput
 from mmrec.errors import DataError, MmrecError
 from mmrec.eval_config import ReportConfig
 from mmrec.experiment import ExperimentPaths
@@ -50,6 +51,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     truth: dict[str, Any] | None = None  # mmrec.truth metrics of the summaries (synthetic benchmark only)
     distillation: list[dict[str, Any]] = field(default_factory=list)  # eval.report_distill rows
+    throughput: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> eval.throughput figures
 
 
 def _read_parquet(path: Path, what: str, needed: set[str]) -> pd.DataFrame | None:
@@ -216,17 +218,19 @@ def gather(paths: ExperimentPaths, opts: ReportConfig, *, split: str | None = No
     if not any(p.name.startswith("train_") for p in plots):
         notes.append("no training logs (checkpoints/<run>/train_log.jsonl): training curves are omitted")
     gallery = _gallery(paths, split_data, runs, table, scores, opts, gallery_users, notes)
+    throughput = model_throughput(paths, runs)
     return Report(title=opts.title or title or "mmrec experiment report", experiment_dir=str(paths.root),
                   stage=opts.stage, runs=runs, table=table, shared_manifest=shared, run_manifests=per_run,
                   plots=plots, gallery=gallery, comparisons=comparisons, notes=notes, truth=read_truth(paths),
-                  distillation=_distillation(paths, runs, table))
+                  distillation=_distillation(paths, runs, table, throughput), throughput=throughput)
 
 
-def _distillation(paths: ExperimentPaths, runs: list[rd.RunResult], table: rd.ResultsTable) -> list[dict[str, Any]]:
+def _distillation(paths: ExperimentPaths, runs: list[rd.RunResult], table: rd.ResultsTable,
+                  throughput: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     from eval.report_distill import distillation
 
     metrics = [m for m in ("auc", table.primary_metric()) if m in table.columns]
-    return distillation(paths, runs, list(dict.fromkeys(metrics)))
+    return distillation(paths, runs, list(dict.fromkeys(metrics)), throughput)
 
 
 def _gallery(paths: ExperimentPaths, split: Any, runs: list[rd.RunResult], table: rd.ResultsTable,

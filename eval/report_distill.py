@@ -1,6 +1,7 @@
 """The report's distillation table: for every distilled student (a run whose `run.json` config has a `distill`
 section), its teacher, the same student without distillation, and the share of the teacher-student gap closed
-(mean ± 95% CI over seeds; `mmrec.distill.summary`)."""
+(mean ± 95% CI over seeds; `mmrec.distill.summary`), and each model's candidates per CPU second as `mmrec score`
+recorded them (`eval.throughput`)."""
 from __future__ import annotations
 
 import math
@@ -8,6 +9,7 @@ from html import escape
 from typing import Any
 
 from eval.report_data import RunResult, fmt_cell, metric_label
+from eval.throughput import RATE_LABEL, fmt_rate
 from mmrec.experiment import ExperimentPaths
 from mmrec.io import read_json
 from mmrec.metrics import mean_ci
@@ -20,8 +22,11 @@ def _config(paths: ExperimentPaths, run: str) -> dict[str, Any] | None:
     return read_json(path).get("config") if path.is_file() else None
 
 
-def distillation(paths: ExperimentPaths, runs: list[RunResult], metrics: list[str]) -> list[dict[str, Any]]:
-    """One row per (distilled model, metric): teacher, plain and distilled cells and the gap closed."""
+def distillation(paths: ExperimentPaths, runs: list[RunResult], metrics: list[str],
+                 throughput: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per (distilled model, metric): teacher, plain and distilled cells and the gap closed; the first
+    row of a model also carries the three models' candidates/s (`eval.throughput.model_throughput`)."""
+    throughput = throughput or {}
     from mmrec.distill.summary import gap_summary
 
     by_model: dict[str, list[RunResult]] = {}
@@ -39,7 +44,9 @@ def distillation(paths: ExperimentPaths, runs: list[RunResult], metrics: list[st
         if teacher not in by_model or plain is None:
             continue
         seeds = {r.seed: r for r in by_model[plain]}
-        for metric in metrics:
+        speed = {role: (throughput.get(m) or {}).get("rate")
+                 for role, m in (("teacher", teacher), ("plain", plain), ("distilled", model))}
+        for i, metric in enumerate(metrics):
             pairs = [(seeds[r.seed].metrics.get(metric, math.nan), r.metrics.get(metric, math.nan))
                      for r in by_model[model] if r.seed in seeds]
             t_runs = {r.seed: r.metrics.get(metric, math.nan) for r in by_model[teacher]}
@@ -49,7 +56,7 @@ def distillation(paths: ExperimentPaths, runs: list[RunResult], metrics: list[st
             rows.append({"model": model, "plain": plain, "teacher": teacher, "metric": metric,
                          "teacher_cell": mean_ci(list(t_runs.values())),
                          "plain_cell": mean_ci([p for p, _ in pairs]), "distilled_cell": mean_ci([d for _, d in pairs]),
-                         "gap": gap})
+                         "gap": gap, "speed": speed if i == 0 else None})
     return rows
 
 
@@ -59,14 +66,25 @@ def _gap(g: dict[str, Any]) -> str:
     return f"{g['mean']:.3f}" + (f" ± {g['ci95']:.3f}" if math.isfinite(g["ci95"]) else "")
 
 
-HEADER = ["distilled", "teacher", "plain", "metric", "teacher", "plain", "distilled", "gap closed"]
-NOTE = ("Gap closed = (distilled − plain) / (teacher − plain), per seed, mean ± 95% CI; scoring throughput of "
-        "each model: `bench/bench_distill.py` (docs/distillation.md).")
+def _speed(speed: dict[str, float | None] | None) -> list[str]:
+    """Candidates/s of teacher, plain and distilled, and distilled / teacher; blank on a model's later rows."""
+    if speed is None:
+        return [""] * 4
+    t, d = speed["teacher"], speed["distilled"]
+    ratio = f"{d / t:,.0f}x" if t and d else "–"
+    return [fmt_rate(speed["teacher"]), fmt_rate(speed["plain"]), fmt_rate(d), ratio]
+
+
+HEADER = ["distilled", "teacher", "plain", "metric", "teacher", "plain", "distilled", "gap closed",
+          f"teacher {RATE_LABEL}", f"plain {RATE_LABEL}", f"distilled {RATE_LABEL}", "x teacher"]
+NOTE = ("Gap closed = (distilled − plain) / (teacher − plain), per seed, mean ± 95% CI. "
+        f"{RATE_LABEL}: candidates scored per CPU second of `mmrec score` on the machine that scored (see the "
+        "results table's note for threads and device); x teacher = distilled / teacher.")
 
 
 def cells(row: dict[str, Any]) -> list[str]:
     return [row["model"], row["teacher"], row["plain"], metric_label(row["metric"]), fmt_cell(row["teacher_cell"]),
-            fmt_cell(row["plain_cell"]), fmt_cell(row["distilled_cell"]), _gap(row["gap"])]
+            fmt_cell(row["plain_cell"]), fmt_cell(row["distilled_cell"]), _gap(row["gap"])] + _speed(row.get("speed"))
 
 
 def markdown(rows: list[dict[str, Any]]) -> list[str]:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from eval.report_data import best_of, fmt_cell, key_facts, metric_label, table_layout
 from eval.report_gallery import GalleryItem, GalleryUser, fmt_score
 from eval.report_images import data_uri
+from eval.throughput import RATE_LABEL, fmt_rate, rate_note
 from mmrec.truth import TRUTH_CAPTION, TRUTH_HEADER, truth_rows
 
 if TYPE_CHECKING:
@@ -81,13 +82,17 @@ def _results(report: "Report") -> str:
                 rows.append(f"<tr>{first}<td><b>{escape(m)}</b></td>{cells}</tr>")
         parts.append(f"<div class='wrap'><table><thead><tr>{head}</tr></thead>"
                      f"<tbody>{''.join(rows)}</tbody></table></div>")
-    head = "<th>model</th><th>seeds</th>" + "".join(f"<th>{escape(metric_label(c))}</th>" for c in values)
+    speed = report.throughput
+    head = ("<th>model</th><th>seeds</th>" + "".join(f"<th>{escape(metric_label(c))}</th>" for c in values)
+            + (f"<th>{escape(RATE_LABEL)}</th>" if speed else ""))
+    rate = {m: f"<td class='num'>{escape(fmt_rate((speed.get(m) or {}).get('rate')))}</td>" if speed else ""
+            for m in t.rows}
     rows = "".join(f"<tr><td><b>{escape(m)}</b></td><td>{escape(seeds[m])}</td>"
-                   + "".join(_cell(t, m, c, best_of(t, c)) for c in values) + "</tr>" for m in t.rows)
+                   + "".join(_cell(t, m, c, best_of(t, c)) for c in values) + rate[m] + "</tr>" for m in t.rows)
     parts.append(f"<div class='wrap'><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>")
     parts.append("<p class='sub'>Mean ± 95% t-interval half-width over seeds (one value when a model ran once); "
                  "best in blue. Invalid scores count as misses; tie and invalid rates are diagnostics "
-                 "(lower is better).</p>")
+                 "(lower is better)." + (f" {escape(rate_note(speed))}" if speed else "") + "</p>")
     return "<div class='tables'>" + "".join(parts) + "</div>"
 
 

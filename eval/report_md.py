@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from eval.report_data import fmt_cell, key_facts, metric_label, table_layout
 from eval.report_gallery import GalleryItem, GalleryUser, fmt_score
+from eval.throughput import RATE_LABEL, fmt_rate, rate_note
 from mmrec.truth import TRUTH_CAPTION, TRUTH_HEADER, truth_rows
 
 if TYPE_CHECKING:
@@ -90,11 +91,13 @@ def render_markdown(report: "Report", assets_folder: str) -> tuple[str, dict[str
                        + [fmt_cell(t.rows[m].get(f"{fam}@{k}")) for k in ks]
                        for fam in families for i, m in enumerate(t.rows)])
         out.append("")
-    out += _table(["model", "seeds"] + [metric_label(c) for c in values],
+    speed = report.throughput
+    out += _table(["model", "seeds"] + [metric_label(c) for c in values] + ([RATE_LABEL] if speed else []),
                   [[f"**{md_cell(m)}**", md_cell(seeds[m])] + [fmt_cell(t.rows[m].get(c)) for c in values]
-                   for m in t.rows])
+                   + ([fmt_rate((speed.get(m) or {}).get("rate"))] if speed else []) for m in t.rows])
     out += ["", "Cells are the mean ± the 95% t-interval half-width over seeds (one value when a model ran once). "
-            "Invalid scores count as misses; tie and invalid rates are diagnostics.", ""]
+            "Invalid scores count as misses; tie and invalid rates are diagnostics."
+            + (f" {md_cell(rate_note(speed))}" if speed else ""), ""]
     if report.comparisons:
         out += ["Paired tests of the best model against each other one (per-user metric, seeds averaged):", ""]
         out += _table(["A vs B", "metric", "users", "A", "B", "A − B [95% CI]", "paired t p", "Wilcoxon p"],

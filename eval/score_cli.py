@@ -10,7 +10,9 @@ score (e.g. one SASRec never saw in training) gets the worst-case score: it neve
 the target it ranks last (a miss). Their number per example is `n_unscored`.
 
 Work is done in chunks of `eval.batch_users` examples saved as they finish, so an interrupted run resumes where
-it stopped; a finished scores file whose inputs (candidate file, checkpoint, stages) are unchanged is skipped.
+it stopped; a finished scores file whose inputs (candidate file, checkpoint, stages) are unchanged is skipped (and
+keeps what it recorded). The sampled scores' metadata records the scoring throughput (`eval.throughput`:
+candidates, CPU and wall seconds of the scorer's calls, torch threads, device), which `mmrec report` shows.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from eval.protocol import SCORES_META_KEY, check_candidates, checkpoint_fingerprint, scores_metadata
+from eval.throughput import THROUGHPUT_KEY, ScoringClock
 from mmrec.commands import add_config_arguments, load_experiment
 from mmrec.config import to_dict
 from mmrec.errors import ConfigError, DataError
@@ -105,20 +108,25 @@ def _as_scores(values: Any, n: int, run: str) -> np.ndarray:
     return out
 
 
-def score_sampled(scorer: Any, candidates: pd.DataFrame, batch_users: int, parts_dir: Path, key: str, run: str
-                  ) -> pd.DataFrame:
-    """One score per candidate row (same order), computed `batch_users` examples at a time."""
+def score_sampled(scorer: Any, candidates: pd.DataFrame, batch_users: int, parts_dir: Path, key: str, run: str,
+                  clock: ScoringClock | None = None) -> pd.DataFrame:
+    """One score per candidate row (same order), computed `batch_users` examples at a time; `clock` times the
+    scorer's calls (chunks resumed from disk count as resumed)."""
     cands = candidates[["user_id", "stage", "item_id"]].reset_index(drop=True)
     chunk = cands.groupby(["stage", "user_id"], sort=False).ngroup().to_numpy() // batch_users
     order = np.argsort(chunk, kind="stable")  # the identity unless an example's candidates are not contiguous
     cands, chunk = cands.iloc[order].reset_index(drop=True), chunk[order]
     starts = np.searchsorted(chunk, np.arange(chunk.max() + 2)) if len(chunk) else np.array([0])
 
+    clock = clock or ScoringClock()
+
     def compute(i: int) -> pd.DataFrame:
         rows = cands.iloc[starts[i]:starts[i + 1]].reset_index(drop=True)
-        return rows.assign(score=_as_scores(scorer.score(rows.copy()), len(rows), run))
+        given = rows.copy()
+        return rows.assign(score=_as_scores(clock.time(len(rows), lambda: scorer.score(given)), len(rows), run))
 
     scored = run_chunks(len(starts) - 1, compute, parts_dir, key, f"score {run}")
+    clock.resumed_candidates = len(scored) - clock.candidates
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
     return scored.iloc[inverse].reset_index(drop=True)  # back to the candidate file's order
@@ -180,12 +188,18 @@ def score_run(cfg: ExperimentConfig, run_cfg: ExperimentConfig, name: str, run: 
             cands = split.candidates[split.candidates["stage"].isin(stages)]
             if cands.empty:
                 raise DataError(f"{split_dir}: candidates.parquet has no rows for stage(s) {', '.join(stages)}")
-            df = score_sampled(scorer, cands, ev.batch_users, parts, key, run)
+            clock = ScoringClock()
+            df = score_sampled(scorer, cands, ev.batch_users, parts, key, run, clock)
             if len(df) != len(cands):
                 raise DataError(f"{run}: {len(df)} scores for {len(cands)} candidates; delete {parts} and re-run")
             n_nan = int(df["score"].isna().sum())
-            summary = f"{len(df)} candidates, {n_nan} invalid (NaN) scores"
+            speed = clock.record(scorer)
+            extra = {THROUGHPUT_KEY: speed}
+            rate = f"{speed['candidates'] / speed['cpu_s']:,.0f}" if speed["cpu_s"] > 0 else "–"
+            summary = (f"{len(df)} candidates, {n_nan} invalid (NaN) scores; {rate} candidates per CPU second "
+                       f"({speed['torch_threads']} torch thread(s), {speed['device']})")
         else:
+            extra = {}
             if not isinstance(scorer, CatalogueScorer):
                 raise ConfigError(f"{cfg.source}: model '{name}' (kind {run_cfg.model(name).kind}) "
                                   "cannot rank the whole catalogue; use eval.protocol=sampled "
@@ -197,7 +211,7 @@ def score_run(cfg: ExperimentConfig, run_cfg: ExperimentConfig, name: str, run: 
             summary = (f"{len(df)} examples ranked over the experiment's {len(catalogue)} items "
                        f"({len(scorer.item_ids)} scored by the model, the others worst-case), "
                        f"{n_nan} targets without a score")
-        write_with_meta(df, out, {**meta, "key": key, "invalid_scores": n_nan})
+        write_with_meta(df, out, {**meta, "key": key, "invalid_scores": n_nan, **extra})
         shutil.rmtree(parts, ignore_errors=True)
         log.info(f"{run}: {summary} -> {out}")
         written.append(out)

@@ -341,6 +341,13 @@ def test_report_table_pairs_teacher_plain_distilled_and_computes_the_gap(tmp_pat
     # per seed: (0.8 - 0.7) / (0.9 - 0.7) = 0.5 and (0.85 - 0.8) / (0.9 - 0.8) = 0.5
     assert rows[0]["gap"]["per_seed"] == pytest.approx([0.5, 0.5]) and rows[0]["gap"]["mean"] == pytest.approx(0.5)
     assert "| sasrec_d | teacher | sasrec | AUC |" in "\n".join(markdown(rows))
+    # candidates/s per model (as `mmrec report` reads them from the scores files), on the model's first row only
+    speed = {"teacher": {"rate": 400.0}, "sasrec": {"rate": 200_000.0}, "sasrec_d": {"rate": 500_000.0}}
+    rows = distillation(paths, runs, ["auc", "ndcg@10"], speed)
+    table = "\n".join(markdown(rows))
+    assert "| teacher cand/s (CPU) | plain cand/s (CPU) | distilled cand/s (CPU) | x teacher |" in table
+    assert "| 400 | 200,000 | 500,000 | 1,250x |" in table and rows[1]["speed"] is None
+    assert "| – | – | – | – |" in "\n".join(markdown(distillation(paths, runs, ["auc"], {})))
 
 
 def test_new_signals_make_a_new_student_run(tmp_path, synthetic_dataset):

@@ -12,6 +12,7 @@ import yaml
 
 from eval.protocol import SCORES_META_KEY
 from eval.significance import per_user_path
+from eval.throughput import read_throughput
 from mmrec.data.splits import SplitConfig, load_split, make_split
 from mmrec.experiment import ExperimentPaths
 from mmrec.io import hash_json, read_json
@@ -56,6 +57,9 @@ def test_pop_finetune_score_eval_through_the_cli(experiment, run_cli, caplog) ->
     cands = load_split(paths.split("loo")).candidates
     assert len(scores) == len(cands) and scores[["user_id", "stage", "item_id"]].equals(
         cands[["user_id", "stage", "item_id"]].reset_index(drop=True))
+    speed = read_throughput(paths.scores("pop"))  # the scoring's own clock, in the scores' metadata
+    assert speed["candidates"] == len(cands) and speed["resumed_candidates"] == 0
+    assert speed["cpu_s"] > 0 and speed["wall_s"] > 0 and speed["torch_threads"] >= 1 and speed["device"] == "cpu"
     code, out, err = run_cli("eval", cfg, "--compare", "pop", "pop_valid")
     assert code == 0, err
     assert "[test] protocol=sampled tie_policy=expected" in out and "Wilcoxon p=" in out
@@ -80,6 +84,7 @@ def test_pop_finetune_score_eval_through_the_cli(experiment, run_cli, caplog) ->
     caplog.clear()
     assert run_cli("score", cfg)[0] == 0
     assert "pop: scores up to date" in caplog.text
+    assert read_throughput(paths.scores("pop")) == speed  # a skipped file keeps the numbers it recorded
 
 
 def test_compare_pairs_shared_stages_and_refuses_another_tie_policy(experiment, run_cli) -> None:

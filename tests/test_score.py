@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from eval.score_cli import run_chunks, score_full, score_sampled
+from eval.score_cli import run_chunks, score_full, score_sampled, write_with_meta
+from eval.throughput import THROUGHPUT_KEY, ScoringClock, candidates_per_cpu_second, read_throughput, scorer_device
 from mmrec.errors import DataError
 from mmrec.ranking import target_ranks
 
@@ -70,6 +72,30 @@ def test_chunked_scoring_resumes_after_a_crash(tmp_path) -> None:
     again = _Counting()
     score_sampled(again, cands, batch_users=3, parts_dir=tmp_path / "parts", key="other", run="r")
     assert again.calls == 4
+
+
+def test_the_clock_times_the_scored_chunks_and_counts_the_resumed_ones(tmp_path) -> None:
+    cands = _candidates(10)
+    with pytest.raises(KeyboardInterrupt):
+        score_sampled(_Counting(fail_after=2), cands, batch_users=3, parts_dir=tmp_path / "parts", key="k", run="r")
+    clock = ScoringClock()
+    score_sampled(_Counting(), cands, batch_users=3, parts_dir=tmp_path / "parts", key="k", run="r", clock=clock)
+    assert (clock.candidates, clock.resumed_candidates) == (4 * 3, 6 * 3)  # users 6-9 scored now, 0-5 resumed
+    assert clock.cpu_s >= 0 and clock.wall_s > 0
+
+
+def test_throughput_is_written_with_the_scores_and_read_back(tmp_path) -> None:
+    clock = ScoringClock(candidates=3000, cpu_s=0.01, wall_s=0.02)
+    record = clock.record(_Counting())
+    assert record["torch_threads"] >= 1 and record["device"] == "cpu"  # a scorer without a device runs on the CPU
+    vlm_like = type("VLMLike", (), {"model": torch.nn.Linear(2, 2).to("meta")})()  # no `device`: its model's
+    assert scorer_device(vlm_like) == "meta"
+    path = write_with_meta(_candidates(1).assign(score=0.0), tmp_path / "s.parquet",
+                           {"key": "x", THROUGHPUT_KEY: record})
+    assert read_throughput(path) == record and read_throughput(tmp_path / "absent.parquet") is None
+    pooled = candidates_per_cpu_second([record, {**record, "candidates": 1000, "cpu_s": 0.03}, {"candidates": 0}])
+    assert pooled["rate"] == pytest.approx(4000 / 0.04) and pooled["runs"] == 2 and pooled["devices"] == ["cpu"]
+    assert candidates_per_cpu_second([{"candidates": 5, "cpu_s": 0.0}]) is None
 
 
 def test_interleaved_candidates_keep_the_file_order(tmp_path) -> None:

@@ -23,6 +23,7 @@ from mmrec.errors import DataError, MmrecError
 from mmrec.io import read_json
 from mmrec.models.ctr_features import Catalogue, check_template
 from mmrec.models.ctr_net import DLRM
+from mmrec.models.id_table import IdTable
 
 if TYPE_CHECKING:
     from mmrec.experiment import ExperimentConfig
@@ -99,7 +100,8 @@ def build_model(mcfg: CTRConfig, n_users: int, n_items: int, id_of_row: torch.Te
 
 class CTRScorer:
     """Scores candidates, or the whole catalogue, with a trained CTR network. A user's context is their
-    history in the split's examples for the candidate row's stage (valid or test)."""
+    history in the split's examples for the candidate row's stage (valid or test): those histories' catalogue rows
+    and user rows are looked up once, here, so `score` only joins candidate rows to them (`IdTable`)."""
 
     def __init__(self, model: DLRM, catalogue: Catalogue, users: list[str], examples: pd.DataFrame,
                  history_len: int, device: torch.device, batch_size: int = 65536) -> None:
@@ -111,8 +113,10 @@ class CTRScorer:
         self.device = device
         self.batch_size = batch_size
         evaluated = examples[examples["stage"] != "train"]
-        self.keys = pd.MultiIndex.from_arrays([evaluated["user_id"], evaluated["stage"]])
-        self.histories = list(evaluated["history"])
+        evaluated = evaluated[~evaluated.duplicated(["user_id", "stage"], keep="last")]  # the last one wins
+        self.keys = IdTable(evaluated["user_id"], evaluated["stage"])
+        self.history_matrix = catalogue.history_rows(list(evaluated["history"]), history_len)
+        self.user_rows = self._users(evaluated["user_id"])
 
     def _users(self, user_ids: Any) -> np.ndarray:
         """Embedding row per user (0 = a user not seen in training)."""
@@ -135,17 +139,14 @@ class CTRScorer:
 
     def score(self, candidates: pd.DataFrame) -> np.ndarray:
         """Logit per (user_id, stage, item_id) row; higher = more likely."""
-        keys = pd.MultiIndex.from_arrays([candidates["user_id"], candidates["stage"]])
-        pos = self.keys.get_indexer(keys)
+        pos = self.keys.positions(candidates["user_id"], candidates["stage"])
         if (pos < 0).any():
-            bad = keys[pos < 0][0]
+            bad = tuple(candidates.loc[pos < 0, ["user_id", "stage"]].iloc[0])
             raise DataError(f"{int((pos < 0).sum())} candidate rows have no (user_id, stage) example in the split, "
                             f"e.g. {bad}; score candidates of the split the model was trained on")
         uniq, group = np.unique(pos, return_inverse=True)
-        hists = self.catalogue.history_rows([self.histories[i] for i in uniq], self.history_len)
-        users = self._users(self.keys.get_level_values(0)[uniq])
-        cands = self.catalogue.rows(list(candidates["item_id"]), what="candidate items")
-        return self._forward(users, hists, cands, group.astype(np.int64))
+        cands = self.catalogue.rows(candidates["item_id"], what="candidate items")
+        return self._forward(self.user_rows[uniq], self.history_matrix[uniq], cands, group.astype(np.int64))
 
     def score_catalogue(self, examples: pd.DataFrame) -> np.ndarray:
         """[len(examples), len(item_ids)] logits; history items are not masked (the evaluation decides)."""

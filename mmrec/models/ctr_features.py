@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from mmrec.errors import ConfigError, DataError
+from mmrec.models.id_table import IdTable
 
 FUSION_FIELDS = ("item_text", "summary", "title", "text")
 
@@ -42,16 +43,16 @@ class Catalogue:
 
     def __init__(self, item_ids: Sequence[str]) -> None:
         self.item_ids = list(item_ids)
-        self.row = pd.Index(self.item_ids)
-        if self.row.has_duplicates:
+        if pd.Index(self.item_ids).has_duplicates:
             raise DataError("item table has duplicate item ids")
+        self.table = IdTable(self.item_ids)
 
     def __len__(self) -> int:
         return len(self.item_ids)
 
     def rows(self, item_ids: Sequence[str], what: str = "items") -> np.ndarray:
         """Row per id; an id outside the catalogue is a data error naming it."""
-        pos = self.row.get_indexer(pd.Index(item_ids))
+        pos = self.table.positions(item_ids)
         if (pos < 0).any():
             bad = np.asarray(item_ids, dtype=object)[pos < 0][0]
             raise DataError(f"{int((pos < 0).sum())} {what} are not in the dataset's item table, e.g. {bad!r}")

@@ -103,6 +103,23 @@ class SASRec(SequentialModel):
         mask = nn.Transformer.generate_square_subsequent_mask(length, device=items.device)
         return self.encoder(x, mask=mask, is_causal=True)
 
+    def final_hidden(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """[B, hidden] state at each sequence's last item. In evaluation the last layer runs at that position only
+        (its attention still reads every earlier position): the scorer's forward costs about a third less."""
+        if self.training:
+            return super().final_hidden(items, lengths)
+        *first, last = self.encoder.layers
+        positions = torch.arange(items.shape[1], device=items.device)
+        x = self.norm(self.item_embedding(items) + self.position_embedding(positions))
+        mask = nn.Transformer.generate_square_subsequent_mask(items.shape[1], device=items.device)
+        for layer in first:
+            x = layer(x, src_mask=mask, is_causal=True)
+        query = x[torch.arange(items.shape[0], device=items.device), lengths - 1][:, None]  # [B, 1, hidden]
+        after_last = positions[None, :] >= lengths[:, None]  # the causal mask of the query's row
+        att = last.self_attn(query, x, x, key_padding_mask=after_last, need_weights=False)[0]
+        h = last.norm1(query + last.dropout1(att))
+        return last.norm2(h + last._ff_block(h))[:, 0]
+
 
 def build_model(cfg: SASRecConfig, n_items: int) -> SASRec:
     return SASRec(n_items, cfg.max_len, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.inner_size, cfg.dropout)

@@ -26,6 +26,7 @@ from mmrec.device import resolve_device
 from mmrec.distill.config import DistillSection
 from mmrec.errors import ConfigError, DataError, MmrecError
 from mmrec.io import read_json
+from mmrec.models.id_table import IdTable
 
 if TYPE_CHECKING:
     from mmrec.experiment import ExperimentConfig
@@ -95,6 +96,7 @@ class ItemVocab:
         self.index = {item: i + 1 for i, item in enumerate(self.item_ids)}
         if len(self.index) != len(self.item_ids):
             raise DataError("item vocabulary has duplicate ids")
+        self.table = IdTable(self.item_ids)  # 0-based rows; `lookup` adds 1
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -108,8 +110,8 @@ class ItemVocab:
         return [i for i in (self.index.get(item, PAD) for item in items) if i != PAD]
 
     def lookup(self, items: Sequence[str]) -> np.ndarray:
-        """Index per item, PAD for unseen ones (callers give those UNSEEN_SCORE)."""
-        return np.fromiter((self.index.get(item, PAD) for item in items), dtype=np.int64, count=len(items))
+        """Index per item, PAD for unseen ones (callers give those UNSEEN_SCORE); one vectorised join."""
+        return self.table.positions(items) + 1
 
 
 def windows(seq: Sequence[int], max_len: int) -> list[list[int]]:
@@ -144,6 +146,11 @@ class SequentialModel(nn.Module):
     def item_scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., D] -> [..., n_items] scores over items 1..n (padding excluded)."""
         return hidden @ self.item_embedding.weight[1:].T
+
+    def final_hidden(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """[B, D] hidden state after each right-padded sequence's last item (`lengths` >= 1 items read; an empty
+        history reads position 0). A model may override it to skip work at the positions nobody reads."""
+        return self(items)[torch.arange(items.shape[0], device=items.device), lengths - 1]
 
 
 def sample_negatives(target: torch.Tensor, n_items: int, k: int,
@@ -182,14 +189,16 @@ def sequence_loss(model: SequentialModel, batch: torch.Tensor, loss: str = "ce",
 
 def last_hidden(model: SequentialModel, batch: torch.Tensor) -> torch.Tensor:
     """[B, D] hidden state after each right-padded sequence's last item (an empty history reads position 0)."""
-    lengths = (batch != PAD).sum(1).clamp(min=1)
-    hidden = model(batch)
-    return hidden[torch.arange(batch.shape[0], device=batch.device), lengths - 1]
+    return model.final_hidden(batch, (batch != PAD).sum(1).clamp(min=1))
 
 
 class SequentialScorer:
     """Scores candidates (and the whole catalogue) with a trained sequential model.
-    A user's context is their history in the split (`examples`) for the candidate row's stage."""
+    A user's context is their history in the split (`examples`) for the candidate row's stage.
+
+    Speed: the evaluated histories are encoded once, here, into a right-padded index matrix; `score` then
+    looks rows and items up with vectorised index joins and runs one forward per `batch_size` users, cut to the
+    longest history among them (position t reads positions 0..t only, so the padding after it changes nothing)."""
 
     def __init__(self, model: SequentialModel, vocab: ItemVocab, examples: pd.DataFrame, max_len: int,
                  device: torch.device, batch_size: int = 512):
@@ -200,15 +209,24 @@ class SequentialScorer:
         self.device = device
         self.batch_size = batch_size
         evaluated = examples[examples["stage"] != "train"]
-        self.histories = {(u, s): h for u, s, h in zip(evaluated["user_id"], evaluated["stage"], evaluated["history"])}
+        evaluated = evaluated[~evaluated.duplicated(["user_id", "stage"], keep="last")]  # the last one wins
+        self.keys = IdTable(evaluated["user_id"], evaluated["stage"])
+        self.history_items, self.history_lengths = encode_histories(vocab, evaluated["history"], max_len)
 
     @torch.no_grad()
+    def _states(self, items: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        """[len(items), hidden] model state after each encoded history (`encode_histories` rows), on device."""
+        out = []
+        for sl in batches(len(items), self.batch_size):
+            width = max(1, int(lengths[sl].max()))
+            batch = torch.from_numpy(np.ascontiguousarray(items[sl, :width])).to(self.device)
+            read = torch.from_numpy(np.maximum(lengths[sl], 1)).to(self.device)
+            out.append(self.model.final_hidden(batch, read))
+        return torch.cat(out) if out else torch.empty(0, self.model.item_embedding.embedding_dim, device=self.device)
+
     def user_states(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
         """[len(histories), hidden] model state after each history (its last max_len known items), on device."""
-        encoded = [self.vocab.encode(list(h))[-self.max_len:] for h in histories]
-        out = [last_hidden(self.model, pad_batch(encoded[sl], self.max_len).to(self.device))
-               for sl in batches(len(encoded), self.batch_size)]
-        return torch.cat(out) if out else torch.empty(0, self.model.item_embedding.embedding_dim, device=self.device)
+        return self._states(*encode_histories(self.vocab, histories, self.max_len))
 
     @torch.no_grad()
     def score_catalogue(self, examples: pd.DataFrame) -> np.ndarray:
@@ -219,23 +237,42 @@ class SequentialScorer:
     @torch.no_grad()
     def score(self, candidates: pd.DataFrame) -> np.ndarray:
         """One dot product per candidate row (never a catalogue-wide matrix), UNSEEN_SCORE for unseen items."""
-        keys = list(zip(candidates["user_id"], candidates["stage"]))
-        order = list(dict.fromkeys(keys))
-        missing = [k for k in order if k not in self.histories]
-        if missing:
+        pos = self.keys.positions(candidates["user_id"], candidates["stage"])
+        if (pos < 0).any():
+            missing = candidates.loc[pos < 0, ["user_id", "stage"]].drop_duplicates()
             raise DataError(f"{len(missing)} candidate (user_id, stage) pair(s) have no example in the split, "
-                            f"e.g. {missing[0]}; score candidates of the split the model was trained on")
-        states = self.user_states([self.histories[k] for k in order])
-        row_of = {k: i for i, k in enumerate(order)}
-        rows = torch.as_tensor(np.fromiter((row_of[k] for k in keys), dtype=np.int64, count=len(keys)))
-        items = torch.as_tensor(self.vocab.lookup(list(candidates["item_id"])))
-        out = np.full(len(keys), UNSEEN_SCORE, dtype=np.float64)
+                            f"e.g. {tuple(missing.iloc[0])}; score candidates of the split the model was trained on")
+        users, rows = np.unique(pos, return_inverse=True)
+        states = self._states(self.history_items[users], self.history_lengths[users])
+        items = self.vocab.lookup(candidates["item_id"])
+        out = np.full(len(pos), UNSEEN_SCORE, dtype=np.float64)
         chunk = max(1, self.batch_size * 64)
-        for sl in batches(len(keys), chunk):
-            r, i = rows[sl].to(self.device), items[sl].to(self.device)
+        for sl in batches(len(pos), chunk):
+            r = torch.from_numpy(rows[sl].astype(np.int64)).to(self.device)
+            i = torch.from_numpy(items[sl]).to(self.device)
             values = (states[r] * self.model.item_embedding(i)).sum(-1).double().cpu().numpy()
-            out[sl] = np.where(items[sl].numpy() == PAD, UNSEEN_SCORE, values)
+            out[sl] = np.where(items[sl] == PAD, UNSEEN_SCORE, values)
         return out
+
+
+def encode_histories(vocab: ItemVocab, histories: Sequence[Sequence[str]], max_len: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """([n, max_len] right-padded indices of each history's last max_len known items, [n] their counts): what
+    `vocab.encode(h)[-max_len:]` padded by `pad_batch(..., max_len)` gives, without a Python loop over items."""
+    histories = list(histories)
+    sizes = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+    flat = vocab.lookup(np.concatenate([np.asarray(h, dtype=object) for h in histories])
+                        if sizes.sum() else np.empty(0, dtype=object))
+    row = np.repeat(np.arange(len(histories)), sizes)
+    known = flat != PAD
+    flat, row = flat[known], row[known]
+    counts = np.bincount(row, minlength=len(histories))
+    first = np.cumsum(counts) - counts                         # where each history starts in `flat`
+    col = np.arange(len(flat)) - first[row] - np.maximum(counts - max_len, 0)[row]
+    keep = col >= 0                                            # drop all but the last max_len known items
+    out = np.full((len(histories), max_len), PAD, dtype=np.int64)
+    out[row[keep], col[keep]] = flat[keep]
+    return out, np.minimum(counts, max_len)
 
 
 # Files of a sequential run's checkpoint directory (written by finetune/sequential.py).
