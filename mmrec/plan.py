@@ -322,10 +322,12 @@ def vlm_stages(cfg: Any, name: str, data: DataStats, population: Users | None = 
     need = suffix_max + ANSWER_TOKENS + 1
     split = cfg.section("split")
     cached = mcfg.prefix_cacheable and m.shape.model_type in vlm_scorer.CACHE_FAMILIES
+    kept_prefix = max(1, min(prefix, max_length - suffix_max - ANSWER_TOKENS))
     patches = 0
     if mcfg.use_image and data.sizes:
-        patches = int(statistics.median([m.tokens.tiles(*s) for s in set(data.sizes)])) * m.shape.vision["tokens"]
-    cost = PromptCost.of(m.shape, prefix, suffix_median, patches, cached)
+        per_size = {s: m.tokens.tiles(*s) for s in set(data.sizes)}
+        patches = int(statistics.median([per_size[s] for s in data.sizes])) * m.shape.vision["tokens"]
+    cost = PromptCost.of(m.shape, kept_prefix, suffix_median, patches, cached)
     out = []
     host = _host(m, mcfg, data, big, prefix, suffix_max, getattr(vlm_scorer, "MAX_CACHED", 4096))
     if mcfg.finetune:
@@ -345,7 +347,6 @@ def vlm_stages(cfg: Any, name: str, data: DataStats, population: Users | None = 
                                finetune_time(cost, population, cfg, tcfg, assumed) if population else None))
     batch = mcfg.score.batch_size
     users = max(1, batch // (split.negatives + 1)) if cached else 1
-    kept_prefix = max(1, min(prefix, max_length - suffix_max - ANSWER_TOKENS))
     gpu = scoring(mcfg.model, m.shape, users, Batch(batch, suffix_max, tiles), kept_prefix, cached)
     note = (f"prefix cache on: {users} user prefix(es) of {kept_prefix} tokens per batch of {batch} candidates"
             if cached else f"plain forwards of {batch} whole prompts (prefix cache off)")
