@@ -117,3 +117,20 @@ def test_cli_states_its_assumptions_and_scales_with_them(tmp_path, tiny_next, ru
 def test_every_gpu_has_a_dense_bf16_peak():
     assert set(GPUS) == {"h100", "h200", "a100", "l40s", "4090"}
     assert all(100e12 < peak < 2000e12 for _, peak in GPUS.values())
+
+
+@pytest.mark.parametrize("settings, forwards", [
+    ({"examples": "last", "last_k": 3, "n_sampled": 20}, 80 * 3 * 21),
+    ({"examples": "last", "last_k": 9, "n_sampled": 20}, 80 * 5 * 21),  # a paper sequence has top_k - 1 = 5 positions
+    ({"examples": "all", "n_sampled": 10}, 80 * 5 * 11),
+    ({"examples": "sample", "sample": 50, "n_sampled": 20}, 50 * 21),
+    ({"candidates": "student", "student_run": "sasrec", "top_m": 7}, 80 * 1 * 8),
+    ({"candidates": "both", "student_run": "sasrec", "top_m": 7, "n_sampled": 4}, 80 * 1 * 12),
+])
+def test_signal_forwards_by_hand(settings, forwards):
+    from mmrec.distill.config import DistillSection
+    from mmrec.plan_time import Users, signals_forwards
+
+    users = Users(train=80, valid=10, test=10, source="test")
+    counted, how = signals_forwards(DistillSection(teacher="t", **settings), users, top_k=6)
+    assert counted == forwards and "at most" in how
