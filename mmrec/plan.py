@@ -3,8 +3,10 @@
 Per stage (item summaries, user summaries, finetune and scoring of each `kind: vlm` model): prompt tokens (max and
 median, images included, counted with the checkpoint's own tokenizer and its processor's image settings), whether
 `max_length` fits the longest image prompt, the GPU memory of one process (`mmrec.plan_memory`) and the host memory
-of the scorer's caches. Image sizes come from the dataset's items table (sizes recorded at import, or read from
-each image file's header; pixels are never decoded); without a dataset the plan assumes `ASSUMED_SIZES` and says so.
+of the scorer's caches; for the finetune, score and distillation-signals stages an estimate of their GPU time from
+their FLOPs (`mmrec.plan_time`: the GPU type and utilisation are stated assumptions). Image sizes come from the
+dataset's items table (sizes recorded at import, or read from each image file's header; pixels are never decoded);
+without a dataset the plan assumes `ASSUMED_SIZES` and says so.
 """
 from __future__ import annotations
 
@@ -18,6 +20,17 @@ from typing import Any
 from mmrec.errors import ConfigError, MmrecError
 from mmrec.plan_memory import CONTEXT_MARGIN, Batch, generation, gib, scoring, training
 from mmrec.plan_model import ModelShape, Tokens, shape_of
+from mmrec.plan_time import (
+    Assumptions,
+    PromptCost,
+    StageTime,
+    Users,
+    finetune_time,
+    hours,
+    score_time,
+    signals_time,
+    users_of,
+)
 
 # Image sizes (width, height) assumed without a dataset: a square product photo, a 4:3 photo, a 16:9 video cover.
 ASSUMED_SIZES = ((500, 500), (1000, 750), (1280, 720))
@@ -40,6 +53,7 @@ class StageBudget:
     limit: int | None = None
     needs: int | None = None  # the smallest limit that fits the longest image prompt
     notes: list[str] = field(default_factory=list)
+    time: StageTime | None = None
 
     @property
     def fits(self) -> bool:
@@ -52,6 +66,8 @@ class Plan:
     data: str  # where prompt lengths came from, or what was assumed
     stages: list[StageBudget] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    assumed: Assumptions = field(default_factory=Assumptions)
+    users: Users | None = None
 
     def refusals(self, stages: set[str] | None = None) -> list[str]:
         """One message per length key too small for some stage (of `stages`, default all), with the value that
@@ -84,7 +100,15 @@ class Plan:
             if s.host:
                 lines.append(f"  host memory of caches: {gib(sum(s.host.values()))}")
                 lines += [f"    {k:<26} {gib(v)}" for k, v in s.host.items()]
+            lines += [f"  {s.time.text()}"] if s.time else []
             lines += [f"  note: {n}" for n in s.notes]
+        timed = [s.time.seconds for s in self.stages if s.time]
+        if timed:
+            lines += ["", f"GPU time of the timed stages (estimate): {hours(sum(timed))} on {self.assumed.text()} "
+                          f"(--gpu, --mfu); users: {self.users.source}"]
+        elif self.stages:
+            lines += ["", "GPU time: not estimated (counted for the paper protocol only, from the dataset's users "
+                          "or --users N)"]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -100,6 +124,7 @@ class DataStats:
     note: str
     history: int  # longest history a user prompt lists (direct mode)
     dataset_dir: Path | None = None
+    users: int | None = None  # users with 2 interactions or more (None without a dataset)
 
 
 def data_stats(cfg: Any) -> DataStats:
@@ -130,10 +155,11 @@ def data_stats(cfg: Any) -> DataStats:
         if w and h:
             sizes.append((int(w), int(h)))
     inter = read_table(root / INTERACTIONS_FILE, ["user_id"], remedy=REMAKE).to_pandas()
-    longest = int(inter["user_id"].value_counts().max()) - 1 if len(inter) else 0
+    per_user = inter["user_id"].value_counts()
+    longest = int(per_user.max()) - 1 if len(inter) else 0
     history = min(longest, split.max_history or longest, split.top_k - 1 if split.protocol == "paper" else longest)
     note = f"{root}: {len(items):,} items, {len(sizes):,} image sizes read"
-    return DataStats(titles or [""], texts or [""], sizes, note, max(history, 1), root)
+    return DataStats(titles or [""], texts or [""], sizes, note, max(history, 1), root, int((per_user >= 2).sum()))
 
 
 def _header_size(path: Path) -> tuple[int, int]:
@@ -266,7 +292,9 @@ def _title_extremes(m: _Model, titles: list[str]) -> list[str]:
     return [titles[order[-1]], titles[order[len(order) // 2]]]
 
 
-def vlm_stages(cfg: Any, name: str, data: DataStats) -> list[StageBudget]:
+def vlm_stages(cfg: Any, name: str, data: DataStats, population: Users | None = None,
+               assumed: Assumptions = Assumptions()) -> tuple[list[StageBudget], PromptCost]:
+    """finetune:<name> (when trained) and score:<name>, and the cost of one of the model's prompts."""
     from mmrec.models import vlm_scorer
     from mmrec.models.vlm_prompt import PromptBuilder
 
@@ -293,6 +321,13 @@ def vlm_stages(cfg: Any, name: str, data: DataStats) -> list[StageBudget]:
     # the image, title and question are never cut, the answer always has room, and at least one prefix token stays
     need = suffix_max + ANSWER_TOKENS + 1
     split = cfg.section("split")
+    cached = mcfg.prefix_cacheable and m.shape.model_type in vlm_scorer.CACHE_FAMILIES
+    kept_prefix = max(1, min(prefix, max_length - suffix_max - ANSWER_TOKENS))
+    patches = 0
+    if mcfg.use_image and data.sizes:
+        per_size = {s: m.tokens.tiles(*s) for s in set(data.sizes)}
+        patches = int(statistics.median([per_size[s] for s in data.sizes])) * m.shape.vision["tokens"]
+    cost = PromptCost.of(m.shape, kept_prefix, suffix_median, patches, cached)
     out = []
     host = _host(m, mcfg, data, big, prefix, suffix_max, getattr(vlm_scorer, "MAX_CACHED", 4096))
     if mcfg.finetune:
@@ -308,16 +343,46 @@ def vlm_stages(cfg: Any, name: str, data: DataStats) -> list[StageBudget]:
                                prefix + suffix_median + ANSWER_TOKENS, gpu,
                                host if hasattr(mcfg.score, "cache_mb") else  # one cache shared with validation
                                {k + " (x2: train + valid)": 2 * v for k, v in host.items()},
-                               limit_key, max_length, need, notes + _approx(m)))
-    cached = mcfg.prefix_cacheable and m.shape.model_type in vlm_scorer.CACHE_FAMILIES
+                               limit_key, max_length, need, notes + _approx(m),
+                               finetune_time(cost, population, cfg, tcfg, assumed) if population else None))
     batch = mcfg.score.batch_size
     users = max(1, batch // (split.negatives + 1)) if cached else 1
-    kept_prefix = max(1, min(prefix, max_length - suffix_max - ANSWER_TOKENS))
     gpu = scoring(mcfg.model, m.shape, users, Batch(batch, suffix_max, tiles), kept_prefix, cached)
     note = (f"prefix cache on: {users} user prefix(es) of {kept_prefix} tokens per batch of {batch} candidates"
             if cached else f"plain forwards of {batch} whole prompts (prefix cache off)")
     out.append(StageBudget(f"score:{name}", mcfg.model.name_or_path, prefix + suffix_max, prefix + suffix_median,
-                           gpu, host, limit_key, max_length, need, [note] + _approx(m)))
+                           gpu, host, limit_key, max_length, need, [note] + _approx(m),
+                           score_time(cost, population, cfg, assumed) if population else None))
+    return out, cost
+
+
+def signal_stages(cfg: Any, score_stages: dict[str, StageBudget], costs: dict[str, PromptCost], data: DataStats,
+                  users: Users | None, assumed: Assumptions) -> list[StageBudget]:
+    """signals:<student> of every distilled student whose teacher was planned: the teacher's scorer (its score
+    stage's memory), timed by the pairs it scores. Students with the same teacher run and signal settings share
+    one table (the cache is keyed by teacher, preference and item), so only the first is counted."""
+    import dataclasses
+
+    from mmrec.distill.signals import distill_section
+
+    out, seen = [], {}
+    for name in cfg.model_names():
+        if getattr(cfg.model(name), "distill", None) is None:
+            continue
+        dcfg = distill_section(cfg, name)
+        if dcfg.teacher not in score_stages:
+            continue
+        key = (dcfg.teacher, dcfg.teacher_run, tuple(sorted(dcfg.signal_settings().items())))
+        stage = dataclasses.replace(score_stages[dcfg.teacher], stage=f"signals:{name}", host={}, time=None,
+                                    notes=[f"teacher {dcfg.teacher}: the memory of score:{dcfg.teacher}"])
+        if key in seen:
+            stage.notes.append(f"the same teacher and signal settings as {seen[key]}: its cached teacher scores "
+                               "are reused (no forward counted here)")
+        elif users:
+            items = len(data.titles) if data.dataset_dir is not None else None
+            stage.time = signals_time(costs[dcfg.teacher], users, dcfg, cfg.section("split").top_k, items, assumed)
+        seen.setdefault(key, stage.stage)
+        out.append(stage)
     return out
 
 
@@ -356,11 +421,19 @@ def _host(m: _Model, mcfg: Any, data: DataStats, big: tuple[int, int], prefix: i
 
 
 # -- the plan ---------------------------------------------------------------------------------------------------
-def make_plan(cfg: Any, strict: bool = True) -> Plan:
+def make_plan(cfg: Any, strict: bool = True, assumed: Assumptions = Assumptions()) -> Plan:
     """The budget of every stage of `cfg`. `strict=False` (under `mmrec run`): a model the plan cannot find
-    offline is noted and skipped instead of refused, since the run itself may download it."""
+    offline is noted and skipped instead of refused, since the run itself may download it. `assumed`: the GPU,
+    utilisation and (without a dataset) user count of the time estimates."""
     data = data_stats(cfg)
-    plan = Plan(cfg.source, data.note)
+    users = users_of(cfg, data.users, assumed)
+    plan = Plan(cfg.source, data.note, assumed=assumed, users=users)
+    costs: dict[str, PromptCost] = {}
+
+    def vlm(name: str) -> list[StageBudget]:
+        stages, costs[name] = vlm_stages(cfg, name, data, users, assumed)
+        return stages
+
     jobs: list[tuple[str, Any]] = []
     if cfg.has("item_summaries"):
         jobs.append(("item_summaries.model", lambda: [item_stage(cfg, data)]))
@@ -368,7 +441,7 @@ def make_plan(cfg: Any, strict: bool = True) -> Plan:
         jobs.append(("user_summaries.model", lambda: [user_stage(cfg, data)]))
     for name in cfg.model_names():
         if cfg.model(name).kind == "vlm":
-            jobs.append((f"models.{name}.model", lambda n=name: vlm_stages(cfg, n, data)))
+            jobs.append((f"models.{name}.model", lambda n=name: vlm(n)))
     for key, job in jobs:
         try:
             plan.stages += job()
@@ -376,6 +449,8 @@ def make_plan(cfg: Any, strict: bool = True) -> Plan:
             if strict:
                 raise
             plan.notes.append(f"{key}: not planned: {e}")
+    score_stages = {s.stage.split(":", 1)[1]: s for s in plan.stages if s.stage.startswith("score:")}
+    plan.stages += signal_stages(cfg, score_stages, costs, data, users, assumed)
     if not jobs:
         plan.notes.append("no VLM or LLM stage in this config: nothing to budget")
     return plan
