@@ -36,7 +36,6 @@ from mmrec.plan_time import (
 ASSUMED_SIZES = ((500, 500), (1000, 750), (1280, 720))
 ASSUMED_TITLE = "Organic cotton baby sleeping bag with zip, 0-6 months, grey stars"  # 12 words, a typical title
 ANSWER_TOKENS = 2  # " Yes"/" No" and end of sequence after a training prompt
-PY_INT_BYTES = 36  # one token id in a Python list (8-byte slot + int object)
 
 
 @dataclass
@@ -329,7 +328,7 @@ def vlm_stages(cfg: Any, name: str, data: DataStats, population: Users | None = 
         patches = int(statistics.median([per_size[s] for s in data.sizes])) * m.shape.vision["tokens"]
     cost = PromptCost.of(m.shape, kept_prefix, suffix_median, patches, cached)
     out = []
-    host = _host(m, mcfg, data, big, prefix, suffix_max, getattr(vlm_scorer, "MAX_CACHED", 4096))
+    host = _host(mcfg)
     if mcfg.finetune:
         rows = min(max_length, prefix + suffix_max + ANSWER_TOKENS)
         gpu = training(mcfg.model, m.shape, mcfg.lora, tcfg, mcfg.loss, Batch(tcfg.batch_size, rows, tiles))
@@ -397,26 +396,14 @@ def _preference(cfg: Any, mcfg: Any, m: _Model, data: DataStats) -> str:
     return filler(m.tokens, new)
 
 
-def _host(m: _Model, mcfg: Any, data: DataStats, big: tuple[int, int], prefix: int, suffix: int,
-          max_cached: int) -> dict[str, int]:
-    """Host bytes of one scorer's caches at their bound. With `score.cache_mb` (byte-bounded caches) that bound and
-    the context's decoded-image cache; otherwise `max_cached` encoded items (float32 pixels) and prefixes and as
-    many decoded images."""
+def _host(mcfg: Any) -> dict[str, int]:
+    """Host bytes of one scorer's caches at their bounds: encoded items and prefixes share `score.cache_mb`, decoded
+    images the context's image cache."""
     from mmrec.models import vlm_context
 
-    cache_mb = getattr(mcfg.score, "cache_mb", None)
-    if cache_mb is not None:
-        out = {"encoded items + prefixes (score.cache_mb)": int(cache_mb * 2**20)}
-        image_mb = getattr(vlm_context, "IMAGE_CACHE_MB", None)
-        if mcfg.use_image and image_mb is not None:
-            out["decoded images"] = int(image_mb * 2**20)
-        return out
-    known = data.dataset_dir is not None  # without a dataset every cache is assumed full
-    n = min(max_cached, len(data.titles)) if known else max_cached
-    out = {"encoded items": n * suffix * PY_INT_BYTES, "encoded prefixes": max_cached * prefix * PY_INT_BYTES}
-    if mcfg.use_image and data.sizes:
-        out["encoded items"] += n * m.tokens.pixel_bytes(*big)
-        out["decoded images"] = (min(max_cached, len(data.sizes)) if known else max_cached) * big[0] * big[1] * 3
+    out = {"encoded items + prefixes (score.cache_mb)": int(mcfg.score.cache_mb * 2**20)}
+    if mcfg.use_image:
+        out["decoded images"] = int(vlm_context.IMAGE_CACHE_MB * 2**20)
     return out
 
 
