@@ -6,8 +6,6 @@ can never disagree on what an option means.
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +21,10 @@ def load_options(cfg: PrepConfig, where: str = "config") -> Any:
     if cfg.source not in SOURCES:
         raise ConfigError(f"{where}: key 'data.source' must be one of {', '.join(SOURCES)}, got {cfg.source!r}")
     _, options_cls = source(cfg.source)
-    known = [f.name for f in dataclasses.fields(options_cls)]
-    for key in cfg.options:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise ConfigError(f"{where}: unknown key 'data.options.{key}' for source {cfg.source!r}; {hint}"
-                              f"valid keys: {', '.join(sorted(known))} (see `mmrec prep {cfg.source} --help`)")
-    return from_dict(options_cls, cfg.options, where=where, prefix="data.options")
+    try:
+        return from_dict(options_cls, cfg.options, where=where, prefix="data.options")
+    except ConfigError as e:
+        raise ConfigError(f"{e} (see `mmrec prep {cfg.source} --help`)") from None
 
 
 def prep_from_config(cfg: PrepConfig, out: Path, where: str = "config") -> dict[str, Any]:

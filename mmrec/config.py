@@ -196,8 +196,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config", 
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(fields))}"
-            raise ConfigError(f"{where}: unknown key '{dotted}'{hint}")
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{where}: unknown key '{dotted}'{hint} valid keys: {', '.join(sorted(fields))}")
         kwargs[key] = _coerce(value, hints[key], dotted, where)
     missing = [
         n for n, f in fields.items()
