@@ -14,14 +14,17 @@ and the full (gathered) trainable state for saving and resuming under FSDP.
 - State: under FSDP the trainable tensors and the optimizer state are gathered in full (torch's
   `get_model_state_dict` / `get_optimizer_state_dict`, frozen base weights left out) and written in the same
   checkpoint layout as one process writes (safetensors + json); resuming scatters them back.
+- Exit: a launched process leaves through `end_process`, which tears the process group down and exits at once.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -107,6 +110,25 @@ def on_main(accelerator: Any, decide: Callable[[], Any]) -> Any:
     if error is not None:
         raise error
     return result
+
+
+def end_process(code: int) -> NoReturn:
+    """Exit with `code`; a process of a multi-process launch first waits for the others (on success), destroys
+    the process group and flushes its logs, then exits without the interpreter's teardown. torch 2.14's FSDP2
+    keeps the process group alive past `destroy_process_group` (DTensor's sharding caches hold its device mesh),
+    and the group's threads can then abort that teardown (SIGABRT in about 1 of 10 runs of two CPU processes over
+    gloo), which the launcher reports as a failed run after the run has finished."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        sys.exit(code)
+    if code == 0:
+        dist.barrier()
+    dist.destroy_process_group()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def base_spec(spec: Any, sharded: bool) -> Any:

@@ -38,6 +38,7 @@ TWO_PROC_TRAIN = {**QUICK_TRAIN, "lr": 1e-2, "batch_size": 8, "epochs": 1, "vali
 # same command runs again and must resume from it (the processes and their process group are reused).
 CRASH_THEN_RESUME = """import sys
 import finetune.vlm_lora as recipe
+from finetune.distributed import end_process
 from mmrec.cli import main
 real, calls = recipe.checkpoint, []
 def crash_after_first(*args, **kwargs):
@@ -47,7 +48,7 @@ def crash_after_first(*args, **kwargs):
         raise KeyboardInterrupt
 recipe.checkpoint = crash_after_first
 assert main(["finetune", *sys.argv[1:]]) == 130
-sys.exit(main(["finetune", *sys.argv[1:]]))
+end_process(main(["finetune", *sys.argv[1:]]))
 """
 
 
@@ -170,7 +171,7 @@ LOCKSTEP = """import copy
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
-from finetune.distributed import Lockstep
+from finetune.distributed import Lockstep, end_process
 
 class Toy(torch.nn.Module):
     def __init__(self):
@@ -199,6 +200,7 @@ with torch.no_grad(), Lockstep(model, dummy.__getitem__, torch.device("cpu")) as
             x["pixel_values"] = torch.randn(2, 4)
         torch.testing.assert_close(model(**x), reference(**x))
 print(f"rank {rank}: {len(plan)} forwards, {lock.throwaway} throwaway")
+end_process(0)
 """
 
 
@@ -305,3 +307,11 @@ def test_the_main_processs_decision_or_error_reaches_every_process():
 
     with pytest.raises(ConfigError, match="another run's settings"):
         on_main(main, refuse)
+
+
+def test_end_process_outside_a_launch_is_a_plain_exit():
+    from finetune.distributed import end_process
+
+    with pytest.raises(SystemExit) as exit_:
+        end_process(3)
+    assert exit_.value.code == 3
