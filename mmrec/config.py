@@ -178,7 +178,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if tp is Path:
         if not isinstance(value, (str, Path)):
             raise ConfigError(f"{where}: key '{key}' must be a path string, got {value!r}")
-        return Path(value)
+        return Path(value).expanduser()  # YAML does not pass through a shell: `~/runs` is the home folder's
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise ConfigError(f"{where}: key '{key}' must be {_type_name(tp)}, got {value!r}")

@@ -216,3 +216,16 @@ def test_split_command_has_no_table_of_its_own():
     from data_prep import split_cli
 
     assert not hasattr(split_cli, "_FIELDS")
+
+
+def test_a_leading_tilde_in_a_config_path_is_the_home_folder(tmp_path, monkeypatch):
+    """YAML does not expand `~` as a shell does: `experiment.dir: ~/runs/x` must not make a folder named `~`."""
+    from mmrec.experiment import ExperimentSection
+    from mmrec.vlm import ModelSpec
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    section = from_dict(ExperimentSection, {"dir": "~/runs/x"}, where="exp.yaml", prefix="experiment")
+    assert section.dir == tmp_path / "runs" / "x"
+    spec = from_dict(ModelSpec, {"name_or_path": "~/models/llava"}, where="exp.yaml", prefix="m.model")
+    assert spec.name_or_path == str(tmp_path / "models" / "llava")
+    assert ModelSpec(name_or_path="llava-hf/llava-1.5-7b-hf").name_or_path == "llava-hf/llava-1.5-7b-hf"

@@ -144,3 +144,16 @@ def test_image_encoder_errors_are_clear(tmp_path, images):
     with pytest.raises(DataError, match="image file not found"):
         embed_images(ImageEncoder(ImageEncoderConfig(model="ViT-B-32", pretrained=None)),
                      [tmp_path / "missing.png"], tmp_path)
+
+
+def test_encoder_folders_may_start_at_the_home_folder(tmp_path, monkeypatch):
+    minilm = TextEncoder(TextEncoderConfig(model="minilm"))
+    clip = build_tiny_open_clip(tmp_path / "clip")
+    (tmp_path / "text").symlink_to(minilm.source, target_is_directory=True)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    text = TextEncoder(TextEncoderConfig(model="~/text"))
+    assert text.local and text.identity == minilm.identity and text.dim == minilm.dim
+    image = ImageEncoder(ImageEncoderConfig(model="~/clip"))
+    assert image.local == clip and image.identity == ImageEncoder(ImageEncoderConfig(model=str(clip))).identity
+    assert ImageEncoderConfig(pretrained="~/w.safetensors").pretrained == str(tmp_path / "w.safetensors")
+    assert ImageEncoderConfig().pretrained == "openai"

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -38,6 +39,10 @@ class ImageEncoderConfig:
     pretrained: str | None = "openai"  # open_clip tag or a local .safetensors file; ignored for a directory
     batch_size: int = 32
 
+    def __post_init__(self) -> None:
+        if self.pretrained:  # `~/clip.safetensors`: a file, as in a shell
+            self.pretrained = os.path.expanduser(self.pretrained)
+
 
 @contextlib.contextmanager
 def _quiet_open_clip() -> Iterator[None]:
@@ -51,8 +56,8 @@ def _quiet_open_clip() -> Iterator[None]:
 
 
 def _local_dir(model: str) -> Path | None:
-    name = model.removeprefix("local-dir:")
-    return Path(name) if Path(name).is_dir() else None
+    path = Path(model.removeprefix("local-dir:")).expanduser()
+    return path if path.is_dir() else None
 
 
 class ImageEncoder:

