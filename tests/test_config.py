@@ -229,3 +229,10 @@ def test_a_leading_tilde_in_a_config_path_is_the_home_folder(tmp_path, monkeypat
     spec = from_dict(ModelSpec, {"name_or_path": "~/models/llava"}, where="exp.yaml", prefix="m.model")
     assert spec.name_or_path == str(tmp_path / "models" / "llava")
     assert ModelSpec(name_or_path="llava-hf/llava-1.5-7b-hf").name_or_path == "llava-hf/llava-1.5-7b-hf"
+
+
+def test_a_prepared_dataset_path_may_start_at_the_home_folder(tmp_path, monkeypatch):
+    from mmrec.data.prep_config import PrepConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert from_dict(PrepConfig, {"path": "~/data/ml"}, where="exp.yaml", prefix="data").path == tmp_path / "data/ml"

@@ -6,6 +6,7 @@ It stays a plain mapping here, because its keys depend on `source` and the libra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -14,4 +15,4 @@ class PrepConfig:
     source: str = "synthetic"
     options: dict[str, Any] = field(default_factory=dict)
     # An already prepared canonical dataset to use instead of preparing one (then `source`/`options` are ignored).
-    path: str | None = None
+    path: Path | None = None
