@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from mmrec.commands import HELP, NOT_INSTALLED, command_help, commands, invoke
+from mmrec.commands import HELP, command_help, commands, invoke
+from mmrec.registry import NOT_INSTALLED
 
 
 def _usage() -> str:

@@ -5,8 +5,8 @@ by name or by string. They register through their package metadata instead (`pyp
 
 - `[project.entry-points."mmrec.commands"]`: command name -> module with `configure(parser)` and
   `main(args) -> int`;
-- `[project.entry-points."mmrec.hooks"]`: named functions the library calls, such as `prepare_dataset`, which
-  `mmrec run` uses for its `prep` stage.
+- `[project.entry-points."mmrec.hooks"]`: named functions the library calls (`mmrec.registry.hook`), such as
+  `prepare_dataset`, which `mmrec run` uses for its `prep` stage.
 
 Commands of the library itself are listed in `LIBRARY_COMMANDS`. A command module is imported only when it is
 invoked, so `mmrec --help` is instant and one stage's heavy imports never slow another's.
@@ -17,12 +17,10 @@ import argparse
 import importlib
 import os
 import sys
-from functools import cache
-from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Any, Callable
 
 from mmrec.errors import MmrecError
+from mmrec.registry import registered
 
 # The library's own commands: name -> module.
 LIBRARY_COMMANDS: dict[str, str] = {
@@ -54,18 +52,9 @@ HELP: dict[str, str] = {
     "tiny": "build tiny random models (LLaVA, LLaVA-NeXT, text LLM, CLIP) for tests and dry runs",
     "export": "export a split to other toolkits' formats (RecBole atomic files)",
 }
-NOT_INSTALLED = ("the stage commands and hooks register through mmrec's package metadata, which is missing: install "
-                 "the project (`pip install -e .` from the repository root)")
-
-
-@cache
-def _registered(group: str) -> dict[str, str]:
-    return {ep.name: ep.value for ep in entry_points(group=group)}
-
-
 def commands() -> dict[str, str]:
     """Every command name -> its module, in help order."""
-    found = {**_registered("mmrec.commands"), **LIBRARY_COMMANDS}
+    found = {**registered("mmrec.commands"), **LIBRARY_COMMANDS}
     rank = {n: i for i, n in enumerate(HELP)}
     return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
 
@@ -76,15 +65,6 @@ def command_help(name: str) -> str:
         return HELP[name]
     doc = (importlib.import_module(commands()[name]).__doc__ or "").strip()
     return doc.splitlines()[0] if doc else ""
-
-
-def hook(name: str) -> Callable[..., Any]:
-    """A function a stage package registered under `mmrec.hooks` (e.g. `prepare_dataset`)."""
-    spec = _registered("mmrec.hooks").get(name)
-    if spec is None:
-        raise MmrecError(f"no '{name}' hook is registered; {NOT_INSTALLED}")
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def build_parser(name: str) -> tuple[argparse.ArgumentParser, ModuleType]:

@@ -164,6 +164,17 @@ class ExperimentConfig:
         for name in self.model_names():
             self.model(name)
         self.check_model_paths()
+        self.check_data_options()
+
+    def check_data_options(self) -> None:
+        """`data.options` against the options of `data.source`, by the prep stage's own loader (registered as the
+        `check_data_options` hook, since the library does not import the importers); a prepared `data.path` has
+        none to check."""
+        from mmrec.registry import hook
+
+        data = self.section("data")
+        if "data" in self.raw and data.path is None:
+            hook("check_data_options")(data, self.source)
 
     def check_model_paths(self) -> None:
         """Every `name_or_path` that is certainly a local folder must exist: found now, not hours into a run."""

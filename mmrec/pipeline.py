@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mmrec.commands import hook, invoke
+from mmrec.commands import invoke
 from mmrec.data.canonical import INTERACTIONS_FILE, ITEMS_FILE
 from mmrec.data.splits import CANDIDATES_FILE, make_split
 from mmrec.errors import MmrecError
 from mmrec.experiment import ExperimentConfig, ExperimentPaths
 from mmrec.io import hash_json, read_json, write_json
 from mmrec.progress import get_logger
+from mmrec.registry import hook
 
 log = get_logger("run")
 

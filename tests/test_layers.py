@@ -6,7 +6,8 @@ import ast
 import re
 from pathlib import Path
 
-from mmrec.commands import HELP, commands, hook
+from mmrec.commands import HELP, commands
+from mmrec.registry import hook
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("data_prep", "finetune", "eval")
@@ -71,7 +72,7 @@ def test_every_stage_command_and_hook_is_registered():
     for name, module in registered.items():
         mod = importlib.import_module(module)
         assert callable(mod.configure) and callable(mod.main), name
-    assert hook("prepare_dataset").__module__ == "data_prep.config"
+    assert hook("prepare_dataset").__module__ == hook("check_data_options").__module__ == "data_prep.config"
 
 
 def _runtime_imports(module: str, path: Path, known: set[str]) -> set[str]:

@@ -10,6 +10,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 
 from data_prep import synthetic
 from data_prep.cli import SOURCES, source
@@ -146,3 +147,21 @@ def test_prep_and_split_fingerprints_keep_their_values():
                                          "split": {"protocol": "paper", "user_fractions": [0.7, 0.1, 0.2]}})
     assert cfg.fingerprint("data") == "6b165a72e40d1a3687e1685dc3d4bac4755b8e82c2d8bfec73c8614f521d9672"
     assert cfg.fingerprint("split") == "eb8e43dc513508ab50244e001ec4559ba45081dbbe4eec57a328478f042cdc46"
+
+
+def test_validate_checks_data_options_before_any_stage(tmp_path, run_cli):
+    """`mmrec validate` (and `mmrec run`, `mmrec plan`, which validate first) refuses a wrong `data.options` key
+    with the prep stage's own message, not only when the prep stage starts."""
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump({"experiment": {"dir": str(tmp_path / "run")},
+                                   "data": {"source": "synthetic", "options": {"user": 50}}}))
+    code, _, err = run_cli("validate", cfg)
+    assert code == 2 and "unknown key 'data.options.user'" in err and "did you mean 'users'" in err
+    assert "`mmrec prep synthetic --help`" in err and "Traceback" not in err
+    cfg.write_text(yaml.safe_dump({"experiment": {"dir": str(tmp_path / "run")},
+                                   "data": {"source": "synthetic", "options": {"users": 50}}}))
+    assert run_cli("validate", cfg)[0] == 0
+    # an already prepared dataset ignores source and options, so they are not checked
+    cfg.write_text(yaml.safe_dump({"experiment": {"dir": str(tmp_path / "run")},
+                                   "data": {"path": str(tmp_path / "ds"), "options": {"user": 50}}}))
+    assert run_cli("validate", cfg)[0] == 0
