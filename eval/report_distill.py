@@ -1,6 +1,6 @@
 """The report's distillation table: for every distilled student (a run whose `run.json` config has a `distill`
 section), its teacher, the same student without distillation, and the share of the teacher-student gap closed
-(mean ± 95% CI over seeds; `mmrec.distill.summary`), and each model's candidates per CPU second as `mmrec score`
+(mean ± 95% CI over seeds; `mmrec.distill.summary`), and each model's candidates per second as `mmrec score`
 recorded them (`eval.throughput`)."""
 from __future__ import annotations
 
@@ -44,8 +44,7 @@ def distillation(paths: ExperimentPaths, runs: list[RunResult], metrics: list[st
         if teacher not in by_model or plain is None:
             continue
         seeds = {r.seed: r for r in by_model[plain]}
-        speed = {role: (throughput.get(m) or {}).get("rate")
-                 for role, m in (("teacher", teacher), ("plain", plain), ("distilled", model))}
+        speed = {role: throughput.get(m) for role, m in (("teacher", teacher), ("plain", plain), ("distilled", model))}
         for i, metric in enumerate(metrics):
             pairs = [(seeds[r.seed].metrics.get(metric, math.nan), r.metrics.get(metric, math.nan))
                      for r in by_model[model] if r.seed in seeds]
@@ -66,20 +65,22 @@ def _gap(g: dict[str, Any]) -> str:
     return f"{g['mean']:.3f}" + (f" ± {g['ci95']:.3f}" if math.isfinite(g["ci95"]) else "")
 
 
-def _speed(speed: dict[str, float | None] | None) -> list[str]:
-    """Candidates/s of teacher, plain and distilled, and distilled / teacher; blank on a model's later rows."""
+def _speed(speed: dict[str, dict[str, Any] | None] | None) -> list[str]:
+    """Candidates/s of teacher, plain and distilled, and distilled / teacher when both use the same clock (CPU or
+    wall seconds, `eval.throughput.pooled_rate`); blank on a model's later rows."""
     if speed is None:
         return [""] * 4
     t, d = speed["teacher"], speed["distilled"]
-    ratio = f"{d / t:,.0f}x" if t and d else "–"
-    return [fmt_rate(speed["teacher"]), fmt_rate(speed["plain"]), fmt_rate(d), ratio]
+    ratio = f"{d['rate'] / t['rate']:,.0f}x" if t and d and t["clock"] == d["clock"] else "–"
+    return [fmt_rate(t), fmt_rate(speed["plain"]), fmt_rate(d), ratio]
 
 
 HEADER = ["distilled", "teacher", "plain", "metric", "teacher", "plain", "distilled", "gap closed",
           f"teacher {RATE_LABEL}", f"plain {RATE_LABEL}", f"distilled {RATE_LABEL}", "x teacher"]
 NOTE = ("Gap closed = (distilled − plain) / (teacher − plain), per seed, mean ± 95% CI. "
-        f"{RATE_LABEL}: candidates scored per CPU second of `mmrec score` on the machine that scored (see the "
-        "results table's note for threads and device); x teacher = distilled / teacher.")
+        f"{RATE_LABEL}: candidates scored per CPU second of `mmrec score` on the machine that scored, per wall "
+        "second where marked (wall): scored on an accelerator (see the results table's note for threads and "
+        "device); x teacher = distilled / teacher, when both are rated on the same clock.")
 
 
 def cells(row: dict[str, Any]) -> list[str]:

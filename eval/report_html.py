@@ -85,7 +85,7 @@ def _results(report: "Report") -> str:
     speed = report.throughput
     head = ("<th>model</th><th>seeds</th>" + "".join(f"<th>{escape(metric_label(c))}</th>" for c in values)
             + (f"<th>{escape(RATE_LABEL)}</th>" if speed else ""))
-    rate = {m: f"<td class='num'>{escape(fmt_rate((speed.get(m) or {}).get('rate')))}</td>" if speed else ""
+    rate = {m: f"<td class='num'>{escape(fmt_rate(speed.get(m)))}</td>" if speed else ""
             for m in t.rows}
     rows = "".join(f"<tr><td><b>{escape(m)}</b></td><td>{escape(seeds[m])}</td>"
                    + "".join(_cell(t, m, c, best_of(t, c)) for c in values) + rate[m] + "</tr>" for m in t.rows)

@@ -94,7 +94,7 @@ def render_markdown(report: "Report", assets_folder: str) -> tuple[str, dict[str
     speed = report.throughput
     out += _table(["model", "seeds"] + [metric_label(c) for c in values] + ([RATE_LABEL] if speed else []),
                   [[f"**{md_cell(m)}**", md_cell(seeds[m])] + [fmt_cell(t.rows[m].get(c)) for c in values]
-                   + ([fmt_rate((speed.get(m) or {}).get("rate"))] if speed else []) for m in t.rows])
+                   + ([fmt_rate(speed.get(m))] if speed else []) for m in t.rows])
     out += ["", "Cells are the mean ± the 95% t-interval half-width over seeds (one value when a model ran once). "
             "Invalid scores count as misses; tie and invalid rates are diagnostics."
             + (f" {md_cell(rate_note(speed))}" if speed else ""), ""]

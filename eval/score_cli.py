@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from eval.protocol import SCORES_META_KEY, check_candidates, checkpoint_fingerprint, scores_metadata
-from eval.throughput import THROUGHPUT_KEY, ScoringClock
+from eval.throughput import THROUGHPUT_KEY, ScoringClock, pooled_rate
 from mmrec.commands import add_config_arguments, load_experiment
 from mmrec.config import to_dict
 from mmrec.errors import ConfigError, DataError
@@ -195,8 +195,10 @@ def score_run(cfg: ExperimentConfig, run_cfg: ExperimentConfig, name: str, run: 
             n_nan = int(df["score"].isna().sum())
             speed = clock.record(scorer)
             extra = {THROUGHPUT_KEY: speed}
-            rate = f"{speed['candidates'] / speed['cpu_s']:,.0f}" if speed["cpu_s"] > 0 else "–"
-            summary = (f"{len(df)} candidates, {n_nan} invalid (NaN) scores; {rate} candidates per CPU second "
+            pooled = pooled_rate([speed])
+            rate = (f"{pooled['rate']:,.0f} candidates per {'CPU' if pooled['clock'] == 'cpu' else 'wall'} second"
+                    if pooled else "no candidates timed")
+            summary = (f"{len(df)} candidates, {n_nan} invalid (NaN) scores; {rate} "
                        f"({speed['torch_threads']} torch thread(s), {speed['device']})")
         else:
             extra = {}

@@ -1,10 +1,12 @@
 """Scoring throughput: what `mmrec score` records about its own speed in a scores file's metadata, and the
-candidates per CPU second the report shows per model.
+candidates per second the report shows per model.
 
 The clock times the scorer's calls only (not loading the model or reading the split), in this process: chunks
-resumed from an earlier, interrupted process are counted as `resumed_candidates`, not timed. CPU seconds are
-`time.process_time` of the whole process, so with several torch threads they add up the threads' time; the
-record names the threads and the device so that numbers from different machines are not compared blindly.
+resumed from an earlier, interrupted process are counted as `resumed_candidates`, not timed. It keeps CPU seconds
+(`time.process_time` of the whole process, which adds up the torch threads' time and is steadier than wall time on
+a shared machine) and wall seconds. A model scored on the CPU is rated per CPU second; one scored on an
+accelerator per wall second, since its work is not CPU time (the host mostly waits). The record names the threads
+and the device so that numbers from different machines are not compared blindly.
 """
 from __future__ import annotations
 
@@ -65,42 +67,52 @@ def read_throughput(scores_path: Path) -> dict[str, Any] | None:
     return entry if isinstance(entry, dict) else None
 
 
-def candidates_per_cpu_second(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Pooled over runs (a model's seeds): all candidates timed / all CPU seconds, with the threads and devices
-    they ran on; None when no run timed any candidate."""
-    timed = [r for r in records if r.get("candidates") and (r.get("cpu_s") or 0) > 0]
+def on_cpu(record: dict[str, Any]) -> bool:
+    return str(record.get("device") or "cpu").startswith("cpu")
+
+
+def pooled_rate(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Pooled over runs (a model's seeds): all candidates timed / all seconds of one clock, `cpu` when every run
+    scored on the CPU, else `wall`; with the threads and devices they ran on. None when no run timed any
+    candidate."""
+    timed = [r for r in records if r.get("candidates")]
+    clock = "cpu" if all(on_cpu(r) for r in timed) else "wall"
+    timed = [r for r in timed if (r.get(f"{clock}_s") or 0) > 0]
     if not timed:
         return None
-    return {"rate": sum(r["candidates"] for r in timed) / sum(r["cpu_s"] for r in timed), "runs": len(timed),
-            "threads": sorted({int(r.get("torch_threads") or 0) for r in timed}),
+    return {"rate": sum(r["candidates"] for r in timed) / sum(r[f"{clock}_s"] for r in timed), "clock": clock,
+            "runs": len(timed), "threads": sorted({int(r.get("torch_threads") or 0) for r in timed}),
             "devices": sorted({str(r.get("device")) for r in timed})}
 
 
-def fmt_rate(rate: float | None) -> str:
-    """`593,382` candidates/s, `–` when unknown."""
-    return "–" if rate is None else f"{rate:,.0f}"
+def fmt_rate(entry: dict[str, Any] | None) -> str:
+    """A pooled rate as the report shows it: `593,382`, `1,204 (wall)` for wall-clock rates, `–` when unknown."""
+    if not entry:
+        return "–"
+    return f"{entry['rate']:,.0f}" + (" (wall)" if entry.get("clock") == "wall" else "")
 
 
 def model_throughput(paths: Any, runs: list[Any]) -> dict[str, dict[str, Any]]:
-    """model -> `candidates_per_cpu_second` of its runs' scores files (`paths`: ExperimentPaths; `runs`:
+    """model -> `pooled_rate` of its runs' scores files (`paths`: ExperimentPaths; `runs`:
     report RunResults); models whose scores recorded no timing are left out."""
     records: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         entry = read_throughput(paths.scores(r.run))
         if entry is not None:
             records.setdefault(r.model, []).append(entry)
-    pooled = {m: candidates_per_cpu_second(rs) for m, rs in records.items()}
+    pooled = {m: pooled_rate(rs) for m, rs in records.items()}
     return {m: p for m, p in pooled.items() if p is not None}
 
 
-RATE_LABEL = "cand/s (CPU)"
+RATE_LABEL = "cand/s"
 
 
 def rate_note(throughput: dict[str, dict[str, Any]]) -> str:
     """What the report's candidates/s are, with the threads and devices they were measured on."""
     threads = sorted({t for p in throughput.values() for t in p["threads"]})
     devices = sorted({d for p in throughput.values() for d in p["devices"]})
-    return (f"{RATE_LABEL}: candidates scored per CPU second of `mmrec score` (its scorer calls only, "
-            f"time.process_time of the scoring process, which adds up its torch threads: "
-            f"{', '.join(map(str, threads))} thread(s), device {', '.join(devices)}), pooled over the seeds of a "
-            "model; a measure of the machine that scored, comparable only between runs scored on the same one.")
+    return (f"{RATE_LABEL}: candidates scored per second of the scorer calls of `mmrec score`, pooled over the seeds "
+            "of a model: per CPU second (time.process_time of the scoring process, which adds up its torch threads) "
+            "for a model scored on the CPU, per wall second, marked (wall), for one scored on an accelerator "
+            f"({', '.join(map(str, threads))} thread(s), device {', '.join(devices)}); a measure of the machine "
+            "that scored, comparable only between runs scored on the same one.")

@@ -342,11 +342,16 @@ def test_report_table_pairs_teacher_plain_distilled_and_computes_the_gap(tmp_pat
     assert rows[0]["gap"]["per_seed"] == pytest.approx([0.5, 0.5]) and rows[0]["gap"]["mean"] == pytest.approx(0.5)
     assert "| sasrec_d | teacher | sasrec | AUC |" in "\n".join(markdown(rows))
     # candidates/s per model (as `mmrec report` reads them from the scores files), on the model's first row only
-    speed = {"teacher": {"rate": 400.0}, "sasrec": {"rate": 200_000.0}, "sasrec_d": {"rate": 500_000.0}}
+    speed = {"teacher": {"rate": 400.0, "clock": "cpu"}, "sasrec": {"rate": 200_000.0, "clock": "cpu"},
+             "sasrec_d": {"rate": 500_000.0, "clock": "cpu"}}
     rows = distillation(paths, runs, ["auc", "ndcg@10"], speed)
     table = "\n".join(markdown(rows))
-    assert "| teacher cand/s (CPU) | plain cand/s (CPU) | distilled cand/s (CPU) | x teacher |" in table
+    assert "| teacher cand/s | plain cand/s | distilled cand/s | x teacher |" in table
     assert "| 400 | 200,000 | 500,000 | 1,250x |" in table and rows[1]["speed"] is None
+    # a teacher rated per wall second (scored on a GPU) and a student per CPU second: no multiple across clocks
+    gpu_teacher = {**speed, "teacher": {"rate": 4000.0, "clock": "wall"}}
+    assert "| 4,000 (wall) | 200,000 | 500,000 | – |" in "\n".join(markdown(distillation(paths, runs, ["auc"],
+                                                                                              gpu_teacher)))
     assert "| – | – | – | – |" in "\n".join(markdown(distillation(paths, runs, ["auc"], {})))
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from eval.score_cli import run_chunks, score_full, score_sampled, write_with_meta
-from eval.throughput import THROUGHPUT_KEY, ScoringClock, candidates_per_cpu_second, read_throughput, scorer_device
+from eval.throughput import THROUGHPUT_KEY, ScoringClock, fmt_rate, pooled_rate, read_throughput, scorer_device
 from mmrec.errors import DataError
 from mmrec.ranking import target_ranks
 
@@ -93,9 +93,21 @@ def test_throughput_is_written_with_the_scores_and_read_back(tmp_path) -> None:
     path = write_with_meta(_candidates(1).assign(score=0.0), tmp_path / "s.parquet",
                            {"key": "x", THROUGHPUT_KEY: record})
     assert read_throughput(path) == record and read_throughput(tmp_path / "absent.parquet") is None
-    pooled = candidates_per_cpu_second([record, {**record, "candidates": 1000, "cpu_s": 0.03}, {"candidates": 0}])
+    pooled = pooled_rate([record, {**record, "candidates": 1000, "cpu_s": 0.03}, {"candidates": 0}])
     assert pooled["rate"] == pytest.approx(4000 / 0.04) and pooled["runs"] == 2 and pooled["devices"] == ["cpu"]
-    assert candidates_per_cpu_second([{"candidates": 5, "cpu_s": 0.0}]) is None
+    assert pooled["clock"] == "cpu" and fmt_rate(pooled) == "100,000"
+    assert pooled_rate([{"candidates": 5, "cpu_s": 0.0}]) is None and fmt_rate(None) == "–"
+
+
+def test_throughput_on_an_accelerator_is_per_wall_second() -> None:
+    """On a GPU the scorer's work is not CPU time (the host mostly waits): its rate is candidates per wall second,
+    and so is the pooled rate of a model with any run on an accelerator."""
+    gpu = {"candidates": 6000, "cpu_s": 0.5, "wall_s": 2.0, "torch_threads": 8, "device": "cuda:0"}
+    cpu = {"candidates": 2000, "cpu_s": 4.0, "wall_s": 2.0, "torch_threads": 8, "device": "cpu"}
+    pooled = pooled_rate([gpu])
+    assert pooled["clock"] == "wall" and pooled["rate"] == pytest.approx(3000) and fmt_rate(pooled) == "3,000 (wall)"
+    assert pooled_rate([gpu, cpu])["rate"] == pytest.approx(8000 / 4.0)
+    assert pooled_rate([{**gpu, "wall_s": 0.0}]) is None
 
 
 def test_interleaved_candidates_keep_the_file_order(tmp_path) -> None:
