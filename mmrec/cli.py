@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmrec: command '{name}' is not available: {NOT_INSTALLED}", file=sys.stderr)
         return 2
     if name not in commands():
-        import difflib
+        from mmrec.config import closest
 
-        close = difflib.get_close_matches(name, list(commands()), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        close = closest(name, commands())
+        hint = f" (did you mean '{close}'?)" if close else ""
         print(f"mmrec: unknown command '{name}'{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     return invoke(name, argv[1:])

@@ -11,7 +11,7 @@ import difflib
 import re
 import types
 from pathlib import Path
-from typing import Any, Collection, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Collection, Iterable, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -184,6 +184,12 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     raise ConfigError(f"{where}: key '{key}' must be {_type_name(tp)}, got {value!r}")
 
 
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice a mistyped `word` most likely meant (a key, section or command name), or None."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return close[0] if close else None
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config", prefix: str = "") -> T:
     """Build dataclass `cls` from a mapping, validating keys and types; errors name `where` and the dotted key."""
     data = data or {}
@@ -195,8 +201,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config", 
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            close = closest(key, fields)
+            hint = f"; did you mean '{close}'?" if close else ""
             raise ConfigError(f"{where}: unknown key '{dotted}'{hint} valid keys: {', '.join(sorted(fields))}")
         kwargs[key] = _coerce(value, hints[key], dotted, where)
     missing = [

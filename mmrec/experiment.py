@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmrec.config import apply_overrides, from_dict, load_layered_yaml, to_dict
+from mmrec.config import apply_overrides, closest, from_dict, load_layered_yaml, to_dict
 from mmrec.errors import ConfigError
 from mmrec.io import hash_json
 
@@ -92,10 +92,8 @@ class ExperimentConfig:
         known = set(SECTION_SCHEMAS) | {"models"}
         for key in self.raw:
             if key not in known:
-                import difflib
-
-                close = difflib.get_close_matches(key, sorted(known), n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else f"; sections are {', '.join(sorted(known))}"
+                close = closest(key, sorted(known))
+                hint = f"; did you mean '{close}'?" if close else f"; sections are {', '.join(sorted(known))}"
                 raise ConfigError(f"{self.source}: unknown section '{key}'{hint}")
 
     def has(self, name: str) -> bool:

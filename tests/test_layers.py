@@ -113,3 +113,12 @@ def test_no_import_cycles():
 
     cycles = sorted({tuple(sorted((a, b))) for a in graph for b in graph[a] if reaches(b, a)})
     assert cycles == []
+
+
+def test_a_mistyped_command_or_section_names_the_closest_one(run_cli, tmp_path):
+    code, _, err = run_cli("evl")
+    assert code == 2 and "unknown command 'evl' (did you mean 'eval'?)" in err
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("experiment: {dir: run}\nmodle: {}\n")
+    code, _, err = run_cli("validate", cfg)
+    assert code == 2 and "unknown section 'modle'; did you mean 'models'?" in err
