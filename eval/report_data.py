@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mmrec.checkpoint_files import TRAIN_LOG_FILE
 from mmrec.errors import DataError
 from mmrec.experiment import ExperimentPaths
 from mmrec.metrics import mean_ci
@@ -187,7 +188,7 @@ def score_groups(labelled: pd.DataFrame) -> dict[str, np.ndarray]:
 
 def read_train_log(paths: ExperimentPaths, run: str) -> list[dict[str, Any]] | None:
     """`checkpoints/<run>/train_log.jsonl` as a list of records, or None when absent."""
-    f = paths.checkpoint(run) / "train_log.jsonl"
+    f = paths.checkpoint(run) / TRAIN_LOG_FILE
     if not f.is_file():
         return None
     records = []

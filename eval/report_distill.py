@@ -10,6 +10,7 @@ from typing import Any
 
 from eval.report_data import RunResult, fmt_cell, metric_label
 from eval.throughput import RATE_LABEL, fmt_rate
+from mmrec.checkpoint_files import RUN_FILE
 from mmrec.experiment import ExperimentPaths
 from mmrec.io import read_json
 from mmrec.metrics import mean_ci
@@ -18,7 +19,7 @@ IGNORED = ("distill", "device", "score_batch_size")
 
 
 def _config(paths: ExperimentPaths, run: str) -> dict[str, Any] | None:
-    path = paths.checkpoint(run) / "run.json"
+    path = paths.checkpoint(run) / RUN_FILE
     return read_json(path).get("config") if path.is_file() else None
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from mmrec.checkpoint_files import TRAIN_LOG_FILE
 from mmrec.config import to_dict
 from mmrec.errors import ConfigError
 from mmrec.io import atomic_dir, hash_json, read_json, write_text
@@ -35,8 +36,7 @@ from mmrec.progress import progress
 
 TENSORS_FILE = "state.safetensors"
 META_FILE = "state.json"
-# Beside the best weights, an epoch recipe's output directory holds its training log and its last epoch's state.
-LOG_FILE = "train_log.jsonl"
+# Beside the best weights and its TRAIN_LOG_FILE, an epoch recipe's output directory holds its last epoch's state.
 STATE_DIR = "checkpoint"
 # Model settings that decide where and how fast a run goes, never what it learns: a run fingerprint leaves them out.
 SPEED_KEYS = frozenset({"device", "score_batch_size", "score"})
@@ -264,7 +264,7 @@ class TrainState:
             saved = load_checkpoint(out_dir / STATE_DIR, optimizer)
             model.load_state_dict(saved.model)
             return cls(**saved.loop)
-        clear_stale(out_dir, STATE_DIR, weights_file, LOG_FILE)
+        clear_stale(out_dir, STATE_DIR, weights_file, TRAIN_LOG_FILE)
         return cls()
 
     def speed(self) -> dict[str, float | None]:
@@ -278,7 +278,7 @@ class TrainState:
     def save(self, out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """The resumable checkpoint and the training log after an epoch."""
         save_checkpoint(out_dir / STATE_DIR, model, optimizer, self)
-        write_text("".join(json.dumps(h) + "\n" for h in self.history), out_dir / LOG_FILE)
+        write_text("".join(json.dumps(h) + "\n" for h in self.history), out_dir / TRAIN_LOG_FILE)
 
 
 @dataclass

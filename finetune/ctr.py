@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from finetune.checkpoint import STATE_DIR, EpochMeter, EpochStats, TrainState, check_previous_run, run_fingerprint
 from mmrec.batching import batches
+from mmrec.checkpoint_files import RUN_FILE
 from mmrec.config import to_dict
 from mmrec.data.sequences import training_sequences
 from mmrec.device import resolve_device
@@ -31,7 +32,6 @@ from mmrec.io import atomic_path, hash_json, write_json, write_parquet
 from mmrec.models.ctr import (
     CONTENT_KEY,
     ITEMS_FILE,
-    RUN_FILE,
     USERS_FILE,
     WEIGHTS_FILE,
     CTRConfig,

@@ -4,10 +4,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mmrec.checkpoint_files import RUN_FILE
 from mmrec.config import to_dict
 from mmrec.experiment import ExperimentConfig
 from mmrec.io import atomic_dir, read_json, write_json, write_parquet
-from mmrec.models.pop import COUNTS_FILE, RUN_FILE, item_counts
+from mmrec.models.pop import COUNTS_FILE, item_counts
 from mmrec.progress import get_logger
 
 

@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from finetune.checkpoint import STATE_DIR, EpochMeter, EpochStats, TrainState, check_previous_run, run_fingerprint
 from mmrec.batching import batches
+from mmrec.checkpoint_files import RUN_FILE
 from mmrec.config import to_dict
 from mmrec.data.sequences import training_sequences
 from mmrec.device import resolve_device
@@ -35,7 +36,6 @@ from mmrec.experiment import MODEL_KINDS, ExperimentConfig
 from mmrec.io import atomic_path, hash_json, write_json, write_parquet
 from mmrec.models.sequential import (
     ITEMS_FILE,
-    RUN_FILE,
     WEIGHTS_FILE,
     ItemVocab,
     SequentialConfig,

@@ -46,6 +46,7 @@ from finetune.distributed import (
     validate,
 )
 from finetune.vlm_data import batches_per_epoch, epoch_batches, training_rows, validation_rows
+from mmrec.checkpoint_files import TRAIN_LOG_FILE
 from mmrec.config import to_dict
 from mmrec.data.splits import load_split
 from mmrec.errors import ConfigError
@@ -68,7 +69,6 @@ from mmrec.models.vlm_prompt import PromptBuilder
 from mmrec.progress import get_logger, progress
 from mmrec.seeding import derive_seed, seed_everything
 
-LOG_FILE = "train_log.jsonl"
 STATE_DIR = "last"
 log = get_logger("finetune.vlm_lora")
 
@@ -103,7 +103,7 @@ class RunLog:
     """train_log.jsonl plus TensorBoard events; a resumed run first drops what came after its checkpoint."""
 
     def __init__(self, out_dir: Path, step: int, enabled: bool):
-        self.path = out_dir / LOG_FILE
+        self.path = out_dir / TRAIN_LOG_FILE
         self.enabled = enabled
         self.writer = None
         if not enabled:

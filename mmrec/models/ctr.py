@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from mmrec.batching import batches
+from mmrec.checkpoint_files import RUN_FILE
 from mmrec.device import resolve_device
 from mmrec.distill.config import DistillSection
 from mmrec.encoders.image import ImageEncoderConfig
@@ -35,7 +36,6 @@ WEIGHTS_FILE = "model.safetensors"          # best weights (by validation AUC) +
 CONTENT_KEY = "content_table"               # in WEIGHTS_FILE: bottom-MLP content vector per catalogue row
 ITEMS_FILE = "items.parquet"                # catalogue: item_id of rows 1..n
 USERS_FILE = "users.parquet"                # user_id of user-embedding rows 1..n
-RUN_FILE = "run.json"                       # config, sizes, features, fingerprint, best epoch / AUC, finished
 
 
 @dataclass

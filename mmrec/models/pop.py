@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from mmrec.checkpoint_files import RUN_FILE
 from mmrec.errors import DataError, MmrecError
 from mmrec.io import read_json
 
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from mmrec.experiment import ExperimentConfig
 
 COUNTS_FILE = "counts.parquet"   # item_id, train, valid (int64): occurrences in training sequences / as valid targets
-RUN_FILE = "run.json"
 
 
 @dataclass

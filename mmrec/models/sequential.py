@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mmrec.batching import batches
+from mmrec.checkpoint_files import RUN_FILE
 from mmrec.device import resolve_device
 from mmrec.distill.config import DistillSection
 from mmrec.errors import ConfigError, DataError, MmrecError
@@ -278,7 +279,6 @@ def encode_histories(vocab: ItemVocab, histories: Sequence[Sequence[str]], max_l
 # Files of a sequential run's checkpoint directory (written by finetune/sequential.py).
 WEIGHTS_FILE = "model.safetensors"   # the best weights (by the validation metric)
 ITEMS_FILE = "items.parquet"         # item_id of indices 1..n
-RUN_FILE = "run.json"                # kind, n_items, best epoch and score, config fingerprint, finished flag
 
 
 def load_sequential_scorer(cfg: "ExperimentConfig", name: str, ckpt_dir: Path,
