@@ -67,10 +67,16 @@ def test_loo_candidates_and_train_negatives(small, tmp_path):
     assert not any(r.item_id in train_items[r.user_id] for r in s.train_negatives.itertuples())
 
 
-def test_max_history(small, tmp_path):
+def test_max_history(small, tmp_path, caplog):
     s = make_split(small, SplitConfig(protocol="loo", negatives=2, max_history=2), tmp_path / "s")
     assert _ex(s)[("a", "test")] == (["i2", "i3"], "i4")
     assert _ex(s)[("a", "train")] == (["i0", "i1"], "i2")
+    assert s.info["counts"]["train_history_cut"] == 0 and "leaves" not in caplog.text
+    # one item fewer: the training row loses i0, which the ID baselines would never see; said, and counted
+    cut = make_split(small, SplitConfig(protocol="loo", negatives=2, max_history=1), tmp_path / "cut")
+    assert _ex(cut)[("a", "train")] == (["i1"], "i2")
+    assert cut.info["counts"]["train_history_cut"] >= 1
+    assert "max_history=1 leaves" in caplog.text and "the model's max_history" in caplog.text
 
 
 def test_temporal_exact(tmp_path):
