@@ -70,7 +70,7 @@ class Users:
 
 
 def users_of(cfg: Any, dataset_users: int | None, assumed: Assumptions) -> Users | None:
-    """The paper protocol's train / valid / test users, as `mmrec.data.splits.paper` draws them, of `--users` or
+    """The paper protocol's train / valid / test users, as `mmrec.data.protocols.paper` draws them, of `--users` or
     the dataset's users with 2 interactions or more (an upper bound: the split needs 2 distinct items)."""
     split = cfg.section("split")
     n = assumed.users or dataset_users
