@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmrec.checkpoint_files import TRAIN_LOG_FILE
+from mmrec.checkpoint_files import RUN_FILE, TRAIN_LOG_FILE
 from mmrec.config import to_dict
 from mmrec.errors import ConfigError
 from mmrec.io import atomic_dir, hash_json, read_json, write_text
@@ -80,6 +80,36 @@ def check_previous_run(run_file: Path, state_dir: Path, name: str, fingerprint: 
     if record.get("finished"):
         return PreviousRun(record, finished=True, resuming=False)
     return PreviousRun(record, finished=False, resuming=has_checkpoint(state_dir))
+
+
+@dataclass(frozen=True)
+class EpochRun:
+    """What an epoch recipe (sequential baselines, CTR head) knows before it trains: its split, how the best epoch
+    is selected, the run's fingerprint and what its output directory already holds."""
+
+    split: Any  # mmrec.data.splits.Split
+    selection: Any  # mmrec.selection.Selection
+    fingerprint: str
+    previous: PreviousRun
+
+
+def start_epoch_run(cfg: Any, name: str, out_dir: Path, resume: bool, with_dataset: bool = False) -> EpochRun:
+    """The split and selection of model `name` of experiment `cfg`, its run fingerprint and the previous run guard.
+    The fingerprint also covers the teacher signals' hash for a distilled student (new signals make a new run) and,
+    `with_dataset`, the dataset's (a model whose features are read from the items' content)."""
+    from finetune.distill import signals_fingerprint
+    from mmrec.data.splits import load_split
+    from mmrec.selection import Selection
+
+    mcfg = cfg.model(name)
+    split = load_split(cfg.split_dir)
+    selection = Selection.of(cfg, split, mcfg.valid_metric, where=f"{cfg.source}: models.{name}")
+    extra = {"dataset": split.dataset.fingerprint()} if with_dataset else {}
+    fingerprint = run_fingerprint(mcfg, cfg.seed, split.candidates_sha256, **extra, selection=selection.record())
+    if mcfg.distill is not None:
+        fingerprint = hash_json([fingerprint, signals_fingerprint(cfg, name, split.candidates_sha256)])
+    previous = check_previous_run(out_dir / RUN_FILE, out_dir / STATE_DIR, name, fingerprint, resume)
+    return EpochRun(split, selection, fingerprint, previous)
 
 
 def clear_stale(out_dir: Path, *names: str) -> None:

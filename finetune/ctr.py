@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from finetune.checkpoint import STATE_DIR, EpochMeter, EpochStats, TrainState, check_previous_run, run_fingerprint
+from finetune.checkpoint import EpochMeter, EpochStats, TrainState, start_epoch_run
 from mmrec.batching import batches
 from mmrec.checkpoint_files import RUN_FILE
 from mmrec.config import to_dict
@@ -28,7 +28,7 @@ from mmrec.data.sequences import training_sequences
 from mmrec.device import resolve_device
 from mmrec.errors import DataError
 from mmrec.experiment import ExperimentConfig
-from mmrec.io import atomic_path, hash_json, write_json, write_parquet
+from mmrec.io import atomic_path, write_json, write_parquet
 from mmrec.models.ctr import (
     CONTENT_KEY,
     ITEMS_FILE,
@@ -145,23 +145,13 @@ def _save_best(out_dir: Path, model: torch.nn.Module, features: torch.Tensor | N
 
 
 def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) -> Path:
-    from mmrec.data.splits import load_split
-
     log = get_logger("finetune.ctr")
     mcfg: CTRConfig = cfg.model(name)
     paths = cfg.paths
     out_dir = Path(out_dir)
-    split = load_split(cfg.split_dir)
-    selection = Selection.of(cfg, split, mcfg.valid_metric, where=f"{cfg.source}: models.{name}")
-    fingerprint = run_fingerprint(mcfg, cfg.seed, split.candidates_sha256, dataset=split.dataset.fingerprint(),
-                                  selection=selection.record())
-    if mcfg.distill is not None:  # new teacher signals make a new run
-        from finetune.distill import signals_fingerprint
-
-        fingerprint = hash_json([fingerprint, signals_fingerprint(cfg, name, split.candidates_sha256)])
-
+    run = start_epoch_run(cfg, name, out_dir, resume, with_dataset=True)
+    split, selection, fingerprint, previous = run.split, run.selection, run.fingerprint, run.previous
     run_file = out_dir / RUN_FILE
-    previous = check_previous_run(run_file, out_dir / STATE_DIR, name, fingerprint, resume)
     if previous.finished:
         log.info(f"{name}: already trained (best valid {selection.metric} {previous.record['best']}), kept")
         return out_dir

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from finetune.checkpoint import STATE_DIR, EpochMeter, EpochStats, TrainState, check_previous_run, run_fingerprint
+from finetune.checkpoint import EpochMeter, EpochStats, TrainState, start_epoch_run
 from mmrec.batching import batches
 from mmrec.checkpoint_files import RUN_FILE
 from mmrec.config import to_dict
@@ -33,7 +33,7 @@ from mmrec.data.sequences import training_sequences
 from mmrec.device import resolve_device
 from mmrec.errors import DataError
 from mmrec.experiment import MODEL_KINDS, ExperimentConfig
-from mmrec.io import atomic_path, hash_json, write_json, write_parquet
+from mmrec.io import atomic_path, write_json, write_parquet
 from mmrec.models.sequential import (
     ITEMS_FILE,
     WEIGHTS_FILE,
@@ -48,7 +48,6 @@ from mmrec.models.sequential import (
 )
 from mmrec.progress import get_logger
 from mmrec.seeding import derive_seed, rng, seed_everything
-from mmrec.selection import Selection
 
 
 def _finite(x: float) -> float | None:
@@ -77,8 +76,6 @@ def run_epoch(model: SequentialModel, optimizer: torch.optim.Optimizer, samples:
 
 
 def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) -> Path:
-    from mmrec.data.splits import load_split
-
     log = get_logger("finetune.sequential")
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:  # under `accelerate launch`/torchrun: these small models train on one device, rank 0 writes
@@ -87,16 +84,9 @@ def train(cfg: ExperimentConfig, name: str, out_dir: Path, resume: bool = True) 
     mcfg: SequentialConfig = cfg.model(name)
     module = importlib.import_module(MODEL_KINDS[mcfg.kind].split(":")[0])
     out_dir = Path(out_dir)
-    split = load_split(cfg.split_dir)
-    selection = Selection.of(cfg, split, mcfg.valid_metric, where=f"{cfg.source}: models.{name}")
-    fingerprint = run_fingerprint(mcfg, cfg.seed, split.candidates_sha256, selection=selection.record())
-    if mcfg.distill is not None:  # new teacher signals make a new run
-        from finetune.distill import signals_fingerprint
-
-        fingerprint = hash_json([fingerprint, signals_fingerprint(cfg, name, split.candidates_sha256)])
-
+    run = start_epoch_run(cfg, name, out_dir, resume)
+    split, selection, fingerprint, previous = run.split, run.selection, run.fingerprint, run.previous
     run_file = out_dir / RUN_FILE
-    previous = check_previous_run(run_file, out_dir / STATE_DIR, name, fingerprint, resume)
     if previous.finished:
         log.info(f"{name}: already trained (best {mcfg.valid_metric} {previous.record['best']}), kept")
         return out_dir

@@ -19,6 +19,7 @@ from mmrec.errors import ConfigError, MmrecError
 from mmrec.experiment import ExperimentConfig, ExperimentPaths
 from mmrec.metrics import evaluate_long
 from mmrec.models.base import CatalogueScorer, load_scorer
+from mmrec.selection import Selection
 
 TINY = {"hidden_size": 16, "epochs": 3, "batch_size": 32, "max_len": 10, "patience": 5, "device": "cpu"}
 MODELS = {
@@ -99,7 +100,7 @@ def test_early_stopping_keeps_best_weights(tmp_path, synthetic_split, monkeypatc
     models = {"gru": {**MODELS["gru"], "epochs": 10, "patience": 2}}
     cfg = experiment(tmp_path, synthetic_split, models)
     scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.9])  # best at epoch 2, then 2 epochs without improvement
-    monkeypatch.setattr(recipe.Selection, "score", lambda *a, **k: next(scores))
+    monkeypatch.setattr(Selection, "score", lambda *a, **k: next(scores))
     saved = []
     real_save = checkpoint.save_checkpoint  # TrainState.save writes through it
 
