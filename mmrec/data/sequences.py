@@ -1,4 +1,5 @@
-"""Each user's training sequence, read back from a split's example rows (what the ID models train on)."""
+"""Read back from a split's example rows: each user's training sequence (what the ID models train on) and the
+evaluated rows (what their scorers look histories up in)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -15,3 +16,10 @@ def training_sequences(examples: pd.DataFrame) -> pd.Series:
         raise DataError("the split has several train rows for one user; expected one (history + target = the sequence)")
     seqs = [list(h) + [t] for h, t in zip(train["history"], train["target"])]
     return pd.Series(seqs, index=train["user_id"].to_numpy(), dtype=object)
+
+
+def evaluated_examples(examples: pd.DataFrame) -> pd.DataFrame:
+    """The valid and test rows whose histories the ID scorers look up by (user_id, stage): one per pair, the last
+    one winning where a split holds several."""
+    evaluated = examples[examples["stage"] != "train"]
+    return evaluated[~evaluated.duplicated(["user_id", "stage"], keep="last")]

@@ -16,6 +16,7 @@ import torch
 
 from mmrec.batching import batches
 from mmrec.checkpoint_files import RUN_FILE
+from mmrec.data.sequences import evaluated_examples
 from mmrec.device import resolve_device
 from mmrec.distill.config import DistillSection
 from mmrec.encoders.image import ImageEncoderConfig
@@ -112,8 +113,7 @@ class CTRScorer:
         self.history_len = history_len
         self.device = device
         self.batch_size = batch_size
-        evaluated = examples[examples["stage"] != "train"]
-        evaluated = evaluated[~evaluated.duplicated(["user_id", "stage"], keep="last")]  # the last one wins
+        evaluated = evaluated_examples(examples)
         self.keys = IdTable(evaluated["user_id"], evaluated["stage"])
         self.history_matrix = catalogue.history_rows(list(evaluated["history"]), history_len)
         self.user_rows = self._users(evaluated["user_id"])

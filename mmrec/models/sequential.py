@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from mmrec.batching import batches
 from mmrec.checkpoint_files import RUN_FILE
+from mmrec.data.sequences import evaluated_examples
 from mmrec.device import resolve_device
 from mmrec.distill.config import DistillSection
 from mmrec.errors import ConfigError, DataError, MmrecError
@@ -209,8 +210,7 @@ class SequentialScorer:
         self.max_len = max_len
         self.device = device
         self.batch_size = batch_size
-        evaluated = examples[examples["stage"] != "train"]
-        evaluated = evaluated[~evaluated.duplicated(["user_id", "stage"], keep="last")]  # the last one wins
+        evaluated = evaluated_examples(examples)
         self.keys = IdTable(evaluated["user_id"], evaluated["stage"])
         self.history_items, self.history_lengths = encode_histories(vocab, evaluated["history"], max_len)
 
