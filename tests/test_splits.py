@@ -79,6 +79,21 @@ def test_max_history(small, tmp_path, caplog):
     assert "max_history=1 leaves" in caplog.text and "the model's max_history" in caplog.text
 
 
+@pytest.mark.parametrize("protocol,extra", [
+    ("loo", {}), ("temporal", {"valid_time": 35, "test_time": 45}),
+    ("paper", {"top_k": 5, "user_fractions": [1.0, 0.0, 0.0]})])
+def test_train_history_cut_counts_what_max_history_removes(small, tmp_path, protocol, extra):
+    """The count each protocol keeps while it caps histories equals the training history items lost against the
+    same split without the cap."""
+    def train_items(s):
+        return sum(len(h) for h in s.examples_for("train").history)
+
+    full = make_split(small, SplitConfig(protocol=protocol, negatives=1, **extra), tmp_path / "full")
+    cut = make_split(small, SplitConfig(protocol=protocol, negatives=1, max_history=1, **extra), tmp_path / "cut")
+    assert full.info["counts"]["train_history_cut"] == 0
+    assert cut.info["counts"]["train_history_cut"] == train_items(full) - train_items(cut) > 0
+
+
 def test_temporal_exact(tmp_path):
     rows = ([("a", f"i{k}", t) for k, t in enumerate([1, 2, 3, 6, 7, 9])]
             + [("b", "i10", 2), ("b", "i11", 8)]      # no valid-period item; test target at 8

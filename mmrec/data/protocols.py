@@ -66,6 +66,7 @@ class Examples:
     hist_offsets: np.ndarray
     hist_index: np.ndarray
     params: dict[str, Any] = field(default_factory=dict)
+    train_history_cut: int = 0  # history items of the train rows that `max_history` left out
 
 
 def ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,9 +79,9 @@ def ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _contiguous(user: np.ndarray, stage: int, target: np.ndarray, hist_lo: np.ndarray,
                 max_history: int | None) -> tuple:
-    if max_history is not None:
-        hist_lo = np.maximum(hist_lo, target - max_history)
-    return user, np.full(len(user), stage, dtype=np.int8), target, hist_lo, target
+    """One stage's examples: (user, stage, target, history start, history end, history items cut)."""
+    capped = hist_lo if max_history is None else np.maximum(hist_lo, target - max_history)
+    return user, np.full(len(user), stage, dtype=np.int8), target, capped, target, capped - hist_lo
 
 
 def _assemble(parts: list[tuple], params: dict[str, Any]) -> Examples:
@@ -90,7 +91,8 @@ def _assemble(parts: list[tuple], params: dict[str, Any]) -> Examples:
     lo, hi = np.concatenate([p[3] for p in parts]), np.concatenate([p[4] for p in parts])
     order = np.lexsort((stage, user))
     offsets, idx = ranges(lo[order], hi[order])
-    return Examples(user[order], stage[order], target[order], offsets, idx, params)
+    train_cut = int(np.concatenate([p[5] for p in parts])[stage == 0].sum())
+    return Examples(user[order], stage[order], target[order], offsets, idx, params, train_cut)
 
 
 def loo(c: Coded, cfg: SplitConfig) -> Examples:
@@ -147,8 +149,8 @@ def paper(c: Coded, cfg: SplitConfig) -> Examples:
     chosen = chosen[per_user[c.user[chosen]] >= 2]
     ends = np.cumsum(per_user[ok_users])
     starts = ends - per_user[ok_users]
-    if cfg.max_history is not None:
-        starts = np.maximum(starts, ends - 1 - cfg.max_history)
+    capped = starts if cfg.max_history is None else np.maximum(starts, ends - 1 - cfg.max_history)
+    cut, starts = capped - starts, capped
     perm = rng(cfg.seed, "split", "paper", "users").permutation(len(ok_users))
     f = cfg.user_fractions
     n_train, n_valid = int(f[0] * len(ok_users)), int(f[1] * len(ok_users))
@@ -157,7 +159,7 @@ def paper(c: Coded, cfg: SplitConfig) -> Examples:
     stage[perm[n_train:n_train + n_valid]] = 1
     offsets, idx = ranges(starts, ends - 1)
     return Examples(ok_users, stage, chosen[ends - 1], offsets, chosen[idx],
-                    {"users_without_examples": int(len(c.starts) - len(ok_users))})
+                    {"users_without_examples": int(len(c.starts) - len(ok_users))}, int(cut[stage == 0].sum()))
 
 
 PROTOCOLS = {"loo": loo, "temporal": temporal, "paper": paper}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -270,14 +270,6 @@ def _dataset_ref(dataset_dir: Path, out_dir: Path) -> str:
     return os.path.relpath(dataset_dir.resolve(), out_dir.resolve())
 
 
-def _train_history_cut(ex: Examples, uncut: Examples) -> int:
-    """History items of the training rows that `max_history` left out (`uncut`: the same split without it)."""
-    def kept(e: Examples) -> int:
-        return int(np.diff(e.hist_offsets)[e.stage == 0].sum())
-
-    return kept(uncut) - kept(ex)
-
-
 def make_split(dataset_dir: str | Path, cfg: SplitConfig, out_dir: str | Path, overwrite: bool = False) -> Split:
     """Split the dataset in `dataset_dir` into `out_dir` (atomically) and verify it with the leakage check.
 
@@ -315,12 +307,11 @@ def make_split(dataset_dir: str | Path, cfg: SplitConfig, out_dir: str | Path, o
                         "loo needs 2, paper 2 distinct items, temporal one before a cut time)")
     if not (ex.stage == 2).any():
         log.warning("split %s: no test examples under protocol %r", out_dir, cfg.protocol)
-    train_cut = 0 if cfg.max_history is None else _train_history_cut(ex, PROTOCOLS[cfg.protocol](
-        c, replace(cfg, max_history=None)))
-    if train_cut:
+    if ex.train_history_cut:
         log.warning("split %s: max_history=%d leaves %d history item(s) of the training rows out, so the ID "
                     "baselines and popularity never learn from them; to cap only what a VLM reads, leave "
-                    "split.max_history null and set the model's max_history", out_dir, cfg.max_history, train_cut)
+                    "split.max_history null and set the model's max_history", out_dir, cfg.max_history,
+                    ex.train_history_cut)
     seen = cand.UserItems.build(c.user, c.item, len(c.user_ids), len(c.item_ids))
     known = _training_rows(c, ex) if cfg.sampling_data == "train" else np.ones(len(c.user), dtype=bool)
     train_seen = seen if cfg.sampling_data == "all" else cand.UserItems.build(
@@ -343,7 +334,7 @@ def make_split(dataset_dir: str | Path, cfg: SplitConfig, out_dir: str | Path, o
             "files": {f: sha256_file(tmp / f) for f in (EXAMPLES_FILE, CANDIDATES_FILE, TRAIN_NEG_FILE)},
             "counts": {"users": len(c.user_ids), "items": len(c.item_ids), "interactions": len(c.user),
                        "examples": stage_counts, "candidates": cand_counts, "train_negatives": train_neg.num_rows,
-                       "history_items": int(ex.hist_offsets[-1]), "train_history_cut": train_cut},
+                       "history_items": int(ex.hist_offsets[-1]), "train_history_cut": ex.train_history_cut},
             "leakage_check": leakage,
         }
         write_json(info, tmp / SPLIT_FILE)
